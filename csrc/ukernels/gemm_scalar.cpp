@@ -1,0 +1,1 @@
+// Portable GEMM micro-kernel (to be written).

@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+import pyconv
+
+settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=25, deadline=None)
+settings.register_profile("long", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+ISAS = ["scalar"] + (["avx2"] if pyconv.kernel_info()["detected_isa"] in ("avx2", "avx512") else [])
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs a test once per kernel path this CPU has, restoring the default after."""
+    before = pyconv.kernel_info()["isa"]
+    pyconv._core._set_isa(request.param)
+    yield request.param
+    pyconv._core._set_isa(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
