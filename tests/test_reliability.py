@@ -40,7 +40,7 @@ if hasattr(ref, "max_pool2d"):
     yp1, ip1 = ref.max_pool1d(xp1, 2, return_indices=True)
 xb = np.arange(4*3*5*5, dtype=f32).reshape(4, 3, 5, 5) % 13
 rm, rv = np.zeros(3, f32), np.ones(3, f32)
-huge = np.broadcast_to(np.zeros(1, f32), (1, 1, 2**31, 2**31))
+huge = np.broadcast_to(np.zeros(1, f32), (1, 1, 2**30, 2**30))
 """
 
 
@@ -48,6 +48,8 @@ def check_cases(worker, cases):
     """cases: (id, code, expected) where expected is a tuple of exception names, or
     'reject' (any allowed error), or 'ok|reject' (a correct result or an allowed error;
     the snippet checks correctness itself with asserts)."""
+    pre = worker.run("prelude", code=PRELUDE)
+    assert pre.status == "ok", pre.describe()
     outs = worker.run_many([(cid, PRELUDE + code) for cid, code, _ in cases])
     bad = []
     for (cid, code, expected), o in zip(cases, outs):
