@@ -114,8 +114,10 @@ void register_common(py::module_& m) {
   m.def("set_num_threads", [](py::object n) {
     if (!py::isinstance<py::int_>(n) || py::isinstance<py::bool_>(n))
       type_error("set_num_threads: n must be an int");
-    long long v = n.cast<long long>();
-    if (v < 1 || v > 4096) value_error("set_num_threads: n must be in [1, 4096], got " + std::to_string(v));
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(n.ptr(), &overflow);
+    if (overflow || v < 1 || v > 4096)
+      value_error("set_num_threads: n must be in [1, 4096], got " + std::string(py::str(n)));
     pyconv::set_num_threads(static_cast<int>(v));
   });
   m.def("get_num_threads", []() { return pyconv::num_threads(); });
