@@ -328,7 +328,12 @@ def run_fuzz(op, args, seed=0, check=True):
         if k in mutable:
             continue
         assert same_bits(kwargs[k], before), f"pyconv.{op} modified its argument {k}"
-    if not check:
+    gots = got if isinstance(got, tuple) else (got,)
+    for g in gots:
+        assert g is None or (isinstance(g, np.ndarray) and g.flags.c_contiguous), \
+            f"pyconv.{op} returned {type(g).__name__} (not a C-contiguous array)"
+    if not check or huge:
+        # the reference walks every tap of a 2**31-wide window: compare only sane sizes
         return "ok"
     # The reference on fresh contiguous copies of the original arguments.
     rkw = {k: (np.array(saved[k]) if k in saved else v) for k, v in kwargs.items()}
@@ -338,9 +343,10 @@ def run_fuzz(op, args, seed=0, check=True):
         try:
             want = getattr(ref, op)(**rkw)
         except ALLOWED as e:
+            if any(isinstance(v, np.ndarray) and v.size == 0 for v in rkw.values()):
+                return "ok (reference cannot handle empty arrays)"
             raise AssertionError(f"pyconv.{op} accepted arguments the reference rejects: "
                                  f"{type(e).__name__}: {e}")
-    gots = got if isinstance(got, tuple) else (got,)
     wants = want if isinstance(want, tuple) else (want,)
     assert len(gots) == len(wants), f"{op}: {len(gots)} results, reference {len(wants)}"
     for i, (g, w) in enumerate(zip(gots, wants)):

@@ -64,7 +64,7 @@ class Outcome:
         if self.status == "ok":
             return f"[{self.id}] ok -> {self.value!r}"
         if self.status == "raised":
-            return f"[{self.id}] raised {self.exc}: {self.msg}"
+            return f"[{self.id}] raised {self.exc}: {self.msg[:300]}"
         return f"[{self.id}] {self.status.upper()}: {self.detail}"
 
 

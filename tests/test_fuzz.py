@@ -30,7 +30,7 @@ def needs(op):
 
 @pytest.fixture(scope="module")
 def worker():
-    w = Worker(timeout=30)
+    w = Worker(timeout=15)
     yield w
     w.close()
 

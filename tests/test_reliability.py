@@ -151,7 +151,11 @@ POOL_CASES = [
     ("pool_k_2e62", "pyconv.max_pool2d(xp, 2**62)", VO),
     ("pool_k_max", "pyconv.max_pool2d(xp, 2**63-1)", VO),
     ("pool_k_max_pad", "pyconv.max_pool2d(xp, 2**63-1, padding=2**62-1)", VO),
-    ("pool_k_2e62_pad", "pyconv.max_pool2d(xp, 2**62, padding=2**61, stride=1)", VO),
+    # a 2**62 window with padding 2**61 covers the whole 6x6 plane from 7 positions: valid
+    ("pool_k_2e62_pad", """
+y, i = pyconv.max_pool2d(xp, 2**62, padding=2**61, stride=1, return_indices=True)
+ry, ri = ref.max_pool2d(xp, 2**62, padding=2**61, stride=1, return_indices=True)
+assert y.shape == (2, 3, 7, 7) and np.array_equal(y, ry) and np.array_equal(i, ri)""", "ok|reject"),
     ("pool_stride0", "pyconv.max_pool2d(xp, 2, stride=0)", V),
     ("pool_stride_neg", "pyconv.max_pool2d(xp, 2, stride=-1)", V),
     ("pool_stride_max", """
