@@ -155,7 +155,7 @@ class ThreadControl:
 # ----------------------------------------------------------------------------- roofs
 
 
-def measure_bandwidth(threads_list: list, mib: int, reps: int = 3) -> dict:
+def measure_bandwidth(threads_list: list, mib: int, reps: int = 5) -> dict:
     """Best-of-`reps` STREAM-style triad a = b + s*c (and copy a = b) over three float64
     arrays of `mib` MiB each, split across Python threads (NumPy ufuncs release the GIL).
     Each thread works through L2-sized chunks with its own scratch, so s*c never goes to
@@ -439,7 +439,7 @@ def print_roofs(roofs, out=sys.stdout):
         f, bw = roofs["fma"][t], roofs["bandwidth"].get(t)
         rows.append([str(t), f"{f['gflops']:.1f}", f["source"],
                      f"{bw['triad_gbs']:.1f}" if bw else "-", f"{bw['copy_gbs']:.1f}" if bw else "-"])
-    print(f"## Roofs (memory: 3 x {roofs['bandwidth_mib']} MiB float64 arrays, best of 3)\n", file=out)
+    print(f"## Roofs (memory: 3 x {roofs['bandwidth_mib']} MiB float64 arrays, best of 5)\n", file=out)
     print(markdown_table(["T", "FP32 FMA GFLOP/s", "source", "triad GB/s (roof)", "copy GB/s"], rows,
                          right={"T", "FP32 FMA GFLOP/s", "triad GB/s (roof)", "copy GB/s"}), file=out)
     print(file=out)
@@ -625,7 +625,15 @@ def run_memory(args, wls, dirs, threads) -> list:
     results = []
     impls = ["pyconv"] + ([] if args.no_torch else ["torch"])
     pat = args.memory.lower()
-    chosen = [(m, w) for m, w in wls if pat in w.name.lower()]
+    if pat == ":largest":  # per family and direction, the workload with the most FLOPs/bytes
+        best = {}
+        for m, w in wls:
+            key = (w.family, w.direction)
+            if key not in best or (_num(w.amount) or 0) > (_num(best[key][1].amount) or 0):
+                best[key] = (m, w)
+        chosen = list(best.values())
+    else:
+        chosen = [(m, w) for m, w in wls if pat in w.name.lower()]
     if not chosen:
         print(f"--memory: no workload name contains '{args.memory}'", file=sys.stderr)
     for mod_name, w in chosen:
@@ -660,7 +668,7 @@ def print_memory(results):
                      f"{r['baseline_mib']:.1f}", f"{r['peak_mib']:.1f}", f"{r['peak_above_baseline_mib']:.1f}",
                      f"{r['output_mib']:.1f}", fmt_ms(r["median_ms"]), r["method"]])
     hdr = ["family", "workload", "dir", "impl", "T", "baseline MiB", "peak MiB", "peak above baseline MiB",
-           "output MiB", "ms/call", "method"]
+           "output MiB", "ms/call", "method or error"]
     print("## Peak resident memory (fresh process per implementation)\n")
     print(markdown_table(hdr, rows, right={"T", "baseline MiB", "peak MiB", "peak above baseline MiB",
                                           "output MiB", "ms/call"}))
@@ -690,7 +698,8 @@ def parse_args(argv):
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--memory", default=None, metavar="WORKLOAD_SUBSTRING",
-                   help="peak resident memory of pyconv vs torch for these workloads (instead of timing)")
+                   help="peak resident memory of pyconv vs torch for the workloads whose name contains "
+                   "this, or ':largest' (per family and direction); replaces the timing run")
     p.add_argument("--memory-calls", type=int, default=3)
     p.add_argument("--memory-timeout", type=float, default=600.0)
     p.add_argument("--path", action="append", default=[], metavar="DIR",
@@ -750,8 +759,11 @@ def main(argv=None) -> int:
     print("# pyconv benchmark\n")
     print(f"- {len(wls)} workloads from families {','.join(args.families)}; threads {args.threads_list}; "
           f"budget {args.budget:g} s per callable{'; quick' if args.quick else ''}")
+    mi = machine_info(pyconv)
+    print(f"- {mi.get('cpu', mi['machine'])}, {mi['cpu_count']} CPUs, Python {mi['python']}, "
+          f"NumPy {mi['numpy']}, torch {mi['torch'] or 'not installed'}")
     if pyconv is not None:
-        ki = machine_info(pyconv).get("pyconv", {})
+        ki = mi.get("pyconv", {})
         print(f"- pyconv {ki.get('version', '?')}, isa {ki.get('isa', '?')}, openmp {ki.get('openmp', '?')}")
     print(flush=True)
 

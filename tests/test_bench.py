@@ -182,3 +182,16 @@ def test_memory_mode(famdir, tmp_path):
         assert m["peak_mib"] >= m["baseline_mib"] > 0
         assert m["peak_above_baseline_mib"] >= 0 and m["calls"] == 3
         assert math.isclose(m["output_mib"], 64 * 64 * 4 / 2 ** 20)
+
+
+def test_plot(famdir, tmp_path):
+    png = tmp_path / "out.png"
+    p = run_bench("--path", str(famdir), "--family", "fakeok", "--filter", "matmul", "--threads", "1",
+                  "--plot", str(png))
+    assert p.returncode == 0, p.stderr
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not available" in p.stderr and not png.exists()
+        return
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
