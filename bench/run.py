@@ -103,7 +103,10 @@ def collect_workloads(families: list, dirs: list, quick: bool, notes: list) -> l
         except Exception as e:  # noqa: BLE001
             notes.append(f"family {fam}: workloads({quick}) failed: {_describe(e)}\n{_short_tb(e)}")
             continue
-        out += [(fam, w) for w in wls]
+        good = [w for w in wls if callable(getattr(w, "setup", None)) and hasattr(w, "name")]
+        if len(good) < len(wls):
+            notes.append(f"family {fam}: {len(wls) - len(good)} item(s) without name/setup ignored")
+        out += [(fam, w) for w in good]
     return out
 
 
@@ -431,6 +434,26 @@ def markdown_table(header, rows, right=()) -> str:
     sep = "|" + "|".join(("-" * (w + 1) + ":") if h in right else ("-" * (w + 2))
                          for h, w in zip(header, widths)) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def summary_rows(rows) -> list:
+    """Per family and thread count: rows timed, rows where pyconv beats torch, and the
+    geometric means of torch/pyconv and of pyconv's % of roof."""
+    groups = {}
+    for r in rows:
+        if r.get("threads") is not None and r.get("pyconv_ms") is not None:
+            groups.setdefault((r["family"], r["threads"]), []).append(r)
+
+    def gmean(xs):
+        xs = [x for x in xs if x is not None and x > 0]
+        return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+
+    out = []
+    for (fam, t), rs in groups.items():
+        vs = [r["torch_ratio"] for r in rs if r.get("torch_ratio") is not None]
+        out.append([fam, str(t), str(len(rs)), f"{sum(v > 1 for v in vs)}/{len(vs)}" if vs else "-",
+                    fmt(gmean(vs), ".2f", "x"), fmt(gmean([r.get("pyconv_pct_roof") for r in rs]), ".0f", "%")])
+    return out
 
 
 def print_roofs(roofs, out=sys.stdout):
@@ -794,6 +817,13 @@ def main(argv=None) -> int:
     for fam in fam_order:
         print(f"## {fam}\n")
         print(markdown_table(list(COLUMNS), [row_cells(r) for r in by_fam[fam]], RIGHT))
+        print()
+    summ = summary_rows(all_rows)
+    if summ:
+        print("## Summary\n")
+        print(markdown_table(["family", "T", "rows", "pyconv faster than torch", "geomean torch/pyconv",
+                              "geomean % roof"], summ,
+                             right={"T", "rows", "pyconv faster than torch", "geomean torch/pyconv", "geomean % roof"}))
         print()
     if notes:
         print("## Notes\n")

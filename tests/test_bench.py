@@ -94,7 +94,11 @@ def test_table_json_and_failures(famdir, tmp_path):
                   "--threads", "1,2", "--json", str(out))
     assert p.returncode == 0, p.stderr
     s = p.stdout
-    assert "## Roofs" in s and "## fake" in s
+    assert "## Roofs" in s and "## fake" in s and "## Summary" in s
+    summ = [c for c in table_rows(s.split("## Summary")[1]) if c[0] == "fake"]
+    # timed rows per T: matmul, copy, slow ref; only matmul has a torch time
+    assert [(c[1], c[2]) for c in summ] == [("1", "3"), ("2", "3")]
+    assert all(c[3] in ("0/1", "1/1") and c[4].endswith("x") for c in summ)
     assert "a_module_that_does_not_exist_xyz" in s  # the broken family's import error
     assert "fakemissing" in s and "skipped" in s     # the missing family's note
 
