@@ -80,9 +80,10 @@ def run_bench(*args, timeout=120, env_extra=None):
 
 
 def table_rows(stdout):
-    """Markdown table rows as lists of stripped cells (header and separators dropped)."""
+    """Rows of the Markdown tables before the summary, as lists of stripped cells (header
+    and separators dropped)."""
     rows = []
-    for ln in stdout.splitlines():
+    for ln in stdout.split("## Summary")[0].splitlines():
         if ln.startswith("| ") and not ln.startswith("| family") and not ln.startswith("| T "):
             rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
     return rows
