@@ -625,6 +625,8 @@ def memory_child(spec: dict) -> dict:
             f.write("5")
         hwm = _proc_status_kib("VmHWM")
         reset = hwm is not None and base_rss is not None and hwm <= base_rss + 1024
+        if reset:
+            base_rss = hwm  # the RSS at the reset: VmHWM only grows from here
     except OSError:
         pass
     times, out_bytes = [], 0
