@@ -43,13 +43,34 @@ GemmKernel<double> kernel_for<double>(Isa isa) {
 i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
-// Column block: the B block of a part (KC x NC) is swept once per MC block of rows.
-// When all the rows fit in one MC block it is used only once per (jc, pc), so keep it
-// small enough to stay in L2 while the micro-kernels read it.
+// Per-call blocking derived from the kernel's GemmBlocking and the problem size (a pure
+// function of M and K, so the sum order never depends on N or on the thread count).
+struct Blocks {
+  i64 kc;        // K block: K split into equal blocks of at most GemmBlocking::kc
+  i64 nc;        // N block
+  bool a_whole;  // A is packed once per part for all of K, then reused for every jc
+};
+
+// Packed A for all of K is kept when it fits comfortably in L2 next to the B block.
+constexpr i64 kWholeABytes = 256 * 1024;
+// N block when A is packed whole: the B block is swept by a single row block, so it is
+// kept small enough to stay in L2 between its packing and its use.
+constexpr i64 kSmallMNcBytes = 512 * 1024;
+
 template <typename T>
-i64 effective_nc(const GemmBlocking& g, i64 M) {
-  (void)M;
-  return g.nc;
+Blocks make_blocks(const GemmBlocking& g, i64 M, i64 K) {
+  Blocks bl;
+  const i64 kblocks = K > 0 ? ceil_div(K, g.kc) : 1;
+  bl.kc = K > 0 ? ceil_div(K, kblocks) : 1;
+  const i64 m_round = round_up(M, g.mr);
+  bl.a_whole = m_round <= g.mc && m_round * std::max<i64>(K, 1) * static_cast<i64>(sizeof(T)) <= kWholeABytes;
+  bl.nc = g.nc;
+  if (bl.a_whole) {
+    i64 nc = kSmallMNcBytes / (bl.kc * static_cast<i64>(sizeof(T)));
+    nc = std::max<i64>(g.nr, nc / g.nr * g.nr);
+    bl.nc = std::min(g.nc, nc);
+  }
+  return bl;
 }
 
 struct Plan {
@@ -84,13 +105,13 @@ Plan make_plan(i64 M, i64 N, i64 K, int threads, const GemmBlocking& g, i64 nc) 
 
 // Per-thread packing buffer sizes (elements, multiples of 64 bytes).
 template <typename T>
-void buffer_elems(const GemmBlocking& g, i64 M, i64 N, i64 K, i64 nc, i64* a_elems,
+void buffer_elems(const GemmBlocking& g, const Blocks& bl, i64 M, i64 N, i64 K, i64* a_elems,
                   i64* b_elems) {
   const i64 align = 64 / static_cast<i64>(sizeof(T));
-  const i64 kc = std::min(K, g.kc);
-  const i64 mc = std::min(g.mc, round_up(M, g.mr));
-  const i64 ncc = std::min(nc, round_up(N, g.nr));
-  *a_elems = round_up(std::max<i64>(mc * kc, 1), align);
+  const i64 kc = std::min(K, bl.kc);
+  const i64 a = bl.a_whole ? round_up(M, g.mr) * K : std::min(g.mc, round_up(M, g.mr)) * kc;
+  const i64 ncc = std::min(bl.nc, round_up(N, g.nr));
+  *a_elems = round_up(std::max<i64>(a, 1), align);
   *b_elems = round_up(std::max<i64>(kc * ncc, 1), align);
 }
 
@@ -104,7 +125,15 @@ void pack_a_mr(T* dst, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 k0, i
     if (m == MR && a_cs == 1) {
       const T* rows[MR];
       for (int i = 0; i < MR; ++i) rows[i] = src + i * a_rs;
-      for (i64 k = 0; k < kc; ++k)
+      // One cache line of each row per step, the line two steps ahead prefetched.
+      constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
+      i64 k = 0;
+      for (; k + kLine <= kc; k += kLine) {
+        for (int i = 0; i < MR; ++i) __builtin_prefetch(rows[i] + k + 2 * kLine, 0, 3);
+        for (i64 kk = k; kk < k + kLine; ++kk)
+          for (int i = 0; i < MR; ++i) d[kk * MR + i] = rows[i][kk];
+      }
+      for (; k < kc; ++k)
         for (int i = 0; i < MR; ++i) d[k * MR + i] = rows[i][k];
     } else if (m == MR && a_rs == 1) {
       for (i64 k = 0; k < kc; ++k)
@@ -138,27 +167,36 @@ void pack_a(T* dst, int mr, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 
 
 // One part: rows [m0, m1), columns [n0, n1) of C, all of K.
 template <typename T>
-void gemm_part(const GemmKernel<T>& kern, i64 nc_blk, i64 m0, i64 m1, i64 n0, i64 n1, i64 K,
-               const T* a, i64 a_rs, i64 a_cs, const BPanelSource<T>& b, T* c, i64 c_rs,
+void gemm_part(const GemmKernel<T>& kern, const Blocks& bl, i64 m0, i64 m1, i64 n0, i64 n1,
+               i64 K, const T* a, i64 a_rs, i64 a_cs, const BPanelSource<T>& b, T* c, i64 c_rs,
                i64 c_cs, bool accumulate, T* abuf, T* bbuf) {
   const GemmBlocking& g = kern.blk;
   const int mr = g.mr, nr = g.nr;
-  for (i64 jc = n0; jc < n1; jc += nc_blk) {
-    const i64 nc = std::min(nc_blk, n1 - jc);
-    for (i64 pc = 0; pc < K; pc += g.kc) {
-      const i64 kc = std::min(g.kc, K - pc);
+  const i64 mc_blk = bl.a_whole ? m1 - m0 : g.mc;
+  if (bl.a_whole)  // k block p of A at abuf + p*kc*round_up(m1-m0, mr)
+    for (i64 pc = 0; pc < K; pc += bl.kc)
+      pack_a(abuf + pc * round_up(m1 - m0, mr), mr, a, a_rs, a_cs, m0, m1 - m0, pc,
+             std::min(bl.kc, K - pc));
+  for (i64 jc = n0; jc < n1; jc += bl.nc) {
+    const i64 nc = std::min(bl.nc, n1 - jc);
+    for (i64 pc = 0; pc < K; pc += bl.kc) {
+      const i64 kc = std::min(bl.kc, K - pc);
       const bool acc = accumulate || pc > 0;
       b.pack(bbuf, pc, kc, jc, nc, nr);
-      for (i64 ic = m0; ic < m1; ic += g.mc) {
-        const i64 mc = std::min(g.mc, m1 - ic);
-        pack_a(abuf, mr, a, a_rs, a_cs, ic, mc, pc, kc);
+      for (i64 ic = m0; ic < m1; ic += mc_blk) {
+        const i64 mc = std::min(mc_blk, m1 - ic);
+        const T* ablk = abuf;
+        if (bl.a_whole)
+          ablk = abuf + pc * round_up(m1 - m0, mr);
+        else
+          pack_a(abuf, mr, a, a_rs, a_cs, ic, mc, pc, kc);
         for (i64 jr = 0; jr < nc; jr += nr) {
           const int n = static_cast<int>(std::min<i64>(nr, nc - jr));
           const T* bp = bbuf + jr * kc;
           T* cj = c + ic * c_rs + (jc + jr) * c_cs;
           for (i64 ir = 0; ir < mc; ir += mr) {
             const int m = static_cast<int>(std::min<i64>(mr, mc - ir));
-            kern.run(kc, abuf + ir * kc, bp, cj + ir * c_rs, c_rs, c_cs, m, n, acc);
+            kern.run(kc, ablk + ir * kc, bp, cj + ir * c_rs, c_rs, c_cs, m, n, acc);
           }
         }
       }
@@ -166,25 +204,31 @@ void gemm_part(const GemmKernel<T>& kern, i64 nc_blk, i64 m0, i64 m1, i64 n0, i6
   }
 }
 
+// Rows ahead that the B packer prefetches (hides the latency of B rows coming from L3 or
+// memory; 1 to 6 measured alike on Zen 3).
+constexpr i64 kPackPrefetchRows = 4;
+// Rows of B are contiguous (cs == 1): walk each row of the block once, left to right, and
+// deal its NR-wide pieces out to the panels. The reads stream (prefetcher friendly, one
+// page at a time); the writes land in the packed block, which stays in cache.
 template <typename T, int NR>
 void pack_b_rows(T* dst, const T* p, i64 rs, i64 k0, i64 kc, i64 j0, i64 nc) {
-  for (i64 p0 = 0; p0 < nc; p0 += NR) {
-    T* panel = dst + (p0 / NR) * kc * NR;
-    const T* src = p + k0 * rs + (j0 + p0);
-    const i64 w = std::min<i64>(NR, nc - p0);
-    if (w == NR) {
-      for (i64 k = 0; k < kc; ++k) {
-        const T* s = src + k * rs;
-        T* d = panel + k * NR;
-        for (int r = 0; r < NR; ++r) d[r] = s[r];
-      }
-    } else {
-      for (i64 k = 0; k < kc; ++k) {
-        const T* s = src + k * rs;
-        T* d = panel + k * NR;
-        for (i64 r = 0; r < w; ++r) d[r] = s[r];
-        for (i64 r = w; r < NR; ++r) d[r] = T(0);
-      }
+  const i64 full = nc / NR;
+  const i64 w = nc - full * NR;  // width of the ragged last panel
+  const i64 panel_stride = kc * NR;
+  const i64 pf = kPackPrefetchRows * rs;
+  for (i64 k = 0; k < kc; ++k) {
+    const T* s = p + (k0 + k) * rs + j0;
+    T* d = dst + k * NR;
+    const bool prefetch = k + kPackPrefetchRows < kc;
+    for (i64 q = 0; q < full; ++q) {
+      if (prefetch) __builtin_prefetch(s + pf, 0, 3);
+      std::memcpy(d, s, NR * sizeof(T));
+      s += NR;
+      d += panel_stride;
+    }
+    if (w) {
+      for (i64 r = 0; r < w; ++r) d[r] = s[r];
+      for (i64 r = w; r < NR; ++r) d[r] = T(0);
     }
   }
 }
@@ -230,7 +274,7 @@ std::size_t gemm_workspace_elems(i64 M, i64 N, i64 K, int threads) {
     if (isa == Isa::avx2 && detected_isa() == Isa::scalar) continue;
     GemmBlocking g = kernel_for<T>(isa).blk;
     i64 ae, be;
-    buffer_elems<T>(g, M, N, K, effective_nc<T>(g, M), &ae, &be);
+    buffer_elems<T>(g, make_blocks<T>(g, M, K), M, N, K, &ae, &be);
     per_thread = std::max(per_thread, ae + be);
   }
   return static_cast<std::size_t>(per_thread) * static_cast<std::size_t>(threads);
@@ -249,11 +293,11 @@ void gemm(i64 M, i64 N, i64 K, const T* a, i64 a_rs, i64 a_cs, const BPanelSourc
   if (threads < 1) threads = 1;
   const GemmKernel<T> kern = kernel_for<T>(active_isa());
   const GemmBlocking& g = kern.blk;
-  const i64 nc_blk = effective_nc<T>(g, M);
-  const Plan plan = make_plan(M, N, K, threads, g, nc_blk);
+  const Blocks bl = make_blocks<T>(g, M, K);
+  const Plan plan = make_plan(M, N, K, threads, g, bl.nc);
   const int parts = plan.parts();
   i64 ae, be;
-  buffer_elems<T>(g, M, N, K, nc_blk, &ae, &be);
+  buffer_elems<T>(g, bl, M, N, K, &ae, &be);
   T* abase;
   T* bbase;
   i64 stride;  // between consecutive threads' buffers
@@ -276,7 +320,7 @@ void gemm(i64 M, i64 N, i64 K, const T* a, i64 a_rs, i64 a_cs, const BPanelSourc
     if (m0 >= m1 || n0 >= n1) return;
     T* abuf = stride > 0 ? abase + slot * stride : abase + slot * ae;
     T* bbuf = stride > 0 ? bbase + slot * stride : bbase + slot * be;
-    gemm_part(kern, nc_blk, m0, m1, n0, n1, K, a, a_rs, a_cs, b, c, c_rs, c_cs, accumulate,
+    gemm_part(kern, bl, m0, m1, n0, n1, K, a, a_rs, a_cs, b, c, c_rs, c_cs, accumulate,
               abuf, bbuf);
   };
   if (parts == 1) {

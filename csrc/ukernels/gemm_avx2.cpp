@@ -72,17 +72,11 @@ void kernel_6x2v(i64 kc, const typename S::T* __restrict a, const typename S::T*
     av = S::bcast((A) + 4); c40 = S::fma(av, b0, c40); c41 = S::fma(av, b1, c41); \
     av = S::bcast((A) + 5); c50 = S::fma(av, b0, c50); c51 = S::fma(av, b1, c51); \
   }
-  i64 k = 0;
-  for (; k + 4 <= kc; k += 4) {
-    _mm_prefetch(reinterpret_cast<const char*>(a + 8 * kMR), _MM_HINT_T0);
-    PYCONV_GEMM_STEP(a, b)
-    PYCONV_GEMM_STEP(a + kMR, b + NR)
-    PYCONV_GEMM_STEP(a + 2 * kMR, b + 2 * NR)
-    PYCONV_GEMM_STEP(a + 3 * kMR, b + 3 * NR)
-    a += 4 * kMR;
-    b += 4 * NR;
-  }
-  for (; k < kc; ++k) {
+  // One k step per iteration: GCC keeps all 12 accumulators, both B vectors and the
+  // broadcast in registers this way (manual unrolling made it spill); the out-of-order
+  // core overlaps consecutive iterations.
+#pragma GCC unroll 1
+  for (i64 k = 0; k < kc; ++k) {
     PYCONV_GEMM_STEP(a, b)
     a += kMR;
     b += NR;
