@@ -209,7 +209,9 @@ void register_gemm(py::module_& m) {
       type_error("_fma_peak_gflops: threads must be an int");
     if (!py::isinstance<py::float_>(seconds) && !py::isinstance<py::int_>(seconds))
       type_error("_fma_peak_gflops: seconds must be a number");
-    long long t = threads.cast<long long>();
+    int overflow = 0;
+    long long t = PyLong_AsLongLongAndOverflow(threads.ptr(), &overflow);
+    if (overflow) t = -1;  // out of range either way: the check below names the range
     double s = seconds.cast<double>();
     if (t < 1 || t > 4096) value_error("_fma_peak_gflops: threads must be in [1, 4096], got " + std::to_string(t));
     if (!(s > 0.0 && s <= 60.0)) value_error("_fma_peak_gflops: seconds must be in (0, 60], got " + std::to_string(s));

@@ -272,8 +272,39 @@ MISC_CASES = [
     ("threads_float", "pyconv.set_num_threads(2.0)", T),
     ("threads_none", "pyconv.set_num_threads(None)", T),
     ("isa_bogus", "_core._set_isa('bogus')", V),
+    ("peak_threads_bigint", "_core._fma_peak_gflops(2**70, 0.01)", V),
+    ("peak_seconds_nan", "_core._fma_peak_gflops(1, float('nan'))", V),
+    ("peak_seconds_str", "_core._fma_peak_gflops(1, '1')", T),
     ("shape_pad_2e62", "pyconv.conv_output_size(8, 3, padding=2**62)", "ok|reject"),
 ]
+
+
+MATMUL_CASES = [
+    ("mm_rank1", "_core.matmul(np.ones(3, f32), np.ones((3, 2), f32))", V),
+    ("mm_rank3", "_core.matmul(np.ones((1, 2, 3), f32), np.ones((3, 2), f32))", V),
+    ("mm_inner", "_core.matmul(np.ones((2, 3), f32), np.ones((4, 2), f32))", V),
+    ("mm_dtype_mix", "_core.matmul(np.ones((2, 3), f32), np.ones((3, 2), f64))", T),
+    ("mm_int", "_core.matmul(np.ones((2, 3), np.int64), np.ones((3, 2), np.int64))", T),
+    ("mm_none", "_core.matmul(None, np.ones((3, 2), f32))", T),
+    ("mm_list", "_core.matmul([[1.0]], [[1.0]])", T),
+    ("mm_f16", "_core.matmul(np.ones((2, 3), np.float16), np.ones((3, 2), np.float16))", T),
+    ("mm_overflow", """
+a = np.broadcast_to(np.ones(1, f32), (2**31, 2**31))
+_core.matmul(a, np.broadcast_to(np.ones(1, f32), (2**31, 2**31)))""", ("OverflowError", "ValueError", "MemoryError")),
+    ("mm_empty", """
+y = _core.matmul(np.ones((3, 0), f32), np.ones((0, 4), f32))
+assert y.shape == (3, 4) and not y.any()""", "ok|reject"),
+    ("mm_misaligned", """
+buf = bytearray(4 * 12 + 1)
+a = np.frombuffer(buf, f32, 12, 1).reshape(3, 4); a[...] = np.arange(12).reshape(3, 4)
+b = np.arange(8, dtype=f32).reshape(4, 2)
+assert np.array_equal(_core.matmul(a, b), _core.matmul(np.ascontiguousarray(a), b))""", "ok|reject"),
+]
+
+
+@needs("matmul")
+def test_matmul_rejects_bad_arguments(worker):
+    check_cases(worker, MATMUL_CASES)
 
 
 @needs("conv2d", "conv1d", "conv2d_backward", "conv1d_backward")
