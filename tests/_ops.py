@@ -368,3 +368,97 @@ def isclose_bound(got, want, bound):
 
 
 __all__ = ["LAYOUTS", "relayout", "op_cases", "available", "same_bits", "run_fuzz", "math"]
+
+
+# ------------------------------------------------- child-side resource checks
+
+
+def _bad_calls():
+    """Calls that raise after their arguments were converted (the paths where a
+    reference could leak): (callable, args) pairs on small arrays."""
+    f32 = np.float32
+    x4 = np.ones((2, 3, 8, 8), f32)
+    w4 = np.ones((4, 3, 3, 3), f32)
+    xp = np.arange(2 * 3 * 6 * 6, dtype=f32).reshape(2, 3, 6, 6)
+    calls = []
+    names = {c.name for c in op_cases() if available(c)}
+    if "conv2d" in names:
+        calls += [(pyconv.conv2d, (x4, np.ones((4, 2, 3, 3), f32))),
+                  (pyconv.conv2d, (x4, w4, np.ones(5, f32))),
+                  (pyconv.conv2d, (x4, w4.astype(np.float64))),
+                  (pyconv.conv2d_backward, (np.ones((2, 4, 5, 5), f32), x4, w4))]
+    if "max_pool2d" in names:
+        y, idx = pyconv.max_pool2d(xp, 2, return_indices=True)
+        bad = idx.copy()
+        bad[0, 0, 0, 0] = 10**6
+        calls += [(pyconv.max_pool2d, (xp, 7)),
+                  (pyconv.max_pool2d_backward, (y, bad, xp.shape)),
+                  (pyconv.max_unpool2d, (y, bad, 2)),
+                  (pyconv.max_pool2d_backward, (y, idx.astype(np.int32), xp.shape))]
+    if "batch_norm_train" in names:
+        ro = np.zeros(3, f32)
+        ro.setflags(write=False)
+        calls += [(pyconv.batch_norm, (xp, np.zeros(4, f32), np.ones(3, f32))),
+                  (lambda *a: pyconv.batch_norm(*a, training=True), (xp, ro, np.ones(3, f32))),
+                  (pyconv.batch_norm_backward, (xp[:, :, :2], xp))]
+    if hasattr(pyconv._core, "matmul"):
+        calls += [(pyconv._core.matmul, (np.ones((2, 3), f32), np.ones((4, 2), f32))),
+                  (pyconv._core.matmul, (np.ones((2, 3), f32), np.ones((3, 2), np.float64)))]
+    return calls
+
+
+def refcount_check(repeats=50):
+    """sys.getrefcount of every argument before and after calls that raise; returns the
+    list of (call number, argument number, before, after) that changed."""
+    import sys
+
+    changed = []
+    for n, (fn, args) in enumerate(_bad_calls()):
+        before = [sys.getrefcount(a) for a in args]
+        for _ in range(repeats):
+            try:
+                fn(*args)
+            except ALLOWED:
+                pass
+            else:
+                changed.append((n, -1, "did not raise", ""))
+        after = [sys.getrefcount(a) for a in args]
+        for i, (b, a) in enumerate(zip(before, after)):
+            if a != b:
+                changed.append((n, i, b, a))
+    return {"calls": len(_bad_calls()), "changed": changed}
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def rss_growth(calls=10000):
+    """RSS after a warm-up and after `calls` more calls of every op (good and bad
+    arguments mixed); returns both in bytes."""
+    cases = [c for c in op_cases() if available(c)]
+    kwargs = [(c, c.make(np.float32)) for c in cases if not c.mutates]
+    bad = _bad_calls()
+
+    def one(i):
+        c, kw = kwargs[i % len(kwargs)]
+        c.call(**kw)
+        if bad and i % 3 == 0:
+            fn, args = bad[i % len(bad)]
+            try:
+                fn(*args)
+            except ALLOWED:
+                pass
+
+    if not kwargs:
+        return {"before": 0, "after": 0, "calls": 0}
+    # one thread: the point is memory, and tiny calls pay OpenMP wake-ups on a busy machine
+    pyconv.set_num_threads(1)
+    for i in range(1000):
+        one(i)
+    before = _rss_bytes()
+    for i in range(calls):
+        one(i)
+    after = _rss_bytes()
+    return {"before": before, "after": after, "calls": calls}
