@@ -46,14 +46,17 @@ huge = np.broadcast_to(np.zeros(1, f32), (1, 1, 2**30, 2**30))
 
 def check_cases(worker, cases):
     """cases: (id, code, expected) where expected is a tuple of exception names, or
-    'reject' (any allowed error), or 'ok|reject' (a correct result or an allowed error;
-    the snippet checks correctness itself with asserts)."""
+    'reject' (any allowed error), 'ok' (must succeed: the baseline call that proves the
+    signature the other cases use), or 'ok|reject' (a correct result or an allowed
+    error; the snippet checks correctness itself with asserts)."""
     pre = worker.run("prelude", code=PRELUDE)
     assert pre.status == "ok", pre.describe()
     outs = worker.run_many([(cid, PRELUDE + code) for cid, code, _ in cases])
     bad = []
     for (cid, code, expected), o in zip(cases, outs):
-        if expected == "ok|reject":
+        if expected == "ok":
+            good = o.status == "ok"
+        elif expected == "ok|reject":
             good = o.status == "ok" or o.allowed_error()
         elif expected == "reject":
             good = o.allowed_error()
@@ -324,6 +327,196 @@ def test_batch_norm_rejects_bad_arguments(worker):
 
 def test_misc_rejects_bad_arguments(worker):
     check_cases(worker, MISC_CASES)
+
+
+# ------------------------------------------------------- _core entry points, directly
+# The C++ entry points validate on their own: these cases bypass pyconv.functional.
+# Each group starts with a valid baseline call ('ok'), so a changed signature shows up
+# as a failure rather than as a TypeError that would pass for a rejection.
+
+CORE_CONV = """
+def cf(x=x4, w=w4, b=None, s=(1, 1), ph=(0, 0), pw=(0, 0), d=(1, 1), g=1, path='auto'):
+    return _core.conv2d_forward(x, w, b, s[0], s[1], ph[0], ph[1], pw[0], pw[1], d[0], d[1], g, path)
+def cb(dy, x=x4, w=w4, s=(1, 1), ph=(0, 0), pw=(0, 0), d=(1, 1), g=1, need=(True, True, True), path='auto'):
+    return _core.conv2d_backward(dy, x, w, s[0], s[1], ph[0], ph[1], pw[0], pw[1], d[0], d[1], g,
+                                 need[0], need[1], need[2], path)
+dy6 = np.ones((2, 4, 6, 6), f32)
+"""
+
+CORE_CONV_CASES = [
+    ("core_conv_ok", "y = cf(b=b4); assert np.array_equal(y, ref.conv2d(x4, w4, b4))", "ok"),
+    ("core_conv_bwd_ok", "gx, gw, gb = cb(dy6); assert gx.shape == x4.shape and gw.shape == w4.shape", "ok"),
+    ("core_conv_x3", "cf(x=x4[0])", V),
+    ("core_conv_w3", "cf(w=w4[0])", V),
+    ("core_conv_cin", "cf(w=np.ones((4, 2, 3, 3), f32))", V),
+    ("core_conv_groups0", "cf(g=0)", V),
+    ("core_conv_groups_neg", "cf(g=-3)", V),
+    ("core_conv_groups_nodiv", "cf(w=np.ones((4, 1, 3, 3), f32), g=3)", V),
+    ("core_conv_groups_max", "cf(g=2**63-1)", V),
+    ("core_conv_stride0", "cf(s=(0, 1))", V),
+    ("core_conv_stride_neg", "cf(s=(1, -1))", V),
+    ("core_conv_stride_max", "y = cf(s=(2**63-1, 2**63-1)); assert np.array_equal(y, ref.conv2d(x4, w4, stride=2**63-1))",
+     "ok|reject"),
+    ("core_conv_pad_neg", "cf(ph=(-1, 0))", V),
+    ("core_conv_pad_neg_hi", "cf(pw=(1, -2))", V),
+    ("core_conv_pad_2e62", "cf(ph=(2**62, 2**62))", VO),
+    ("core_conv_pad_max", "cf(pw=(2**63-1, 0))", VO),
+    ("core_conv_pad_max_both", "cf(ph=(2**63-1, 2**63-1), pw=(2**63-1, 2**63-1))", VO),
+    ("core_conv_pad_2e31", "cf(ph=(2**31, 2**31), pw=(2**31, 2**31))", VO + ("MemoryError",)),
+    ("core_conv_dil0", "cf(d=(0, 1))", V),
+    ("core_conv_dil_2e62", "cf(d=(2**62, 1))", VO),
+    ("core_conv_dil_max", "cf(d=(1, 2**63-1))", VO),
+    ("core_conv_dil_pad", "cf(d=(2**62, 1), ph=(2**62, 2**62))", VO),
+    ("core_conv_path_bogus", "cf(path='bogus')", V),
+    ("core_conv_path_pointwise_3x3", "cf(path='pointwise')", V),
+    ("core_conv_path_depthwise_dense", "cf(path='depthwise')", V),
+    ("core_conv_bias_len", "cf(b=np.ones(5, f32))", V),
+    ("core_conv_bias_rank", "cf(b=np.ones((4, 1), f32))", V),
+    ("core_conv_bias_dtype", "cf(b=np.ones(4, f64))", T),
+    ("core_conv_bias_list", "cf(b=[1.0, 1.0, 1.0, 1.0])", T),
+    ("core_conv_x_none", "cf(x=None)", T),
+    ("core_conv_x_int", "cf(x=x4.astype(np.int32))", T),
+    ("core_conv_w_dtype", "cf(w=w4.astype(f64))", T),
+    ("core_conv_kernel_big", "cf(w=np.ones((4, 3, 9, 9), f32))", V),
+    ("core_conv_kernel0", "cf(w=np.ones((4, 3, 0, 3), f32))", V),
+    ("core_conv_huge_out", "cf(x=huge, w=np.broadcast_to(np.ones(1, f32), (2**31, 1, 1, 1)))",
+     VO + ("MemoryError",)),
+    ("core_conv_bwd_dy_small", "cb(np.ones((2, 4, 5, 5), f32))", V),
+    ("core_conv_bwd_dy_big", "cb(np.ones((2, 4, 7, 7), f32))", V),
+    ("core_conv_bwd_dy_channels", "cb(np.ones((2, 5, 6, 6), f32))", V),
+    ("core_conv_bwd_dy_batch", "cb(np.ones((3, 4, 6, 6), f32))", V),
+    ("core_conv_bwd_dy_rank", "cb(np.ones((2, 4, 36), f32))", V),
+    ("core_conv_bwd_dy_dtype", "cb(np.ones((2, 4, 6, 6), f64))", T),
+    ("core_conv_bwd_groups0", "cb(dy6, g=0)", V),
+    ("core_conv_bwd_pad_2e62", "cb(dy6, ph=(2**62, 2**62))", VO),
+    ("core_conv_bwd_path_bogus", "cb(dy6, path='x')", V),
+    ("core_conv_bwd_none_needed", "r = cb(dy6, need=(False, False, False)); assert all(v is None for v in r)",
+     "ok|reject"),
+]
+
+CORE_POOL = """
+def mp(x=xp, k=(2, 2), s=(2, 2), p=(0, 0), d=(1, 1), ceil=False, idx=True):
+    return _core.max_pool2d(x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], ceil, idx)
+yq, iq = mp()
+"""
+
+CORE_POOL_CASES = [
+    ("core_pool_ok", """
+y, i = mp()
+ry, ri = ref.max_pool2d(xp, 2, return_indices=True)
+assert np.array_equal(y, ry) and np.array_equal(i, ri)""", "ok"),
+    ("core_pool_bwd_ok", "g = _core.max_pool2d_backward(yq, iq, 6, 6); assert g.shape == xp.shape", "ok"),
+    ("core_unpool_ok", "u = _core.max_unpool2d(yq, iq, 6, 6); assert u.shape == xp.shape", "ok"),
+    ("core_pool_rank3", "mp(x=xp[0])", V),
+    ("core_pool_k0", "mp(k=(0, 2))", V),
+    ("core_pool_kneg", "mp(k=(2, -2))", V),
+    ("core_pool_k_max", "mp(k=(2**63-1, 2))", VO),
+    ("core_pool_k_bigint", "mp(k=(2**64, 2))", ("ValueError", "OverflowError", "TypeError")),
+    ("core_pool_s0", "mp(s=(0, 2))", V),
+    ("core_pool_s_max", "y, i = mp(s=(2**63-1, 2**63-1)); assert y.shape == (2, 3, 1, 1)", "ok|reject"),
+    ("core_pool_p_gt_half", "mp(p=(2, 0))", V),
+    ("core_pool_p_neg", "mp(p=(0, -1))", V),
+    ("core_pool_p_max", "mp(k=(2**63-1, 2), p=(2**62, 0))", VO),
+    ("core_pool_d0", "mp(d=(1, 0))", V),
+    ("core_pool_d_max", "mp(k=(3, 3), d=(2**63-1, 1), p=(1, 1))", VO),
+    ("core_pool_too_big", "mp(k=(7, 7))", V),
+    ("core_pool_int", "mp(x=xp.astype(np.int64))", T),
+    ("core_pool_none", "mp(x=None)", T),
+    ("core_pool_bwd_idx_i32", "_core.max_pool2d_backward(yq, iq.astype(np.int32), 6, 6)", T),
+    ("core_pool_bwd_idx_f64", "_core.max_pool2d_backward(yq, iq.astype(f64), 6, 6)", T),
+    ("core_pool_bwd_idx_list", "_core.max_pool2d_backward(yq, iq.tolist(), 6, 6)", T),
+    ("core_pool_bwd_idx_shape", "_core.max_pool2d_backward(yq, iq[:, :, :1], 6, 6)", V),
+    ("core_pool_bwd_idx_rank", "_core.max_pool2d_backward(yq, iq[0], 6, 6)", V),
+    ("core_pool_bwd_idx_oob", "i = iq.copy(); i[1, 1, 1, 1] = 36; _core.max_pool2d_backward(yq, i, 6, 6)", I),
+    ("core_pool_bwd_idx_neg", "i = iq.copy(); i[1, 2, 2, 2] = -1; _core.max_pool2d_backward(yq, i, 6, 6)", I),
+    ("core_pool_bwd_idx_min", "i = iq.copy(); i[0, 0, 0, 0] = -2**63; _core.max_pool2d_backward(yq, i, 6, 6)", I),
+    ("core_pool_bwd_small_plane", "_core.max_pool2d_backward(yq, iq, 2, 2)", I + V),
+    ("core_pool_bwd_h0", "_core.max_pool2d_backward(yq, iq, 0, 6)", V + I),
+    ("core_pool_bwd_hneg", "_core.max_pool2d_backward(yq, iq, -6, -6)", V),
+    ("core_pool_bwd_plane_overflow", "_core.max_pool2d_backward(yq, iq, 2**40, 2**40)", VO),
+    ("core_pool_bwd_out_overflow", "_core.max_pool2d_backward(yq, iq, 2**31, 2**31)", VO + ("MemoryError",)),
+    ("core_pool_bwd_h_bigint", "_core.max_pool2d_backward(yq, iq, 2**64, 1)", ("ValueError", "OverflowError", "TypeError")),
+    ("core_pool_bwd_gy_int", "_core.max_pool2d_backward(yq.astype(np.int64), iq, 6, 6)", T),
+    ("core_unpool_idx_oob", "i = iq.copy(); i[0, 0, 2, 2] = 99; _core.max_unpool2d(yq, i, 6, 6)", I),
+    ("core_unpool_idx_neg", "i = iq.copy(); i[0, 0, 2, 2] = -7; _core.max_unpool2d(yq, i, 6, 6)", I),
+    ("core_unpool_idx_f32", "_core.max_unpool2d(yq, iq.astype(f32), 6, 6)", T),
+    ("core_unpool_idx_shape", "_core.max_unpool2d(yq, iq[:1], 6, 6)", V),
+    ("core_unpool_out0", "_core.max_unpool2d(yq, iq, 0, 0)", V + I),
+    ("core_unpool_out_neg", "_core.max_unpool2d(yq, iq, -1, 6)", V),
+    ("core_unpool_overflow", "_core.max_unpool2d(yq, iq, 2**40, 2**40)", VO),
+    ("core_unpool_out_bigint", "_core.max_unpool2d(yq, iq, 2**63, 1)", ("ValueError", "OverflowError", "TypeError")),
+    ("core_unpool_x_none", "_core.max_unpool2d(None, iq, 6, 6)", T),
+]
+
+CORE_BN = """
+def bf(x=xb, m=None, v=None, w=None, b=None, training=True, momentum=0.1, eps=1e-5):
+    return _core.batch_norm_forward(x, m, v, w, b, training, momentum, eps)
+def bb(dy=xb, x=xb, w=None, m=None, v=None, training=True, eps=1e-5):
+    return _core.batch_norm_backward(dy, x, w, m, v, training, eps)
+"""
+
+CORE_BN_CASES = [
+    ("core_bn_ok", """
+m, v = rm.copy(), rv.copy()
+y = bf(m=m, v=v)
+if isinstance(y, tuple):
+    y = y[0]
+m2, v2 = rm.copy(), rv.copy()
+assert np.allclose(y, ref.batch_norm(xb, m2, v2, training=True), atol=1e-4)
+assert np.allclose(m, m2) and np.allclose(v, v2)""", "ok"),
+    ("core_bn_bwd_ok", "r = bb(); assert r[0].shape == xb.shape", "ok"),
+    ("core_bn_rank1", "bf(x=np.ones(4, f32))", V),
+    ("core_bn_rank0", "bf(x=np.float32(1.0))", V + T),
+    ("core_bn_one_value", "bf(x=xb[:1, :, :1, :1])", V),
+    ("core_bn_batch0", "bf(x=xb[:0])", V),
+    ("core_bn_rm_len", "bf(m=np.zeros(4, f32), v=rv.copy())", V),
+    ("core_bn_rv_rank", "bf(m=rm.copy(), v=np.ones((3, 1), f32))", V),
+    ("core_bn_w_len", "bf(w=np.ones(2, f32))", V),
+    ("core_bn_b_dtype", "bf(b=np.ones(3, f64))", T),
+    ("core_bn_rm_int", "bf(m=np.zeros(3, np.int64), v=rv.copy())", T),
+    ("core_bn_rm_list", "bf(m=[0.0, 0.0, 0.0], v=rv.copy())", T),
+    ("core_bn_x_none", "bf(x=None)", T),
+    ("core_bn_training_str", "bf(training='yes')", T + V),
+    ("core_bn_training_none", "bf(training=None)", T + V),
+    ("core_bn_momentum_nan", "bf(m=rm.copy(), v=rv.copy(), momentum=float('nan'))", V),
+    ("core_bn_momentum_str", "bf(momentum='0.1')", T + V),
+    ("core_bn_eps_neg", "bf(eps=-1.0)", V),
+    ("core_bn_eps_inf", "bf(eps=float('inf'))", V),
+    ("core_bn_eps_nan", "bf(eps=float('nan'))", V),
+    ("core_bn_readonly_rm", "m = rm.copy(); m.setflags(write=False); bf(m=m, v=rv.copy())", V),
+    ("core_bn_readonly_rv", "v = rv.copy(); v.setflags(write=False); bf(m=rm.copy(), v=v)", V),
+    ("core_bn_broadcast_rv", "bf(m=rm.copy(), v=np.broadcast_to(np.ones(1, f32), (3,)))", V),
+    ("core_bn_aliased", "s = np.ones(3, f32); bf(m=s, v=s)", V),
+    ("core_bn_overlap", "s = np.ones(4, f32); bf(m=s[:3], v=s[1:])", V),
+    ("core_bn_half_stats", "bf(m=rm.copy(), v=None)", "ok|reject"),
+    ("core_bn_eval_no_stats", "bf(training=False)", V + T),
+    ("core_bn_bwd_dy_shape", "bb(dy=xb[:, :, :3])", V),
+    ("core_bn_bwd_dy_dtype", "bb(dy=xb.astype(f64))", T),
+    ("core_bn_bwd_w_len", "bb(w=np.ones(5, f32))", V),
+    ("core_bn_bwd_eval_no_stats", "bb(training=False)", V + T),
+    ("core_bn_bwd_eps_nan", "bb(eps=float('nan'))", V),
+    ("core_bn_bwd_one_value", "bb(dy=xb[:1, :, :1, :1], x=xb[:1, :, :1, :1])", V),
+]
+
+
+def _core_has(*names):
+    missing = [n for n in names if not hasattr(pyconv._core, n)]
+    return pytest.mark.skipif(bool(missing), reason=f"_core lacks {missing}")
+
+
+@_core_has("conv2d_forward", "conv2d_backward")
+def test_core_conv_validates(worker):
+    check_cases(worker, [(i, CORE_CONV + c, e) for i, c, e in CORE_CONV_CASES])
+
+
+@_core_has("max_pool2d", "max_pool2d_backward", "max_unpool2d")
+def test_core_pool_validates(worker):
+    check_cases(worker, [(i, CORE_POOL + c, e) for i, c, e in CORE_POOL_CASES])
+
+
+@_core_has("batch_norm_forward", "batch_norm_backward")
+def test_core_batch_norm_validates(worker):
+    check_cases(worker, [(i, CORE_BN + c, e) for i, c, e in CORE_BN_CASES])
 
 
 # ------------------------------------------------------------------ layouts, bitwise
