@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <cstdlib>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -141,9 +142,10 @@ bn::Ops<T> make_scalar_ops() {
 // unit; longer ones are cut into L1-sized chunks whose moments merge by Chan's formula.
 constexpr i64 kChunkedMinS = 512;
 constexpr i64 kChunkBytes = 8192;           // one chunk of x (and of dy) stays in L1
-constexpr i64 kBlockBytes = 192 * 1024;     // a channel block is re-read from L2
+constexpr i64 kBlockBytes = 320 * 1024;     // a channel block is re-read from L2
 constexpr i64 kMinPartElems = 16384;        // smallest piece of a split channel
 constexpr i64 kStreamBytes = 8ll << 20;     // outputs larger than this bypass the caches
+constexpr i64 kPrefetchBytes = 8192;        // how far ahead the memory passes prefetch
 
 // Moments of a set of values x (with gradients dy): count, mean, sum of squared
 // deviations, sum of dy, sum of dy * (x - mean).
@@ -182,6 +184,35 @@ inline void for_runs(i64 C, i64 S, i64 c0, i64 c1, i64 e0, i64 e1, F&& f) {
   }
 }
 
+// for_runs, also prefetching the rows ahead of the current one from `a` and `b` (b may
+// be null): these passes read from memory, in pieces too short (small S) or too far
+// apart (the next sample's rows) for the hardware prefetcher to follow.
+template <typename T, typename F>
+inline void for_runs_pf(i64 C, i64 S, i64 c0, i64 c1, i64 e0, i64 e1, const T* a, const T* b,
+                        F&& f) {
+  const i64 piece = (c1 - c0) * std::min(S, e1 - e0);  // elements of one row of the unit
+  const i64 piece_bytes = std::max<i64>(1, piece * static_cast<i64>(sizeof(T)));
+  const i64 dist = std::min<i64>(32, std::max<i64>(1, (kPrefetchBytes + piece_bytes - 1) / piece_bytes));
+  const i64 pf_bytes = std::min(piece_bytes, kPrefetchBytes);
+  i64 e = e0;
+  while (e < e1) {
+    i64 n = e / S, s = e % S;
+    i64 len = std::min(S - s, e1 - e);
+    i64 ahead = (n + dist) * S;  // first element of row n + dist within the channel
+    if (ahead < e1) {
+      i64 off = ((n + dist) * C + c0) * S + std::max<i64>(0, e0 - ahead);
+      const char* pa = reinterpret_cast<const char*>(a + off);
+      const char* pb = b ? reinterpret_cast<const char*>(b + off) : nullptr;
+      for (i64 k = 0; k < pf_bytes; k += 64) {
+        __builtin_prefetch(pa + k, 0, 3);
+        if (pb) __builtin_prefetch(pb + k, 0, 3);
+      }
+    }
+    for (i64 c = c0; c < c1; ++c) f(c, (n * C + c) * S + s, len);
+    e += len;
+  }
+}
+
 // Moments of channels [c0, c1) over [e0, e1) into out[c - c0]. dy == nullptr: forward
 // (m2 only); otherwise sdy and cxy too.
 template <typename T>
@@ -190,7 +221,7 @@ void unit_stats(const bn::Ops<T>& ops, const T* x, const T* dy, i64 C, i64 S, i6
   for (i64 c = c0; c < c1; ++c) out[c - c0] = Mom{0, 0, 0, 0, 0};
   if (S >= kChunkedMinS) {
     const i64 chunk = std::max<i64>(16, kChunkBytes / static_cast<i64>(sizeof(T)));
-    for_runs(C, S, c0, c1, e0, e1, [&](i64 c, i64 off, i64 len) {
+    for_runs_pf(C, S, c0, c1, e0, e1, x, dy, [&](i64 c, i64 off, i64 len) {
       i64 pieces = (len + chunk - 1) / chunk;
       i64 base = len / pieces, extra = len % pieces, at = off;
       for (i64 k = 0; k < pieces; ++k) {
@@ -212,7 +243,7 @@ void unit_stats(const bn::Ops<T>& ops, const T* x, const T* dy, i64 C, i64 S, i6
     });
   } else {
     // Two passes over the unit: the mean first, then deviations from it.
-    for_runs(C, S, c0, c1, e0, e1, [&](i64 c, i64 off, i64 len) {
+    for_runs_pf(C, S, c0, c1, e0, e1, x, dy, [&](i64 c, i64 off, i64 len) {
       out[c - c0].mean += ops.sum(x + off, len);
       out[c - c0].n += static_cast<double>(len);
     });
@@ -238,7 +269,7 @@ template <typename T>
 void unit_dysums(const bn::Ops<T>& ops, const T* x, const T* dy, i64 C, i64 S, i64 c0, i64 c1,
                  i64 e0, i64 e1, const double* mean, Mom* out) {
   for (i64 c = c0; c < c1; ++c) out[c - c0] = Mom{0, 0, 0, 0, 0};
-  for_runs(C, S, c0, c1, e0, e1, [&](i64 c, i64 off, i64 len) {
+  for_runs_pf(C, S, c0, c1, e0, e1, x, dy, [&](i64 c, i64 off, i64 len) {
     double o[2];
     ops.dy(x + off, dy + off, len, mean[c], o);
     out[c - c0].n += static_cast<double>(len);
@@ -363,7 +394,7 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
   const bn::Ops<T>& ops = ops_for_active_isa<T>();
   const Plan plan = make_plan(C, NS, static_cast<i64>(sizeof(T)));
   ChannelState<T> st = channel_state<T>(C, plan);
-  const bool stream = checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes;
+  const bool stream = checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes && !std::getenv("BN_NOSTREAM");
   const double eps = p.eps;
 
   auto coef_from = [&](i64 c, double mean, double var) {
@@ -441,7 +472,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
   const bool need_sums = training || grad_weight || grad_bias;
   const Plan plan = make_plan(C, NS, static_cast<i64>(sizeof(T)) * (need_sums ? 2 : 1));
   ChannelState<T> st = channel_state<T>(C, plan);
-  const bool stream = checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes;
+  const bool stream = checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes && !std::getenv("BN_NOSTREAM");
   const double eps = p.eps;
 
   // Per channel: coefficients for dx and the parameter gradients, from the moments.

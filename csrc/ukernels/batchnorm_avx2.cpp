@@ -170,24 +170,31 @@ struct VD {
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
 };
 
-// Applies body(i) (scalar) or vbody(i, store) over [0, len): scalar head until the
-// output is 32-byte aligned when streaming, 2x unrolled vectors, scalar tail. The
-// per-element arithmetic is identical in both forms, so alignment never changes a bit.
+// Applies body(i) (scalar) or vbody(i) (one vector from i) over [0, len). With `stream`,
+// whole 64-byte lines of the output go out with non-temporal stores and the partial lines
+// at both ends with ordinary ones (a line is never written both ways, which would be
+// slow). The per-element arithmetic is identical in every form, so neither alignment
+// nor streaming changes a bit.
 template <class Vt, class S, class Vb>
 inline void elementwise(typename Vt::T* out, i64 len, bool stream, S&& body, Vb&& vbody) {
+  using T = typename Vt::T;
   constexpr int W = Vt::W;
+  constexpr i64 L = 64 / static_cast<i64>(sizeof(T));  // elements per line (2 vectors)
   i64 i = 0;
   if (stream) {
-    while (i < len && (reinterpret_cast<std::uintptr_t>(out + i) & 31) != 0) body(i++);
-    for (; i + 2 * W <= len; i += 2 * W) {
-      Vt::stream(out + i, vbody(i));
-      Vt::stream(out + i + W, vbody(i + W));
+    i64 head = static_cast<i64>(((64 - (reinterpret_cast<std::uintptr_t>(out) & 63)) & 63) / sizeof(T));
+    if ((reinterpret_cast<std::uintptr_t>(out) % sizeof(T)) == 0 && head + L <= len) {
+      for (; i < head; ++i) body(i);
+      i64 end = head + (len - head) / L * L;
+      for (; i < end; i += L) {
+        Vt::stream(out + i, vbody(i));
+        Vt::stream(out + i + W, vbody(i + W));
+      }
     }
-  } else {
-    for (; i + 2 * W <= len; i += 2 * W) {
-      Vt::store(out + i, vbody(i));
-      Vt::store(out + i + W, vbody(i + W));
-    }
+  }
+  for (; i + 2 * W <= len; i += 2 * W) {
+    Vt::store(out + i, vbody(i));
+    Vt::store(out + i + W, vbody(i + W));
   }
   for (; i + W <= len; i += W) Vt::store(out + i, vbody(i));
   for (; i < len; ++i) body(i);
