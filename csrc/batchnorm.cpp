@@ -47,19 +47,22 @@ double s_sum(const T* x, i64 len) {
 }
 
 template <typename T>
-double s_m2(const T* x, i64 len, double mean) {
-  double a[16] = {};
+void s_m2(const T* x, i64 len, double mean, double* out) {
+  double a[16] = {}, b[16] = {};
   i64 i = 0;
   for (; i + 16 <= len; i += 16)
     for (int j = 0; j < 16; ++j) {
       double d = static_cast<double>(x[i + j]) - mean;
       a[j] += keep(d * d);
+      b[j] += d;
     }
   for (int j = 0; i + j < len; ++j) {
     double d = static_cast<double>(x[i + j]) - mean;
     a[j] += keep(d * d);
+    b[j] += d;
   }
-  return combine16(a);
+  out[0] = combine16(a);
+  out[1] = combine16(b);
 }
 
 template <typename T>
@@ -235,7 +238,12 @@ void unit_stats(const bn::Ops<T>& ops, const T* x, const T* dy, i64 C, i64 S, i6
           m.sdy = o[1];
           m.cxy = o[2];
         } else {
-          m.m2 = ops.m2(x + at, l, m.mean);
+          // one refinement step: the mean plus the mean deviation from it (exact for a
+          // constant chunk); m2 stays the plain sum of squared deviations
+          double o[2];
+          ops.m2(x + at, l, m.mean, o);
+          m.m2 = o[0];
+          m.mean = m.mean + o[1] / m.n;
         }
         merge(out[c - c0], m);
         at += l;
@@ -258,9 +266,18 @@ void unit_stats(const bn::Ops<T>& ops, const T* x, const T* dy, i64 C, i64 S, i6
         m.sdy += o[1];
         m.cxy += o[2];
       } else {
-        m.m2 += ops.m2(x + off, len, m.mean);
+        double o[2];
+        ops.m2(x + off, len, m.mean, o);
+        m.m2 += o[0];
+        m.sdy += o[1];  // sum of deviations, folded into the mean below
       }
     });
+    if (!dy)
+      for (i64 c = c0; c < c1; ++c) {
+        Mom& m = out[c - c0];
+        if (m.n > 0) m.mean = m.mean + m.sdy / m.n;
+        m.sdy = 0;
+      }
   }
 }
 

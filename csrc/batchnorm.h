@@ -35,8 +35,8 @@ template <typename T>
 struct Ops {
   // sum of x[0..len)
   double (*sum)(const T* x, i64 len);
-  // sum of (x - mean)^2
-  double (*m2)(const T* x, i64 len, double mean);
+  // out = {sum (x - mean)^2, sum (x - mean)}; the second refines the mean
+  void (*m2)(const T* x, i64 len, double mean, double* out);
   // out = {sum (x - mean)^2, sum dy, sum dy * (x - mean)}
   void (*m2dy)(const T* x, const T* dy, i64 len, double mean, double* out);
   // out = {sum dy, sum dy * (x - mean)}

@@ -63,27 +63,28 @@ double v_sum(const T* x, i64 len) {
 }
 
 template <typename T>
-double v_m2(const T* x, i64 len, double mean) {
+void v_m2(const T* x, i64 len, double mean, double* out) {
   const __m256d m = _mm256_set1_pd(mean);
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  __m256d a[4], b[4];
+  for (int k = 0; k < 4; ++k) a[k] = b[k] = _mm256_setzero_pd();
   i64 i = 0;
   for (; i + 16 <= len; i += 16) {
-    __m256d d0 = _mm256_sub_pd(load4(x + i), m);
-    __m256d d1 = _mm256_sub_pd(load4(x + i + 4), m);
-    __m256d d2 = _mm256_sub_pd(load4(x + i + 8), m);
-    __m256d d3 = _mm256_sub_pd(load4(x + i + 12), m);
-    a0 = _mm256_add_pd(a0, keep(_mm256_mul_pd(d0, d0)));
-    a1 = _mm256_add_pd(a1, keep(_mm256_mul_pd(d1, d1)));
-    a2 = _mm256_add_pd(a2, keep(_mm256_mul_pd(d2, d2)));
-    a3 = _mm256_add_pd(a3, keep(_mm256_mul_pd(d3, d3)));
+    for (int k = 0; k < 4; ++k) {
+      __m256d d = _mm256_sub_pd(load4(x + i + 4 * k), m);
+      a[k] = _mm256_add_pd(a[k], keep(_mm256_mul_pd(d, d)));
+      b[k] = _mm256_add_pd(b[k], d);
+    }
   }
-  alignas(32) double a[16];
-  store16(a, a0, a1, a2, a3);
+  alignas(32) double aa[16], ab[16];
+  store16(aa, a[0], a[1], a[2], a[3]);
+  store16(ab, b[0], b[1], b[2], b[3]);
   for (int j = 0; i + j < len; ++j) {
     double d = static_cast<double>(x[i + j]) - mean;
-    a[j] += keep(d * d);
+    aa[j] += keep(d * d);
+    ab[j] += d;
   }
-  return combine16(a);
+  out[0] = combine16(aa);
+  out[1] = combine16(ab);
 }
 
 template <typename T>
