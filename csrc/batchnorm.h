@@ -31,6 +31,16 @@ struct Coef {
   T mdy;               // backward: mean of dy (0 in eval)
 };
 
+// Per-column coefficient rows (column j of a row piece has its channel's coefficients).
+template <typename T>
+struct ColCoef {
+  const T* mean_hi;
+  const T* mean_lo;
+  const T* a;
+  const T* b;
+  const T* mdy;
+};
+
 template <typename T>
 struct Ops {
   // sum of x[0..len)
@@ -47,6 +57,21 @@ struct Ops {
   void (*dx)(const T* x, const T* dy, T* dx, i64 len, const Coef<T>& k, bool stream);
   // dx = dy * a
   void (*scale)(const T* dy, T* dx, i64 len, T a, bool stream);
+  // Column primitives, for short runs (small S): a row piece of w elements is w columns,
+  // each with its own double accumulators, summed sequentially over rows (so no
+  // reassociation at all). acc[j] += x[j]
+  void (*col_add)(const T* x, i64 w, double* acc);
+  // d = x[j] - mean[j]: q[j] += d * d, r[j] += d
+  void (*col_m2)(const T* x, i64 w, const double* mean, double* q, double* r);
+  // d = x[j] - mean[j]: q[j] += d * d, g[j] += dy[j], cx[j] += dy[j] * d
+  void (*col_m2dy)(const T* x, const T* dy, i64 w, const double* mean, double* q, double* g,
+                   double* cx);
+  // d = x[j] - mean[j]: g[j] += dy[j], cx[j] += dy[j] * d
+  void (*col_dy)(const T* x, const T* dy, i64 w, const double* mean, double* g, double* cx);
+  // the element-wise kernels above with per-column coefficients
+  void (*col_norm)(const T* x, T* y, i64 w, const ColCoef<T>& k, bool stream);
+  void (*col_dx)(const T* x, const T* dy, T* dx, i64 w, const ColCoef<T>& k, bool stream);
+  void (*col_scale)(const T* dy, T* dx, i64 w, const T* a, bool stream);
   // orders earlier non-temporal stores before later ordinary ones (end of a unit)
   void (*fence)();
 };

@@ -251,6 +251,116 @@ void v_scale(const typename Vt::T* dy, typename Vt::T* dx, i64 len, typename Vt:
       [&](i64 i) { return Vt::mul(Vt::load(dy + i), va); });
 }
 
+// ---- column primitives: lane j of a vector is column j, so no reassociation at all.
+
+template <typename T>
+void v_col_add(const T* x, i64 w, double* acc) {
+  i64 j = 0;
+  for (; j + 8 <= w; j += 8) {
+    _mm256_storeu_pd(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), load4(x + j)));
+    _mm256_storeu_pd(acc + j + 4, _mm256_add_pd(_mm256_loadu_pd(acc + j + 4), load4(x + j + 4)));
+  }
+  for (; j + 4 <= w; j += 4)
+    _mm256_storeu_pd(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), load4(x + j)));
+  for (; j < w; ++j) acc[j] += static_cast<double>(x[j]);
+}
+
+template <typename T>
+void v_col_m2(const T* x, i64 w, const double* mean, double* q, double* r) {
+  i64 j = 0;
+  for (; j + 4 <= w; j += 4) {
+    __m256d d = _mm256_sub_pd(load4(x + j), _mm256_loadu_pd(mean + j));
+    _mm256_storeu_pd(q + j, _mm256_add_pd(_mm256_loadu_pd(q + j), keep(_mm256_mul_pd(d, d))));
+    _mm256_storeu_pd(r + j, _mm256_add_pd(_mm256_loadu_pd(r + j), d));
+  }
+  for (; j < w; ++j) {
+    double d = static_cast<double>(x[j]) - mean[j];
+    q[j] += keep(d * d);
+    r[j] += d;
+  }
+}
+
+template <typename T>
+void v_col_m2dy(const T* x, const T* dy, i64 w, const double* mean, double* q, double* g,
+                double* cx) {
+  i64 j = 0;
+  for (; j + 4 <= w; j += 4) {
+    __m256d d = _mm256_sub_pd(load4(x + j), _mm256_loadu_pd(mean + j));
+    __m256d e = load4(dy + j);
+    _mm256_storeu_pd(q + j, _mm256_add_pd(_mm256_loadu_pd(q + j), keep(_mm256_mul_pd(d, d))));
+    _mm256_storeu_pd(g + j, _mm256_add_pd(_mm256_loadu_pd(g + j), e));
+    _mm256_storeu_pd(cx + j, _mm256_add_pd(_mm256_loadu_pd(cx + j), keep(_mm256_mul_pd(e, d))));
+  }
+  for (; j < w; ++j) {
+    double d = static_cast<double>(x[j]) - mean[j];
+    double e = static_cast<double>(dy[j]);
+    q[j] += keep(d * d);
+    g[j] += e;
+    cx[j] += keep(e * d);
+  }
+}
+
+template <typename T>
+void v_col_dy(const T* x, const T* dy, i64 w, const double* mean, double* g, double* cx) {
+  i64 j = 0;
+  for (; j + 4 <= w; j += 4) {
+    __m256d d = _mm256_sub_pd(load4(x + j), _mm256_loadu_pd(mean + j));
+    __m256d e = load4(dy + j);
+    _mm256_storeu_pd(g + j, _mm256_add_pd(_mm256_loadu_pd(g + j), e));
+    _mm256_storeu_pd(cx + j, _mm256_add_pd(_mm256_loadu_pd(cx + j), keep(_mm256_mul_pd(e, d))));
+  }
+  for (; j < w; ++j) {
+    double d = static_cast<double>(x[j]) - mean[j];
+    double e = static_cast<double>(dy[j]);
+    g[j] += e;
+    cx[j] += keep(e * d);
+  }
+}
+
+template <class Vt>
+void v_col_norm(const typename Vt::T* x, typename Vt::T* y, i64 w,
+                const bn::ColCoef<typename Vt::T>& k, bool stream) {
+  using T = typename Vt::T;
+  using V = typename Vt::V;
+  elementwise<Vt>(
+      y, w, stream,
+      [&](i64 i) {
+        T d = (x[i] - k.mean_hi[i]) - k.mean_lo[i];
+        y[i] = keep(d * k.a[i]) + k.b[i];
+      },
+      [&](i64 i) {
+        V d = Vt::sub(Vt::sub(Vt::load(x + i), Vt::load(k.mean_hi + i)), Vt::load(k.mean_lo + i));
+        return Vt::add(keep(Vt::mul(d, Vt::load(k.a + i))), Vt::load(k.b + i));
+      });
+}
+
+template <class Vt>
+void v_col_dx(const typename Vt::T* x, const typename Vt::T* dy, typename Vt::T* dx, i64 w,
+              const bn::ColCoef<typename Vt::T>& k, bool stream) {
+  using T = typename Vt::T;
+  using V = typename Vt::V;
+  elementwise<Vt>(
+      dx, w, stream,
+      [&](i64 i) {
+        T g = dy[i] - k.mdy[i];
+        T d = (x[i] - k.mean_hi[i]) - k.mean_lo[i];
+        dx[i] = keep(g * k.a[i]) - keep(d * k.b[i]);
+      },
+      [&](i64 i) {
+        V g = Vt::sub(Vt::load(dy + i), Vt::load(k.mdy + i));
+        V d = Vt::sub(Vt::sub(Vt::load(x + i), Vt::load(k.mean_hi + i)), Vt::load(k.mean_lo + i));
+        return Vt::sub(keep(Vt::mul(g, Vt::load(k.a + i))), keep(Vt::mul(d, Vt::load(k.b + i))));
+      });
+}
+
+template <class Vt>
+void v_col_scale(const typename Vt::T* dy, typename Vt::T* dx, i64 w, const typename Vt::T* a,
+                 bool stream) {
+  elementwise<Vt>(
+      dx, w, stream, [&](i64 i) { dx[i] = dy[i] * a[i]; },
+      [&](i64 i) { return Vt::mul(Vt::load(dy + i), Vt::load(a + i)); });
+}
+
 void v_fence() { _mm_sfence(); }
 
 template <typename T, class Vt>
@@ -263,6 +373,13 @@ bn::Ops<T> make_avx2_ops() {
   o.norm = &v_norm<Vt>;
   o.dx = &v_dx<Vt>;
   o.scale = &v_scale<Vt>;
+  o.col_add = &v_col_add<T>;
+  o.col_m2 = &v_col_m2<T>;
+  o.col_m2dy = &v_col_m2dy<T>;
+  o.col_dy = &v_col_dy<T>;
+  o.col_norm = &v_col_norm<Vt>;
+  o.col_dx = &v_col_dx<Vt>;
+  o.col_scale = &v_col_scale<Vt>;
   o.fence = &v_fence;
   return o;
 }
