@@ -123,40 +123,89 @@ void s_scale(const T* dy, T* dx, i64 len, T a, bool) {
   for (i64 i = 0; i < len; ++i) dx[i] = dy[i] * a;
 }
 
-template <typename T>
-void s_col_add(const T* x, i64 w, double* acc) {
-  for (i64 j = 0; j < w; ++j) acc[j] += static_cast<double>(x[j]);
+// Row grouping shared with every ISA: 4 rows form one term ((t0 + t1) + (t2 + t3)),
+// other counts go row by row. term(row, j) gives one row's contribution.
+template <typename Term>
+inline double row_group(i64 j, Term&& term) {
+  return (term(0, j) + term(1, j)) + (term(2, j) + term(3, j));
 }
 
 template <typename T>
-void s_col_m2(const T* x, i64 w, const double* mean, double* q, double* r) {
-  for (i64 j = 0; j < w; ++j) {
-    double d = static_cast<double>(x[j]) - mean[j];
-    q[j] += keep(d * d);
-    r[j] += d;
+void s_col_add(const T* x, i64 ld, i64 rows, i64 w, double* acc) {
+  auto t = [&](i64 r, i64 j) { return static_cast<double>(x[r * ld + j]); };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) acc[j] += row_group(j, t);
+    return;
   }
+  for (i64 r = 0; r < rows; ++r)
+    for (i64 j = 0; j < w; ++j) acc[j] += t(r, j);
 }
 
 template <typename T>
-void s_col_m2dy(const T* x, const T* dy, i64 w, const double* mean, double* q, double* g,
-                double* cx) {
-  for (i64 j = 0; j < w; ++j) {
-    double d = static_cast<double>(x[j]) - mean[j];
-    double e = static_cast<double>(dy[j]);
-    q[j] += keep(d * d);
-    g[j] += e;
-    cx[j] += keep(e * d);
+void s_col_m2(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
+  auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
+  auto sq = [&](i64 k, i64 j) {
+    double d = dev(k, j);
+    return keep(d * d);
+  };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += row_group(j, sq);
+      if (r) r[j] += row_group(j, dev);
+    }
+    return;
   }
+  for (i64 k = 0; k < rows; ++k)
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += sq(k, j);
+      if (r) r[j] += dev(k, j);
+    }
 }
 
 template <typename T>
-void s_col_dy(const T* x, const T* dy, i64 w, const double* mean, double* g, double* cx) {
-  for (i64 j = 0; j < w; ++j) {
-    double d = static_cast<double>(x[j]) - mean[j];
-    double e = static_cast<double>(dy[j]);
-    g[j] += e;
-    cx[j] += keep(e * d);
+void s_col_m2dy(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* q,
+                double* g, double* cx) {
+  auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
+  auto sq = [&](i64 k, i64 j) {
+    double d = dev(k, j);
+    return keep(d * d);
+  };
+  auto gy = [&](i64 k, i64 j) { return static_cast<double>(dy[k * ld + j]); };
+  auto co = [&](i64 k, i64 j) { return keep(gy(k, j) * dev(k, j)); };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += row_group(j, sq);
+      g[j] += row_group(j, gy);
+      cx[j] += row_group(j, co);
+    }
+    return;
   }
+  for (i64 k = 0; k < rows; ++k)
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += sq(k, j);
+      g[j] += gy(k, j);
+      cx[j] += co(k, j);
+    }
+}
+
+template <typename T>
+void s_col_dy(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* g,
+              double* cx) {
+  auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
+  auto gy = [&](i64 k, i64 j) { return static_cast<double>(dy[k * ld + j]); };
+  auto co = [&](i64 k, i64 j) { return keep(gy(k, j) * dev(k, j)); };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) {
+      g[j] += row_group(j, gy);
+      cx[j] += row_group(j, co);
+    }
+    return;
+  }
+  for (i64 k = 0; k < rows; ++k)
+    for (i64 j = 0; j < w; ++j) {
+      g[j] += gy(k, j);
+      cx[j] += co(k, j);
+    }
 }
 
 template <typename T>
@@ -305,22 +354,25 @@ inline void for_runs(const Ctx<T>& k, i64 c0, i64 c1, i64 e0, i64 e1, NoDeduce<T
   }
 }
 
-// Row walk of the column scheme: f(offset of row n's piece) for n in [n0, n1),
-// prefetching ahead from a and b (either may be null).
+// Row walk of the column scheme: f(offset of row n's piece, rows) over [n0, n1) in
+// groups of `group` rows (the last ones singly), prefetching ahead from a and b (either
+// may be null).
 template <typename T, typename F>
-inline void for_rows(const Ctx<T>& k, i64 c0, i64 c1, i64 n0, i64 n1, NoDeduce<T> a,
+inline void for_rows(const Ctx<T>& k, i64 c0, i64 c1, i64 n0, i64 n1, i64 group, NoDeduce<T> a,
                      NoDeduce<T> b, F&& f) {
   const i64 w = (c1 - c0) * k.S;
   const i64 bytes = std::max<i64>(1, w * static_cast<i64>(sizeof(T)));
-  const i64 dist = std::min<i64>(32, std::max<i64>(1, (kPrefetchBytes + bytes - 1) / bytes));
+  const i64 dist = std::min<i64>(32, std::max<i64>(group, (kPrefetchBytes + bytes - 1) / bytes));
   const i64 pf = std::min(bytes, kPrefetchBytes);
-  for (i64 n = n0; n < n1; ++n) {
-    if (n + dist < n1) {
-      i64 off = ((n + dist) * k.C + c0) * k.S;
+  for (i64 n = n0; n < n1;) {
+    const i64 g = n1 - n >= group ? group : 1;
+    for (i64 r = n + dist; r < n + dist + g && r < n1; ++r) {
+      i64 off = (r * k.C + c0) * k.S;
       if (a) prefetch_bytes(a + off, pf);
       if (b) prefetch_bytes(b + off, pf);
     }
-    f((n * k.C + c0) * k.S);
+    f((n * k.C + c0) * k.S, g);
+    n += g;
   }
 }
 
@@ -364,18 +416,24 @@ void unit_stats(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i
   }
   const i64 S = k.S, w = (c1 - c0) * S, n0 = e0 / S, n1 = e1 / S;
   const double rows = static_cast<double>(n1 - n0);
+  const i64 ld = k.C * S;
+  // The refinement of the column means is only needed where a column sum can round:
+  // float32 values sum exactly in double (fewer than 2^29 rows), float64 ones may not.
+  double* refine = sizeof(T) == sizeof(float) && rows < 536870912.0 ? nullptr : cw.r;
   std::fill(cw.g, cw.g + w, 0.0);
-  for_rows(k, c0, c1, n0, n1, x, nullptr, [&](i64 off) { ops.col_add(x + off, w, cw.g); });
+  for_rows(k, c0, c1, n0, n1, 4, x, nullptr,
+           [&](i64 off, i64 g) { ops.col_add(x + off, ld, g, w, cw.g); });
   for (i64 j = 0; j < w; ++j) cw.mean[j] = cw.g[j] / rows;
   std::fill(cw.q, cw.q + w, 0.0);
   std::fill(cw.r, cw.r + w, 0.0);
   std::fill(cw.g, cw.g + w, 0.0);
   if (dy)
-    for_rows(k, c0, c1, n0, n1, nullptr, dy,
-             [&](i64 off) { ops.col_m2dy(x + off, dy + off, w, cw.mean, cw.q, cw.g, cw.r); });
+    for_rows(k, c0, c1, n0, n1, 4, nullptr, dy, [&](i64 off, i64 g) {
+      ops.col_m2dy(x + off, dy + off, ld, g, w, cw.mean, cw.q, cw.g, cw.r);
+    });
   else
-    for_rows(k, c0, c1, n0, n1, nullptr, nullptr,
-             [&](i64 off) { ops.col_m2(x + off, w, cw.mean, cw.q, cw.r); });
+    for_rows(k, c0, c1, n0, n1, 4, nullptr, nullptr,
+             [&](i64 off, i64 g) { ops.col_m2(x + off, ld, g, w, cw.mean, cw.q, refine); });
   for (i64 c = c0; c < c1; ++c) {
     Mom acc{0, 0, 0, 0, 0};
     for (i64 s = 0; s < S; ++s) {
@@ -414,8 +472,9 @@ void unit_dysums(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, 
     for (i64 s = 0; s < S; ++s) cw.mean[(c - c0) * S + s] = k.mean_in[c];
   std::fill(cw.g, cw.g + w, 0.0);
   std::fill(cw.r, cw.r + w, 0.0);
-  for_rows(k, c0, c1, n0, n1, k.x, k.dy,
-           [&](i64 off) { ops.col_dy(k.x + off, k.dy + off, w, cw.mean, cw.g, cw.r); });
+  for_rows(k, c0, c1, n0, n1, 4, k.x, k.dy, [&](i64 off, i64 g) {
+    ops.col_dy(k.x + off, k.dy + off, k.C * S, g, w, cw.mean, cw.g, cw.r);
+  });
   for (i64 c = c0; c < c1; ++c) {
     Mom& m = out[c - c0];
     for (i64 s = 0; s < S; ++s) {
@@ -470,7 +529,7 @@ void unit_elementwise(const Ctx<T>& k, const ColWork<T>& cw, Pass pass, i64 c0, 
   } else {
     const i64 w = (c1 - c0) * k.S, n0 = e0 / k.S, n1 = e1 / k.S;
     bn::ColCoef<T> cc = expand_coef(k, cw, c0, c1);
-    for_rows(k, c0, c1, n0, n1, pa, pb, [&](i64 off) {
+    for_rows(k, c0, c1, n0, n1, 1, pa, pb, [&](i64 off, i64) {
       if (pass == Pass::norm)
         ops.col_norm(x + off, out + off, w, cc, k.stream);
       else if (pass == Pass::dx)

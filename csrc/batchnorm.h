@@ -58,16 +58,18 @@ struct Ops {
   // dx = dy * a
   void (*scale)(const T* dy, T* dx, i64 len, T a, bool stream);
   // Column primitives, for short runs (small S): a row piece of w elements is w columns,
-  // each with its own double accumulators, summed sequentially over rows (so no
-  // reassociation at all). acc[j] += x[j]
-  void (*col_add)(const T* x, i64 w, double* acc);
-  // d = x[j] - mean[j]: q[j] += d * d, r[j] += d
-  void (*col_m2)(const T* x, i64 w, const double* mean, double* q, double* r);
+  // each with its own double accumulators. The reductions take `rows` consecutive row
+  // pieces (ld elements apart): 4 rows enter each accumulator as one term
+  // ((t0 + t1) + (t2 + t3)); any other count enters row by row. acc[j] += x[j]
+  void (*col_add)(const T* x, i64 ld, i64 rows, i64 w, double* acc);
+  // d = x[j] - mean[j]: q[j] += d * d, r[j] += d (r may be null: skipped)
+  void (*col_m2)(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r);
   // d = x[j] - mean[j]: q[j] += d * d, g[j] += dy[j], cx[j] += dy[j] * d
-  void (*col_m2dy)(const T* x, const T* dy, i64 w, const double* mean, double* q, double* g,
-                   double* cx);
+  void (*col_m2dy)(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean,
+                   double* q, double* g, double* cx);
   // d = x[j] - mean[j]: g[j] += dy[j], cx[j] += dy[j] * d
-  void (*col_dy)(const T* x, const T* dy, i64 w, const double* mean, double* g, double* cx);
+  void (*col_dy)(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* g,
+                 double* cx);
   // the element-wise kernels above with per-column coefficients
   void (*col_norm)(const T* x, T* y, i64 w, const ColCoef<T>& k, bool stream);
   void (*col_dx)(const T* x, const T* dy, T* dx, i64 w, const ColCoef<T>& k, bool stream);

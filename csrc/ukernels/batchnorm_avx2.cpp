@@ -253,68 +253,137 @@ void v_scale(const typename Vt::T* dy, typename Vt::T* dx, i64 len, typename Vt:
 
 // ---- column primitives: lane j of a vector is column j, so no reassociation at all.
 
-template <typename T>
-void v_col_add(const T* x, i64 w, double* acc) {
-  i64 j = 0;
-  for (; j + 8 <= w; j += 8) {
-    _mm256_storeu_pd(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), load4(x + j)));
-    _mm256_storeu_pd(acc + j + 4, _mm256_add_pd(_mm256_loadu_pd(acc + j + 4), load4(x + j + 4)));
-  }
-  for (; j + 4 <= w; j += 4)
-    _mm256_storeu_pd(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), load4(x + j)));
-  for (; j < w; ++j) acc[j] += static_cast<double>(x[j]);
+// 4-row groups: ((t0 + t1) + (t2 + t3)) per column, as the scalar path.
+template <class F>
+inline __m256d group4(F&& term) {
+  return _mm256_add_pd(_mm256_add_pd(term(0), term(1)), _mm256_add_pd(term(2), term(3)));
 }
+template <class F>
+inline double group4s(F&& term) {
+  return (term(0) + term(1)) + (term(2) + term(3));
+}
+inline void acc4(double* p, __m256d v) { _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), v)); }
 
 template <typename T>
-void v_col_m2(const T* x, i64 w, const double* mean, double* q, double* r) {
-  i64 j = 0;
-  for (; j + 4 <= w; j += 4) {
-    __m256d d = _mm256_sub_pd(load4(x + j), _mm256_loadu_pd(mean + j));
-    _mm256_storeu_pd(q + j, _mm256_add_pd(_mm256_loadu_pd(q + j), keep(_mm256_mul_pd(d, d))));
-    _mm256_storeu_pd(r + j, _mm256_add_pd(_mm256_loadu_pd(r + j), d));
+void v_col_add(const T* x, i64 ld, i64 rows, i64 w, double* acc) {
+  if (rows == 4) {
+    i64 j = 0;
+    for (; j + 4 <= w; j += 4) acc4(acc + j, group4([&](int k) { return load4(x + k * ld + j); }));
+    for (; j < w; ++j)
+      acc[j] += group4s([&](int k) { return static_cast<double>(x[k * ld + j]); });
+    return;
   }
-  for (; j < w; ++j) {
-    double d = static_cast<double>(x[j]) - mean[j];
-    q[j] += keep(d * d);
-    r[j] += d;
-  }
-}
-
-template <typename T>
-void v_col_m2dy(const T* x, const T* dy, i64 w, const double* mean, double* q, double* g,
-                double* cx) {
-  i64 j = 0;
-  for (; j + 4 <= w; j += 4) {
-    __m256d d = _mm256_sub_pd(load4(x + j), _mm256_loadu_pd(mean + j));
-    __m256d e = load4(dy + j);
-    _mm256_storeu_pd(q + j, _mm256_add_pd(_mm256_loadu_pd(q + j), keep(_mm256_mul_pd(d, d))));
-    _mm256_storeu_pd(g + j, _mm256_add_pd(_mm256_loadu_pd(g + j), e));
-    _mm256_storeu_pd(cx + j, _mm256_add_pd(_mm256_loadu_pd(cx + j), keep(_mm256_mul_pd(e, d))));
-  }
-  for (; j < w; ++j) {
-    double d = static_cast<double>(x[j]) - mean[j];
-    double e = static_cast<double>(dy[j]);
-    q[j] += keep(d * d);
-    g[j] += e;
-    cx[j] += keep(e * d);
+  for (i64 r = 0; r < rows; ++r) {
+    const T* xr = x + r * ld;
+    i64 j = 0;
+    for (; j + 4 <= w; j += 4) acc4(acc + j, load4(xr + j));
+    for (; j < w; ++j) acc[j] += static_cast<double>(xr[j]);
   }
 }
 
+template <bool kRefine, typename T>
+void col_m2_impl(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
+  if (rows == 4) {
+    i64 j = 0;
+    for (; j + 4 <= w; j += 4) {
+      const __m256d m = _mm256_loadu_pd(mean + j);
+      __m256d d[4];
+      for (int k = 0; k < 4; ++k) d[k] = _mm256_sub_pd(load4(x + k * ld + j), m);
+      acc4(q + j, group4([&](int k) { return keep(_mm256_mul_pd(d[k], d[k])); }));
+      if (kRefine) acc4(r + j, group4([&](int k) { return d[k]; }));
+    }
+    for (; j < w; ++j) {
+      double d[4];
+      for (int k = 0; k < 4; ++k) d[k] = static_cast<double>(x[k * ld + j]) - mean[j];
+      q[j] += group4s([&](int k) { return keep(d[k] * d[k]); });
+      if (kRefine) r[j] += group4s([&](int k) { return d[k]; });
+    }
+    return;
+  }
+  for (i64 k = 0; k < rows; ++k) {
+    const T* xr = x + k * ld;
+    i64 j = 0;
+    for (; j + 4 <= w; j += 4) {
+      __m256d d = _mm256_sub_pd(load4(xr + j), _mm256_loadu_pd(mean + j));
+      acc4(q + j, keep(_mm256_mul_pd(d, d)));
+      if (kRefine) acc4(r + j, d);
+    }
+    for (; j < w; ++j) {
+      double d = static_cast<double>(xr[j]) - mean[j];
+      q[j] += keep(d * d);
+      if (kRefine) r[j] += d;
+    }
+  }
+}
+
 template <typename T>
-void v_col_dy(const T* x, const T* dy, i64 w, const double* mean, double* g, double* cx) {
-  i64 j = 0;
-  for (; j + 4 <= w; j += 4) {
-    __m256d d = _mm256_sub_pd(load4(x + j), _mm256_loadu_pd(mean + j));
-    __m256d e = load4(dy + j);
-    _mm256_storeu_pd(g + j, _mm256_add_pd(_mm256_loadu_pd(g + j), e));
-    _mm256_storeu_pd(cx + j, _mm256_add_pd(_mm256_loadu_pd(cx + j), keep(_mm256_mul_pd(e, d))));
+void v_col_m2(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
+  if (r)
+    col_m2_impl<true>(x, ld, rows, w, mean, q, r);
+  else
+    col_m2_impl<false>(x, ld, rows, w, mean, q, r);
+}
+
+// kM2: also the squared deviations (training); otherwise only dy sums (eval).
+template <bool kM2, typename T>
+void col_dy_impl(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* q,
+                 double* g, double* cx) {
+  if (rows == 4) {
+    i64 j = 0;
+    for (; j + 4 <= w; j += 4) {
+      const __m256d m = _mm256_loadu_pd(mean + j);
+      __m256d d[4], e[4];
+      for (int k = 0; k < 4; ++k) {
+        d[k] = _mm256_sub_pd(load4(x + k * ld + j), m);
+        e[k] = load4(dy + k * ld + j);
+      }
+      if (kM2) acc4(q + j, group4([&](int k) { return keep(_mm256_mul_pd(d[k], d[k])); }));
+      acc4(g + j, group4([&](int k) { return e[k]; }));
+      acc4(cx + j, group4([&](int k) { return keep(_mm256_mul_pd(e[k], d[k])); }));
+    }
+    for (; j < w; ++j) {
+      double d[4], e[4];
+      for (int k = 0; k < 4; ++k) {
+        d[k] = static_cast<double>(x[k * ld + j]) - mean[j];
+        e[k] = static_cast<double>(dy[k * ld + j]);
+      }
+      if (kM2) q[j] += group4s([&](int k) { return keep(d[k] * d[k]); });
+      g[j] += group4s([&](int k) { return e[k]; });
+      cx[j] += group4s([&](int k) { return keep(e[k] * d[k]); });
+    }
+    return;
   }
-  for (; j < w; ++j) {
-    double d = static_cast<double>(x[j]) - mean[j];
-    double e = static_cast<double>(dy[j]);
-    g[j] += e;
-    cx[j] += keep(e * d);
+  for (i64 k = 0; k < rows; ++k) {
+    const T* xr = x + k * ld;
+    const T* yr = dy + k * ld;
+    i64 j = 0;
+    for (; j + 4 <= w; j += 4) {
+      __m256d d = _mm256_sub_pd(load4(xr + j), _mm256_loadu_pd(mean + j));
+      __m256d e = load4(yr + j);
+      if (kM2) acc4(q + j, keep(_mm256_mul_pd(d, d)));
+      acc4(g + j, e);
+      acc4(cx + j, keep(_mm256_mul_pd(e, d)));
+    }
+    for (; j < w; ++j) {
+      double d = static_cast<double>(xr[j]) - mean[j];
+      double e = static_cast<double>(yr[j]);
+      if (kM2) q[j] += keep(d * d);
+      g[j] += e;
+      cx[j] += keep(e * d);
+    }
   }
+}
+
+template <typename T>
+void v_col_m2dy(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* q,
+                double* g, double* cx) {
+  col_dy_impl<true>(x, dy, ld, rows, w, mean, q, g, cx);
+}
+
+template <typename T>
+void v_col_dy(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* g,
+              double* cx) {
+  col_dy_impl<false>(x, dy, ld, rows, w, mean, nullptr, g, cx);
 }
 
 template <class Vt>
@@ -322,15 +391,19 @@ void v_col_norm(const typename Vt::T* x, typename Vt::T* y, i64 w,
                 const bn::ColCoef<typename Vt::T>& k, bool stream) {
   using T = typename Vt::T;
   using V = typename Vt::V;
+  const T* __restrict mh = k.mean_hi;
+  const T* __restrict ml = k.mean_lo;
+  const T* __restrict a = k.a;
+  const T* __restrict b = k.b;
   elementwise<Vt>(
       y, w, stream,
       [&](i64 i) {
-        T d = (x[i] - k.mean_hi[i]) - k.mean_lo[i];
-        y[i] = keep(d * k.a[i]) + k.b[i];
+        T d = (x[i] - mh[i]) - ml[i];
+        y[i] = keep(d * a[i]) + b[i];
       },
       [&](i64 i) {
-        V d = Vt::sub(Vt::sub(Vt::load(x + i), Vt::load(k.mean_hi + i)), Vt::load(k.mean_lo + i));
-        return Vt::add(keep(Vt::mul(d, Vt::load(k.a + i))), Vt::load(k.b + i));
+        V d = Vt::sub(Vt::sub(Vt::load(x + i), Vt::load(mh + i)), Vt::load(ml + i));
+        return Vt::add(keep(Vt::mul(d, Vt::load(a + i))), Vt::load(b + i));
       });
 }
 
@@ -339,17 +412,22 @@ void v_col_dx(const typename Vt::T* x, const typename Vt::T* dy, typename Vt::T*
               const bn::ColCoef<typename Vt::T>& k, bool stream) {
   using T = typename Vt::T;
   using V = typename Vt::V;
+  const T* __restrict mh = k.mean_hi;
+  const T* __restrict ml = k.mean_lo;
+  const T* __restrict a = k.a;
+  const T* __restrict b = k.b;
+  const T* __restrict mdy = k.mdy;
   elementwise<Vt>(
       dx, w, stream,
       [&](i64 i) {
-        T g = dy[i] - k.mdy[i];
-        T d = (x[i] - k.mean_hi[i]) - k.mean_lo[i];
-        dx[i] = keep(g * k.a[i]) - keep(d * k.b[i]);
+        T g = dy[i] - mdy[i];
+        T d = (x[i] - mh[i]) - ml[i];
+        dx[i] = keep(g * a[i]) - keep(d * b[i]);
       },
       [&](i64 i) {
-        V g = Vt::sub(Vt::load(dy + i), Vt::load(k.mdy + i));
-        V d = Vt::sub(Vt::sub(Vt::load(x + i), Vt::load(k.mean_hi + i)), Vt::load(k.mean_lo + i));
-        return Vt::sub(keep(Vt::mul(g, Vt::load(k.a + i))), keep(Vt::mul(d, Vt::load(k.b + i))));
+        V g = Vt::sub(Vt::load(dy + i), Vt::load(mdy + i));
+        V d = Vt::sub(Vt::sub(Vt::load(x + i), Vt::load(mh + i)), Vt::load(ml + i));
+        return Vt::sub(keep(Vt::mul(g, Vt::load(a + i))), keep(Vt::mul(d, Vt::load(b + i))));
       });
 }
 
