@@ -2,7 +2,9 @@
 
 Metric 'bytes' is the compulsory traffic: forward reads x and writes out (2 * x bytes);
 backward reads x and dy and writes dx (3 * x bytes). Running-stat and per-channel
-vectors are negligible and not counted.
+vectors are negligible and not counted. The backward workloads time the backward pass
+alone, with the statistics saved by the forward pass (pyconv: return_stats=True; torch:
+native_batch_norm's save_mean / save_invstd), as autograd would run it.
 """
 from __future__ import annotations
 
@@ -57,8 +59,12 @@ def _forward(shape, dtype, training):
 def _backward(shape, dtype):
     def setup():
         x, dy, w, b, rm, rv = _inputs(shape, dtype)
+        # Like autograd, the backward gets the statistics saved by the forward pass.
+        _, save_mean, save_invstd = pyconv.batch_norm(x, None, None, w, b, training=True,
+                                                      return_stats=True)
         fns = {
-            "pyconv": lambda: pyconv.batch_norm_backward(dy, x, w, training=True),
+            "pyconv": lambda: pyconv.batch_norm_backward(dy, x, w, training=True, save_mean=save_mean,
+                                                         save_invstd=save_invstd),
             "reference": lambda: ref.batch_norm_backward(dy, x, w, training=True),
             "torch": None,
         }
@@ -66,13 +72,13 @@ def _backward(shape, dtype):
         if torch is not None:
             tx, tdy, tw, tb = (torch.from_numpy(a) for a in (x, dy, w, b))
             trm, trv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
-            _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+            _, t_mean, t_invstd = torch.ops.aten.native_batch_norm(
                 tx, tw, tb, trm, trv, True, 0.1, 1e-5)
 
             def run_torch():
                 # only the backward pass: saved statistics come from the forward above
                 return torch.ops.aten.native_batch_norm_backward(
-                    tdy, tx, tw, trm, trv, save_mean, save_invstd, True, 1e-5, [True, True, True])
+                    tdy, tx, tw, trm, trv, t_mean, t_invstd, True, 1e-5, [True, True, True])
 
             fns["torch"] = run_torch
         return fns

@@ -321,7 +321,7 @@ struct Ctx {
   bool stream;
   bool columns;  // S < kChunkedMinS
   bn::Coef<T>* coef;
-  const double* mean_in;  // eval backward: the running mean
+  const double* mean_in;  // backward with given statistics: the mean
 };
 
 template <typename T>
@@ -748,7 +748,8 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
 template <typename T>
 void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p,
                         bool training, const double* mean_in, const double* var_in,
-                        const double* weight, double* grad_weight, double* grad_bias) {
+                        const double* invstd_in, const double* weight, double* grad_weight,
+                        double* grad_bias) {
   const i64 N = p.n, C = p.c, S = p.s, NS = p.n * p.s;
   if (C == 0) return;
   if (NS == 0) {
@@ -766,19 +767,26 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
            plan.columns, st.coef, mean_in};
   const double eps = p.eps;
   const Pass pass = training ? Pass::dx : Pass::scale;
+  const bool given = !training || invstd_in;  // statistics come from the caller
 
   // Per channel: coefficients for dx and the parameter gradients, from the moments.
   auto finalize = [&](i64 c) {
     const Mom& m = st.mom[c];
-    double mean, var;
-    if (training) {
+    double mean, invstd, ivar;  // ivar = 1 / (var + eps)
+    if (!given) {
       mean = m.mean;
-      var = m.m2 / m.n;
+      double v = m.m2 / m.n + eps;
+      invstd = 1.0 / std::sqrt(v);
+      ivar = 1.0 / v;
+    } else if (training) {
+      mean = mean_in[c];
+      invstd = invstd_in[c];
+      ivar = invstd * invstd;
     } else {
       mean = mean_in[c];
-      var = var_in[c];
+      invstd = 1.0 / std::sqrt(var_in[c] + eps);
+      ivar = 0.0;
     }
-    double invstd = 1.0 / std::sqrt(var + eps);
     double w = weight ? weight[c] : 1.0;
     double a = w * invstd;
     bn::Coef<T>& q = st.coef[c];
@@ -786,7 +794,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
     q.a = static_cast<T>(a);
     if (training) {
       q.mdy = static_cast<T>(m.sdy / m.n);
-      q.b = static_cast<T>(a * ((m.cxy / m.n) / (var + eps)));
+      q.b = static_cast<T>(a * ((m.cxy / m.n) * ivar));
     } else {
       q.mdy = T(0);
       q.b = T(0);
@@ -797,7 +805,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
     }
   };
   auto reduce = [&](const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i64 e1, Mom* out) {
-    if (training)
+    if (!given)
       unit_stats<T>(k, cw, c0, c1, e0, e1, out);
     else
       unit_dysums<T>(k, cw, c0, c1, e0, e1, out);
@@ -837,7 +845,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
     m = Mom{0, 0, 0, 0, 0};
     for (i64 q = 0; q < plan.parts; ++q) {
       const Mom& part = st.partial[c * plan.parts + q];
-      if (training) {
+      if (!given) {
         merge(m, part);
       } else {
         m.n += part.n;
@@ -863,9 +871,11 @@ template void batchnorm_forward<double>(const double*, double*, const BatchNormP
                                         const double*, double*, double*);
 template void batchnorm_backward<float>(const float*, const float*, float*,
                                         const BatchNormParams&, bool, const double*,
-                                        const double*, const double*, double*, double*);
+                                        const double*, const double*, const double*, double*,
+                                        double*);
 template void batchnorm_backward<double>(const double*, const double*, double*,
                                          const BatchNormParams&, bool, const double*,
-                                         const double*, const double*, double*, double*);
+                                         const double*, const double*, const double*, double*,
+                                         double*);
 
 }  // namespace pyconv

@@ -99,10 +99,13 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
                        const double* bias, double* batch_mean, double* batch_m2);
 
 // Backward: dx (N, C, S) and, when grad_weight / grad_bias are non-null, their (C,)
-// values in double. training: statistics recomputed from x; eval: mean_in / var_in.
+// values in double. eval: mean_in / var_in are the running statistics. training:
+// statistics recomputed from x, or, when invstd_in is non-null, the saved batch mean
+// (mean_in) and inverse standard deviation (invstd_in) of the forward pass.
 template <typename T>
 void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p,
                         bool training, const double* mean_in, const double* var_in,
-                        const double* weight, double* grad_weight, double* grad_bias);
+                        const double* invstd_in, const double* weight, double* grad_weight,
+                        double* grad_bias);
 
 }  // namespace pyconv

@@ -218,13 +218,15 @@ void register_batchnorm(py::module_& m) {
   m.def(
       "batch_norm_forward",
       [](py::object input, py::object running_mean, py::object running_var, py::object weight,
-         py::object bias, py::object training, py::object momentum, py::object eps) -> py::object {
+         py::object bias, py::object training, py::object momentum, py::object eps,
+         py::object return_stats) -> py::object {
         Dtype dt = float_dtype(input, "input");
         same_dtype(dt, {{"running_mean", running_mean},
                         {"running_var", running_var},
                         {"weight", weight},
                         {"bias", bias}});
         const bool train = bn_bool(training, "training");
+        const bool want_stats = bn_bool(return_stats, "return_stats");
         const double mom = bn_real(momentum, "momentum");
         const double e = bn_real(eps, "eps");
         bn_check_eps(e);
@@ -285,19 +287,33 @@ void register_batchnorm(py::module_& m) {
               running_var.attr("__setitem__")(py::ellipsis(), upd);
             }
           }
-          return std::move(out);
+          if (!want_stats) return std::move(out);
+          // Saved statistics in float64 whatever the input dtype (a float32 mean would
+          // cost the backward pass its accuracy).
+          py::array_t<double> smean(static_cast<py::ssize_t>(p.c)), sinv(static_cast<py::ssize_t>(p.c));
+          const double count = static_cast<double>(p.n * p.s);
+          for (i64 c = 0; c < p.c; ++c) {
+            double mean = train ? bmean[c] : rm[c];
+            double var = train ? bm2[c] / count : rv[c];
+            smean.mutable_data()[c] = mean;
+            sinv.mutable_data()[c] = 1.0 / std::sqrt(var + e);
+          }
+          return py::make_tuple(out, smean, sinv);
         });
       },
       py::arg("input"), py::arg("running_mean"), py::arg("running_var"), py::arg("weight"),
       py::arg("bias"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
+      py::arg("return_stats") = false,
       "Batch norm over every axis but 1 of input (rank >= 2). Training normalises with the\n"
       "biased batch variance and updates the given running stats in place (unbiased\n"
-      "variance into running_var); eval uses the running stats.");
+      "variance into running_var); eval uses the running stats. return_stats=True returns\n"
+      "(out, save_mean, save_invstd), the statistics used, in float64.");
 
   m.def(
       "batch_norm_backward",
       [](py::object grad_output, py::object input, py::object weight, py::object running_mean,
-         py::object running_var, py::object training, py::object eps) -> py::tuple {
+         py::object running_var, py::object training, py::object eps, py::object save_mean,
+         py::object save_invstd) -> py::tuple {
         Dtype dt = float_dtype(input, "input");
         same_dtype(dt, {{"grad_output", grad_output},
                         {"weight", weight},
@@ -323,16 +339,33 @@ void register_batchnorm(py::module_& m) {
           value_error("batch_norm_backward: expected more than 1 value per channel when training, "
                       "got input of shape " + bn_shape_str(shape));
         }
+        if (save_mean.is_none() != save_invstd.is_none())
+          value_error("save_mean and save_invstd must be given together (one is None)");
+        const bool saved = !save_mean.is_none();
+        if (saved) {
+          if (!train) value_error("save_mean and save_invstd apply to training=True only");
+          for (auto& [name, obj] : {std::pair<const char*, py::object>{"save_mean", save_mean},
+                                    std::pair<const char*, py::object>{"save_invstd", save_invstd}}) {
+            if (float_dtype(obj, name) != Dtype::f64)
+              type_error(std::string(name) + " must have dtype float64 (as returned by "
+                         "batch_norm(..., return_stats=True)), got " +
+                         std::string(py::str(py::reinterpret_borrow<py::array>(obj).dtype())));
+            bn_check_vec(obj, name, p.c);
+          }
+        }
         return dispatch_float(dt, [&](auto tag) -> py::tuple {
           using T = decltype(tag);
           auto x = contiguous<T>(input);
           auto dy = contiguous<T>(grad_output);
           auto dx = new_array<T>(shape);
           std::vector<double> w = bn_values<T>(weight);
-          std::vector<double> rm, rv;
+          std::vector<double> rm, rv, sinv;
           if (!train) {
             rm = bn_values<T>(running_mean);
             rv = bn_values<T>(running_var);
+          } else if (saved) {
+            rm = bn_values<double>(save_mean);
+            sinv = bn_values<double>(save_invstd);
           }
           const bool grads = !weight.is_none();
           std::vector<double> gw(grads ? static_cast<std::size_t>(p.c) : 0), gb(gw.size());
@@ -341,6 +374,7 @@ void register_batchnorm(py::module_& m) {
             pyconv::batchnorm_backward<T>(dy.data(), x.data(), dx.mutable_data(), p, train,
                                           rm.empty() ? nullptr : rm.data(),
                                           rv.empty() ? nullptr : rv.data(),
+                                          sinv.empty() ? nullptr : sinv.data(),
                                           grads ? w.data() : nullptr, grads ? gw.data() : nullptr,
                                           grads ? gb.data() : nullptr);
           }
@@ -354,9 +388,11 @@ void register_batchnorm(py::module_& m) {
         });
       },
       py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("running_mean"),
-      py::arg("running_var"), py::arg("training"), py::arg("eps"),
+      py::arg("running_var"), py::arg("training"), py::arg("eps"), py::arg("save_mean") = py::none(),
+      py::arg("save_invstd") = py::none(),
       "Batch norm backward -> (grad_input, grad_weight, grad_bias); the last two are None\n"
-      "when weight is None. Training recomputes the batch statistics from input.");
+      "when weight is None. Training recomputes the batch statistics from input, or uses\n"
+      "save_mean / save_invstd (float64) from batch_norm(..., return_stats=True).");
 }
 
 // ========================== end batchnorm =========================

@@ -141,7 +141,7 @@ def _bn_check_eps(eps) -> float:
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+               momentum=0.1, eps=1e-5, return_stats=False):
     """Batch normalisation over every axis but 1 of `input` (rank >= 2).
 
     training=True normalises with the biased batch variance and, when running stats are
@@ -149,6 +149,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     with the unbiased variance into running_var. training=False uses the running stats
     (required). out = (x - mean) * (invstd * weight) + bias, so a constant channel gives
     exactly bias.
+
+    return_stats=True (not in torch's signature) returns (out, save_mean, save_invstd):
+    the per-channel mean and 1/sqrt(var + eps) used, as float64 arrays, which
+    batch_norm_backward accepts to skip recomputing them.
     """
     _check_array(input, "input")
     if input.ndim < 2:
@@ -171,18 +175,24 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(
             f"batch_norm: expected more than 1 value per channel when training, got input of shape {input.shape}"
         )
-    out = _core.batch_norm_forward(input, running_mean, running_var, weight, bias, training,
-                                   momentum, eps)
-    return _check_output(out, input.shape, "batch_norm")
+    res = _core.batch_norm_forward(input, running_mean, running_var, weight, bias, training,
+                                   momentum, eps, bool(return_stats))
+    if return_stats:
+        out, save_mean, save_invstd = res
+        _check_output(save_mean, (c,), "batch_norm")
+        _check_output(save_invstd, (c,), "batch_norm")
+        return _check_output(out, input.shape, "batch_norm"), save_mean, save_invstd
+    return _check_output(res, input.shape, "batch_norm")
 
 
 def batch_norm_backward(grad_output, input, weight=None, running_mean=None, running_var=None,
-                        training=True, eps=1e-5):
+                        training=True, eps=1e-5, save_mean=None, save_invstd=None):
     """Gradients of batch_norm -> (grad_input, grad_weight, grad_bias).
 
     With weight=None the weight is taken as 1 and grad_weight, grad_bias are None.
-    training=True recomputes the batch statistics from `input`; training=False uses the
-    running stats (required).
+    training=True recomputes the batch statistics from `input`, or takes them from
+    save_mean / save_invstd (float64, from batch_norm(..., return_stats=True));
+    training=False uses the running stats (required).
     """
     _check_array(input, "input")
     _check_array(grad_output, "grad_output")
@@ -199,8 +209,20 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise ValueError(f"running_mean and running_var are required when training=False ({missing} is None)")
+    if (save_mean is None) != (save_invstd is None):
+        raise ValueError("save_mean and save_invstd must be given together (one is None)")
+    if save_mean is not None:
+        if not training:
+            raise ValueError("save_mean and save_invstd apply to training=True only")
+        for name, v in (("save_mean", save_mean), ("save_invstd", save_invstd)):
+            _check_array(v, name)
+            if v.dtype != np.float64:
+                raise TypeError(f"{name} must have dtype float64 (as returned by "
+                                f"batch_norm(..., return_stats=True)), got {v.dtype}")
+            if v.ndim != 1 or v.shape[0] != c:
+                raise ValueError(f"{name} must have shape ({c},), got shape {v.shape}")
     dx, gw, gb = _core.batch_norm_backward(grad_output, input, weight, running_mean, running_var,
-                                           training, eps)
+                                           training, eps, save_mean, save_invstd)
     _check_output(dx, input.shape, "batch_norm_backward")
     if weight is not None:
         _check_output(gw, (c,), "batch_norm_backward")

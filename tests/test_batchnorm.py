@@ -567,3 +567,54 @@ def test_core_rejects_bad_flags():
         _core.batch_norm_forward(x, None, None, None, None, True, True, 1e-5)
     with pytest.raises(TypeError, match="eps"):
         _core.batch_norm_backward(x, x, None, None, None, True, None)
+
+
+# ------------------------------------------------------------------ saved statistics
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4, 3, 5), (3, 2, 700), (16, 5), (30000, 2)])
+def test_saved_stats_round_trip(isa, dtype, shape):
+    rng = np.random.default_rng(11)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    out, sm, si = pyconv.batch_norm(x, None, None, w, b, training=True, eps=1e-4, return_stats=True)
+    assert np.array_equal(out, pyconv.batch_norm(x, None, None, w, b, training=True, eps=1e-4))
+    mean, var = _batch_stats(x)
+    assert sm.dtype == np.float64 and si.dtype == np.float64
+    np.testing.assert_allclose(sm, mean, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(si, 1 / np.sqrt(var + 1e-4), rtol=1e-12)
+    got = pyconv.batch_norm_backward(dy, x, w, eps=1e-4, save_mean=sm, save_invstd=si)
+    want = ref.batch_norm_backward(dy, x, w, eps=1e-4)
+    check_backward(got, want, x, dy, w, True, mean, var, 1e-4)
+    # eval: the running statistics come back
+    rm, rv = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.5).astype(dtype)
+    _, em, ei = pyconv.batch_norm(x, rm, rv, training=False, eps=1e-4, return_stats=True)
+    np.testing.assert_array_equal(em, rm.astype(np.float64))
+    np.testing.assert_allclose(ei, 1 / np.sqrt(rv.astype(np.float64) + 1e-4), rtol=1e-15)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_saved_stats_errors(direct):
+    x = _f32(2, 3, 4)
+    ok = np.ones(3)
+
+    def call(sm, si, training=True):
+        r = _f32(3)
+        if direct:
+            return _core.batch_norm_backward(x, x, None, r, r, training, 1e-5, sm, si)
+        return pyconv.batch_norm_backward(x, x, None, r, r, training=training, save_mean=sm,
+                                          save_invstd=si)
+
+    with pytest.raises(ValueError, match="together"):
+        call(ok, None)
+    with pytest.raises(TypeError, match="save_invstd.*float64"):
+        call(ok, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="save_mean"):
+        call(np.ones(4), ok)
+    with pytest.raises(ValueError, match="training=True only"):
+        call(ok, ok, training=False)
+    with pytest.raises(TypeError, match="save_mean"):
+        call([1.0, 2.0, 3.0], ok)
