@@ -618,3 +618,34 @@ def test_saved_stats_errors(direct):
         call(ok, ok, training=False)
     with pytest.raises(TypeError, match="save_mean"):
         call([1.0, 2.0, 3.0], ok)
+
+
+def test_nan_stays_in_its_channel(isa):
+    rng = np.random.default_rng(12)
+    for shape in [(4, 3, 5), (2, 3, 900), (40, 3)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[1, 1, ...] = np.nan
+        out = pyconv.batch_norm(x, None, None, training=True)
+        assert np.all(np.isnan(out[:, 1]))
+        clean = pyconv.batch_norm(np.delete(x, 1, axis=1), None, None, training=True)
+        assert np.array_equal(np.delete(out, 1, axis=1), clean)
+
+
+def test_concurrent_calls_from_python_threads():
+    import threading
+    rng = np.random.default_rng(13)
+    xs = [rng.standard_normal((8, 6, 300)).astype(np.float32) for _ in range(4)]
+    want = [pyconv.batch_norm(x, None, None, training=True) for x in xs]
+    got = [None] * 4
+
+    def work(i):
+        for _ in range(20):
+            got[i] = pyconv.batch_norm(xs[i], None, None, training=True)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
