@@ -428,10 +428,12 @@ def test_two_values_per_channel_in_training():
     assert np.array_equal(out[:, 1], np.zeros(2, np.float32))
 
 
-def test_split_plan_is_reproducible_and_accurate():
-    """Few channels and many threads: each channel's statistics merge from pieces."""
+@pytest.mark.parametrize("shape", [(3, 1, 60000), (60000, 1, 3), (50000, 2)])
+def test_split_plan_is_reproducible_and_accurate(shape):
+    """Few channels and many threads: each channel's statistics merge from pieces (long
+    runs cut anywhere; short runs cut at rows)."""
     rng = np.random.default_rng(9)
-    x = (rng.standard_normal((3, 1, 60000)) + 2).astype(np.float32)
+    x = (rng.standard_normal(shape) + 2).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     before = pyconv.get_num_threads()
     try:
@@ -439,16 +441,16 @@ def test_split_plan_is_reproducible_and_accurate():
         a = pyconv.batch_norm(x, None, None, training=True)
         b = pyconv.batch_norm(x, None, None, training=True)
         assert np.array_equal(a, b)
-        g1 = pyconv.batch_norm_backward(dy, x, np.ones(1, np.float32))
-        g2 = pyconv.batch_norm_backward(dy, x, np.ones(1, np.float32))
+        w = np.ones(shape[1], np.float32)
+        g1 = pyconv.batch_norm_backward(dy, x, w)
+        g2 = pyconv.batch_norm_backward(dy, x, w)
         for p, q in zip(g1, g2):
             assert np.array_equal(p, q)
     finally:
         pyconv.set_num_threads(before)
     mean, var = _batch_stats(x)
     check_forward(a, x, mean, var, None, None, 1e-5, ref.batch_norm(x, None, None, training=True))
-    check_backward(g1, ref.batch_norm_backward(dy, x, np.ones(1, np.float32)), x, dy,
-                   np.ones(1, np.float32), True, mean, var, 1e-5)
+    check_backward(g1, ref.batch_norm_backward(dy, x, w), x, dy, w, True, mean, var, 1e-5)
 
 
 # ------------------------------------------------------------------ invalid arguments
@@ -573,8 +575,18 @@ def test_core_rejects_bad_flags():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(4, 3, 5), (3, 2, 700), (16, 5), (30000, 2)])
-def test_saved_stats_round_trip(isa, dtype, shape):
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(4, 3, 5), (3, 2, 700), (16, 5), (70000, 2), (1, 2, 70000)])
+def test_saved_stats_round_trip(isa, dtype, shape, threads):
+    before = pyconv.get_num_threads()
+    pyconv.set_num_threads(threads)  # 2 threads: the last two shapes take split plans
+    try:
+        _saved_stats_round_trip(dtype, shape)
+    finally:
+        pyconv.set_num_threads(before)
+
+
+def _saved_stats_round_trip(dtype, shape):
     rng = np.random.default_rng(11)
     c = shape[1]
     x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
