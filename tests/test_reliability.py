@@ -123,6 +123,12 @@ CONV_CASES = [
     ("conv1d_stride_max", """
 y = pyconv.conv1d(x3, w3, stride=2**63-1)
 assert np.array_equal(y, ref.conv1d(x3, w3, stride=2**63-1))""", "ok|reject"),
+    # found by the fuzzer under UBSan: the tap range with stride 2**63-1 and padding
+    # overflowed (stride + pad - 1) in the C++ kernel
+    ("conv1d_stride_max_pad", """
+x = np.ones((1, 2), f32); w = np.ones((1, 1, 1), f32)
+y = pyconv.conv1d(x, w, None, 2**63-1, (1,))
+assert np.array_equal(y, ref.conv1d(x, w, None, 2**63-1, (1,)))""", "ok|reject"),
     ("conv2d_stride_max", """
 y = pyconv.conv2d(x4, w4, stride=2**63-1, padding=1)
 assert np.array_equal(y, ref.conv2d(x4, w4, stride=2**63-1, padding=1))""", "ok|reject"),
@@ -360,6 +366,9 @@ CORE_CONV_CASES = [
     ("core_conv_stride_neg", "cf(s=(1, -1))", V),
     ("core_conv_stride_max", "y = cf(s=(2**63-1, 2**63-1)); assert np.array_equal(y, ref.conv2d(x4, w4, stride=2**63-1))",
      "ok|reject"),
+    ("core_conv_stride_max_pad", """
+y = cf(s=(2**63-1, 2**63-1), ph=(1, 1), pw=(2, 2))
+assert np.array_equal(y, ref.conv2d(x4, w4, stride=2**63-1, padding=((1, 1), (2, 2))))""", "ok|reject"),
     ("core_conv_pad_neg", "cf(ph=(-1, 0))", V),
     ("core_conv_pad_neg_hi", "cf(pw=(1, -2))", V),
     ("core_conv_pad_2e62", "cf(ph=(2**62, 2**62))", VO),
