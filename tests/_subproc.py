@@ -131,8 +131,12 @@ class Worker:
             return ""
         self._stderr.flush()
         self._stderr.seek(0)
-        data = self._stderr.read()
-        return data[-limit:].decode("utf-8", "replace")
+        text = self._stderr.read().decode("utf-8", "replace")
+        # The sanitizers' first line says what went wrong; the stack after it can be long.
+        key = [ln for ln in text.splitlines()
+               if "runtime error:" in ln or "ERROR: AddressSanitizer" in ln or "Fatal Python error" in ln]
+        head = "\n".join(key[:5])
+        return (head + "\n...\n" if head else "") + text[-limit:]
 
     def _readline(self, deadline: float) -> Optional[bytes]:
         """One protocol line, or None when the child died or the deadline passed."""
