@@ -193,10 +193,12 @@ void gemm_part(const GemmKernel<T>& kern, const Blocks& bl, i64 m0, i64 m1, i64 
         for (i64 jr = 0; jr < nc; jr += nr) {
           const int n = static_cast<int>(std::min<i64>(nr, nc - jr));
           const T* bp = bbuf + jr * kc;
+          const gemm_detail::MicroKernel<T> run =
+              n <= kern.narrow_n && kern.run_narrow ? kern.run_narrow : kern.run;
           T* cj = c + ic * c_rs + (jc + jr) * c_cs;
           for (i64 ir = 0; ir < mc; ir += mr) {
             const int m = static_cast<int>(std::min<i64>(mr, mc - ir));
-            kern.run(kc, ablk + ir * kc, bp, cj + ir * c_rs, c_rs, c_cs, m, n, acc);
+            run(kc, ablk + ir * kc, bp, cj + ir * c_rs, c_rs, c_cs, m, n, acc);
           }
         }
       }

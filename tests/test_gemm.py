@@ -113,6 +113,18 @@ def test_nan_and_inf_propagate(isa):
     np.testing.assert_array_equal(c[~np.isnan(c)], ref[~np.isnan(ref)].astype(np.float32))
 
 
+@per_isa
+@given(m=dims_mn, n=dims_mn, k=dims_k, extra_m=st.integers(0, 20), extra_n=st.integers(0, 40),
+       seed=st.integers(0, 2**32 - 1))
+def test_result_independent_of_tile_position(isa, m, n, k, extra_m, extra_n, seed):
+    """Each C element gets the same arithmetic whether its tile is full, ragged or narrow."""
+    rng = np.random.default_rng(seed)
+    a, b = real_inputs(rng, m + extra_m, n + extra_n, k, np.float32)
+    big = _core.matmul(a, b)
+    small = _core.matmul(a[:m], b[:, :n])
+    np.testing.assert_array_equal(small, big[:m, :n])
+
+
 # ------------------------------------------------------------------ ISA paths
 
 

@@ -119,13 +119,52 @@ void kernel_6x2v(i64 kc, const typename S::T* __restrict a, const typename S::T*
   }
 }
 
+// Narrow variant for ragged last panels (n <= W): the same packed panels (row stride
+// 2*W), only their first vector of columns computed, with the same per-element FMA
+// sequence as kernel_6x2v, so results do not depend on which of the two ran.
+template <class S>
+void kernel_6x1v(i64 kc, const typename S::T* __restrict a, const typename S::T* __restrict b,
+                 typename S::T* c, i64 c_rs, i64 c_cs, int m, int n, bool accumulate) {
+  using T = typename S::T;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  constexpr int NR = 2 * W;
+  V c0 = S::zero(), c1 = S::zero(), c2 = S::zero(), c3 = S::zero(), c4 = S::zero(),
+    c5 = S::zero();
+#pragma GCC unroll 1
+  for (i64 k = 0; k < kc; ++k) {
+    V b0 = S::load(b);
+    c0 = S::fma(S::bcast(a + 0), b0, c0);
+    c1 = S::fma(S::bcast(a + 1), b0, c1);
+    c2 = S::fma(S::bcast(a + 2), b0, c2);
+    c3 = S::fma(S::bcast(a + 3), b0, c3);
+    c4 = S::fma(S::bcast(a + 4), b0, c4);
+    c5 = S::fma(S::bcast(a + 5), b0, c5);
+    a += kMR;
+    b += NR;
+  }
+  alignas(32) T t[kMR * W];
+  S::store(t + 0 * W, c0); S::store(t + 1 * W, c1); S::store(t + 2 * W, c2);
+  S::store(t + 3 * W, c3); S::store(t + 4 * W, c4); S::store(t + 5 * W, c5);
+  for (int i = 0; i < m; ++i) {
+    T* ci = c + i * c_rs;
+    const T* ti = t + i * W;
+    if (accumulate)
+      for (int j = 0; j < n; ++j) ci[j * c_cs] = ci[j * c_cs] + ti[j];
+    else
+      for (int j = 0; j < n; ++j) ci[j * c_cs] = ti[j];
+  }
+}
+
 }  // namespace
 
 GemmKernel<float> avx2_kernel_f32() {
-  return {&kernel_6x2v<F32>, GemmBlocking{kMR, kNR32, 144, 256, 4080}};
+  return {&kernel_6x2v<F32>, GemmBlocking{kMR, kNR32, 144, 256, 4080}, &kernel_6x1v<F32>,
+          kNR32 / 2};
 }
 GemmKernel<double> avx2_kernel_f64() {
-  return {&kernel_6x2v<F64>, GemmBlocking{kMR, kNR64, 72, 256, 4080}};
+  return {&kernel_6x2v<F64>, GemmBlocking{kMR, kNR64, 72, 256, 4080}, &kernel_6x1v<F64>,
+          kNR64 / 2};
 }
 
 double avx2_fma_peak_gflops(int threads, double seconds) {

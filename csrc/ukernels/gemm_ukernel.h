@@ -32,6 +32,11 @@ template <typename T>
 struct GemmKernel {
   MicroKernel<T> run;
   GemmBlocking blk;
+  // Optional narrow variant for ragged last panels: same contract and same panels (NR
+  // wide), but only valid for n <= narrow_n; it computes just those columns, with the
+  // same per-element arithmetic as `run`, so results do not depend on which one ran.
+  MicroKernel<T> run_narrow = nullptr;
+  int narrow_n = 0;
 };
 
 // Portable kernels (gemm_scalar.cpp, baseline flags).
