@@ -147,8 +147,28 @@ void pack_a_mr(T* dst, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 k0, i
   }
 }
 
+// AVX2 transposing packers where they apply (same packed values as the portable ones).
+inline void avx2_pack_a(float* dst, const float* a, i64 a_rs, i64 i0, i64 mc, i64 k0, i64 kc) {
+  gemm_detail::avx2_pack_a_f32(dst, a, a_rs, i0, mc, k0, kc);
+}
+inline void avx2_pack_a(double* dst, const double* a, i64 a_rs, i64 i0, i64 mc, i64 k0, i64 kc) {
+  gemm_detail::avx2_pack_a_f64(dst, a, a_rs, i0, mc, k0, kc);
+}
+inline void avx2_pack_b_t(float* dst, const float* p, i64 cs, i64 k0, i64 kc, i64 j0, i64 nc) {
+  gemm_detail::avx2_pack_b_t_f32(dst, p, cs, k0, kc, j0, nc);
+}
+inline void avx2_pack_b_t(double* dst, const double* p, i64 cs, i64 k0, i64 kc, i64 j0, i64 nc) {
+  gemm_detail::avx2_pack_b_t_f64(dst, p, cs, k0, kc, j0, nc);
+}
+template <typename T>
+constexpr int avx2_nr() { return sizeof(T) == 4 ? 16 : 8; }
+
 template <typename T>
 void pack_a(T* dst, int mr, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 k0, i64 kc) {
+  if (mr == 6 && a_cs == 1 && active_isa() != Isa::scalar) {
+    avx2_pack_a(dst, a, a_rs, i0, mc, k0, kc);
+    return;
+  }
   switch (mr) {
     case 6: pack_a_mr<T, 6>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
     case 4: pack_a_mr<T, 4>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
@@ -246,6 +266,10 @@ void StridedB<T>::pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
       case 4: pack_b_rows<T, 4>(dst, p, rs, k0, kc, j0, nc); return;
       default: break;
     }
+  }
+  if (rs == 1 && nr == avx2_nr<T>() && active_isa() != Isa::scalar) {
+    avx2_pack_b_t(dst, p, cs, k0, kc, j0, nc);
+    return;
   }
   for (i64 p0 = 0; p0 < nc; p0 += nr) {
     T* panel = dst + (p0 / nr) * kc * nr;
