@@ -227,32 +227,42 @@ void gemm_part(const GemmKernel<T>& kern, const Blocks& bl, i64 m0, i64 m1, i64 
   }
 }
 
-// Rows ahead that the B packer prefetches (hides the latency of B rows coming from L3 or
-// memory; 1 to 6 measured alike on Zen 3).
-constexpr i64 kPackPrefetchRows = 4;
-// Rows of B are contiguous (cs == 1): walk each row of the block once, left to right, and
-// deal its NR-wide pieces out to the panels. The reads stream (prefetcher friendly, one
-// page at a time); the writes land in the packed block, which stays in cache.
+// Rows ahead that the B packer prefetches: one band (below), so each piece read pulls in
+// the same piece of the next band. 0 to 16 measured within noise on Zen 4.
+constexpr i64 kPackPrefetchRows = 8;
+// Rows of B are contiguous (cs == 1). The block is walked in bands of kPackRowBand rows:
+// for each panel, the band's NR-wide pieces are copied down the panel, so the reads are
+// kPackRowBand sequential streams moving right (prefetcher friendly, plus an explicit
+// prefetch kPackPrefetchRows rows ahead) and the writes fill whole runs of consecutive
+// cache lines of the packed panel. Measured on Zen 4 against one row at a time across
+// all panels (1 line written per panel): up to 30% faster when M is small (M = 6).
+constexpr i64 kPackRowBand = 8;
 template <typename T, int NR>
 void pack_b_rows(T* dst, const T* p, i64 rs, i64 k0, i64 kc, i64 j0, i64 nc) {
   const i64 full = nc / NR;
   const i64 w = nc - full * NR;  // width of the ragged last panel
   const i64 panel_stride = kc * NR;
   const i64 pf = kPackPrefetchRows * rs;
-  for (i64 k = 0; k < kc; ++k) {
-    const T* s = p + (k0 + k) * rs + j0;
-    T* d = dst + k * NR;
-    const bool prefetch = k + kPackPrefetchRows < kc;
+  for (i64 kb = 0; kb < kc; kb += kPackRowBand) {
+    const i64 ke = std::min(kc, kb + kPackRowBand);
+    const bool prefetch = ke + kPackPrefetchRows <= kc;
     for (i64 q = 0; q < full; ++q) {
-      if (prefetch) __builtin_prefetch(s + pf, 0, 3);
-      std::memcpy(d, s, NR * sizeof(T));
-      s += NR;
-      d += panel_stride;
+      const T* s = p + (k0 + kb) * rs + j0 + q * NR;
+      T* d = dst + q * panel_stride + kb * NR;
+      for (i64 k = kb; k < ke; ++k) {
+        if (prefetch) __builtin_prefetch(s + pf, 0, 3);
+        std::memcpy(d, s, NR * sizeof(T));
+        s += rs;
+        d += NR;
+      }
     }
-    if (w) {
-      for (i64 r = 0; r < w; ++r) d[r] = s[r];
-      for (i64 r = w; r < NR; ++r) d[r] = T(0);
-    }
+    if (w)
+      for (i64 k = kb; k < ke; ++k) {
+        const T* s = p + (k0 + k) * rs + j0 + full * NR;
+        T* d = dst + full * panel_stride + k * NR;
+        for (i64 r = 0; r < w; ++r) d[r] = s[r];
+        for (i64 r = w; r < NR; ++r) d[r] = T(0);
+      }
   }
 }
 
