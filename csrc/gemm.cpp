@@ -64,7 +64,7 @@ Blocks make_blocks(const GemmBlocking& g, i64 M, i64 K) {
   const i64 kblocks = K > 0 ? ceil_div(K, g.kc) : 1;
   bl.kc = K > 0 ? ceil_div(K, kblocks) : 1;
   const i64 m_round = round_up(M, g.mr);
-  bl.a_whole = m_round <= g.mc &&
+  bl.a_whole = m_round > 0 && m_round <= g.mc &&
                std::max<i64>(K, 1) <= kWholeABytes / (m_round * static_cast<i64>(sizeof(T)));
   bl.nc = g.nc;
   if (bl.a_whole) {
