@@ -184,7 +184,68 @@ py::object matmul_impl(const py::handle& a_obj, const py::handle& b_obj) {
   return std::move(out);
 }
 
+// Test hook for the parts of the GEMM contract matmul does not reach: a caller-provided
+// workspace of exactly gemm_workspace_elems elements (guarded by canaries that must
+// survive) and accumulate = true (returns c0 + a @ b when c0 is given).
+template <typename T>
+py::object gemm_checked_impl(const py::handle& a_obj, const py::handle& b_obj,
+                             const py::handle& c0_obj, int threads) {
+  MatrixView<T> a = matrix_view<T>(a_obj);
+  MatrixView<T> b = matrix_view<T>(b_obj);
+  const i64 M = a.rows, K = a.cols, N = b.cols;
+  py::array_t<T> out = new_array<T>({M, N});
+  const bool accumulate = !c0_obj.is_none();
+  if (accumulate) {
+    auto c0 = contiguous<T>(c0_obj);
+    if (c0.ndim() != 2 || c0.shape(0) != M || c0.shape(1) != N)
+      value_error("_gemm_checked: c0 must have shape (M, N)");
+    const T* src = c0.data();
+    T* dst = out.mutable_data();
+    for (i64 i = 0; i < M * N; ++i) dst[i] = src[i];
+  }
+  if (M == 0 || N == 0) return std::move(out);
+  const std::size_t ws = pyconv::gemm_workspace_elems<T>(M, N, K, threads);
+  constexpr std::size_t kGuard = 64;
+  const std::size_t total = ws + 2 * kGuard;
+  std::vector<T> raw(total + 64 / sizeof(T));
+  // 64-byte aligned start of the workspace proper, kGuard canaries either side.
+  std::uintptr_t base = reinterpret_cast<std::uintptr_t>(raw.data() + kGuard);
+  base = (base + 63) / 64 * 64;
+  T* wsp = reinterpret_cast<T*>(base);
+  const T canary = static_cast<T>(-12345.5);
+  for (std::size_t i = 0; i < kGuard; ++i) wsp[-static_cast<std::ptrdiff_t>(i) - 1] = canary;
+  for (std::size_t i = 0; i < kGuard; ++i) wsp[ws + i] = canary;
+  T* c = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    pyconv::StridedB<T> bsrc(b.data, b.rs, b.cs);
+    pyconv::gemm<T>(M, N, K, a.data, a.rs, a.cs, bsrc, c, N, 1, accumulate, threads, wsp);
+  }
+  for (std::size_t i = 0; i < kGuard; ++i)
+    if (wsp[-static_cast<std::ptrdiff_t>(i) - 1] != canary || wsp[ws + i] != canary)
+      throw std::runtime_error("_gemm_checked: workspace guard overwritten");
+  return std::move(out);
+}
+
 void register_gemm(py::module_& m) {
+  m.def("_gemm_checked", [](py::object a, py::object b, py::object c0, py::object threads) -> py::object {
+    Dtype dt = float_dtype(a, "a");
+    if (float_dtype(b, "b") != dt) same_dtype(dt, {{"b", b}});
+    if (!c0.is_none() && float_dtype(c0, "c0") != dt) same_dtype(dt, {{"c0", c0}});
+    require_ndim(a, "a", {2});
+    require_ndim(b, "b", {2});
+    if (!py::isinstance<py::int_>(threads)) type_error("_gemm_checked: threads must be an int");
+    long long t = threads.cast<long long>();
+    if (t < 1 || t > 64) value_error("_gemm_checked: threads must be in [1, 64]");
+    std::vector<i64> sa = shape_of(a), sb = shape_of(b);
+    if (sa[1] != sb[0]) value_error("_gemm_checked: inner dimensions differ");
+    pyconv::checked_mul(pyconv::checked_mul(sa[0], sb[1], "matmul"), sa[1] > 0 ? sa[1] : 1, "matmul");
+    return dispatch_float(dt, [&](auto tag) -> py::object {
+      return gemm_checked_impl<decltype(tag)>(a, b, c0, static_cast<int>(t));
+    });
+  }, py::arg("a"), py::arg("b"), py::arg("c0") = py::none(), py::arg("threads") = 1,
+  "Test hook: a @ b (+ c0) through gemm() with an explicit, canary-guarded workspace.");
+
   m.def("matmul", [](py::object a, py::object b) -> py::object {
     Dtype dt = float_dtype(a, "a");
     if (float_dtype(b, "b") != dt) same_dtype(dt, {{"b", b}});  // raises the mixed-dtype TypeError
