@@ -29,9 +29,10 @@ void max_pool2d_forward(const PoolParams& p, const double* x, double* y, i64* id
 // dst_plane elements. dst is fully overwritten (zeroed, then scattered).
 // backward: dst[idx] += src (sequential order within a plane);
 // unpool:   dst[idx]  = src (the last write in scan order wins).
-// Every index is checked against [0, dst_plane) before its plane is written. Returns -1
-// on success, else the flat position (into idx) of the first out-of-range index; dst is
-// then unspecified (the callers discard it).
+// Every index is checked against [0, dst_plane) before its element is written. Returns
+// -1 on success, else the flat position (into idx) of the first out-of-range index; dst
+// is then unspecified (the callers discard it: dst is always a fresh array, so nothing
+// the caller can see has been written).
 i64 max_pool_backward(i64 planes, i64 src_plane, i64 dst_plane, const float* src,
                       const i64* idx, float* dst);
 i64 max_pool_backward(i64 planes, i64 src_plane, i64 dst_plane, const double* src,
