@@ -113,8 +113,8 @@ def _scatter(values, indices, nd, plane_shape, accumulate, what):
         raise ValueError(f"indices must have the shape of the values {v.shape}, got {i.shape}")
     N, C = v.shape[:2]
     plane = int(np.prod(plane_shape))
-    vf = v.reshape(N * C, -1)
-    jf = i.reshape(N * C, -1)
+    vf = v.reshape(N * C, v.shape[2] * v.shape[3])
+    jf = i.reshape(N * C, v.shape[2] * v.shape[3])
     if jf.size and (jf.min() < 0 or jf.max() >= plane):
         raise IndexError(f"indices out of range [0, {plane}) for {what}")
     out = np.zeros((N * C, plane), dtype=np.float64 if accumulate else v.dtype)
