@@ -118,15 +118,40 @@ void row_impl(const pool_detail::RowTask<typename Tr::T>& t) {
       for (i64 kw = 0; kw < t.kW; ++kw) toff[i++] = r * t.row_step + kw * t.dW;
   }
   const i64 base0 = t.row0 * t.W - t.pW;  // flat index of tap 0 for output column 0
+  // Running (max, tap offset) of the taps combined so far, updated by a later tap or
+  // group of taps: the later side wins where it is greater or NaN. This combine is
+  // associative (the winner of a group is its last NaN if any, else its first maximum),
+  // so taps may be grouped freely as long as earlier groups stay on the left.
+  auto combine = [](V& m, Off& off, V v, Off o) {
+    V upd = Tr::update_mask(v, m);
+    m = Tr::blend(m, v, upd);
+    if (IDX) off = Tr::blend_off(off, o, upd);
+  };
   auto step = [&](i64 ow) {
     const T* p = t.x + (base0 + ow * SW);
     V m = Tr::template load<SW>(p);
     Off off = Tr::off_set(0);
-    for (int i = 1; i < nt; ++i) {
-      V v = Tr::template load<SW>(p + toff[i]);
-      V upd = Tr::update_mask(v, m);
-      m = Tr::blend(m, v, upd);
-      if (IDX) off = Tr::blend_off(off, Tr::off_set(toff[i]), upd);
+    if (NT == 4 || NT == 9) {
+      // Fixed square windows (2x2, 3x3): reduce each tap row on its own, then the rows,
+      // which shortens the dependency chain from NT-1 combines to 2*(R-1).
+      constexpr int R = NT == 4 ? 2 : 3;
+      V mr[R];
+      Off orow[R];
+      mr[0] = m;
+      orow[0] = off;
+      for (int r = 1; r < R; ++r) {
+        mr[r] = Tr::template load<SW>(p + toff[r * R]);
+        orow[r] = Tr::off_set(toff[r * R]);
+      }
+      for (int c = 1; c < R; ++c)
+        for (int r = 0; r < R; ++r)
+          combine(mr[r], orow[r], Tr::template load<SW>(p + toff[r * R + c]),
+                  Tr::off_set(toff[r * R + c]));
+      m = mr[0];
+      off = orow[0];
+      for (int r = 1; r < R; ++r) combine(m, off, mr[r], orow[r]);
+    } else {
+      for (int i = 1; i < nt; ++i) combine(m, off, Tr::template load<SW>(p + toff[i]), Tr::off_set(toff[i]));
     }
     Tr::template store<SW>(t.y + ow, m);
     if (IDX) Tr::template store_idx<SW>(t.idx + ow, off, base0 + ow * SW);
