@@ -162,11 +162,19 @@ void require_int64_indices(const py::handle& obj, const char* name, const std::v
   }
 }
 
+// An integer argument: a Python int or anything with __index__ (NumPy integers), not a
+// bool; TypeError otherwise, OverflowError beyond int64.
 i64 to_i64(const py::handle& v, const char* name) {
-  if (!py::isinstance<py::int_>(v) || py::isinstance<py::bool_>(v))
+  if (py::isinstance<py::bool_>(v) || PyFloat_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
     type_error(std::string(name) + " must be an int, got " +
                std::string(py::str(py::type::of(v).attr("__name__"))));
-  return v.cast<i64>();
+  py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  if (!as_int) throw py::error_already_set();
+  int overflow = 0;
+  long long r = PyLong_AsLongLongAndOverflow(as_int.ptr(), &overflow);
+  if (overflow) throw std::overflow_error(std::string(name) + " is out of the int64 range");
+  if (r == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return static_cast<i64>(r);
 }
 
 [[noreturn]] void bad_index(const std::vector<i64>& shape, const i64* idx, i64 pos, i64 limit,

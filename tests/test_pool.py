@@ -550,6 +550,12 @@ def test_core_validates_directly():
         _core.max_pool2d(x, 2.0, 2, 1, 1, 0, 0, 1, 1, False, True)
     with pytest.raises((OverflowError, ValueError)):
         _core.max_pool2d(x, 2, 2, 1, 1, 0, 0, 2**62, 2**62, False, True)
+    with pytest.raises(OverflowError):
+        _core.max_pool2d(x, 2**70, 2, 1, 1, 0, 0, 1, 1, False, True)
+    with pytest.raises(TypeError, match="stride"):
+        _core.max_pool2d(x, 2, 2, True, 1, 0, 0, 1, 1, False, True)
+    out, idx = _core.max_pool2d(x, np.int64(2), 2, 2, 2, 0, 0, 1, 1, False, False)
+    assert out.shape == (1, 1, 3, 3) and idx is None
     g = np.zeros((1, 1, 3, 3), np.float32)
     i = np.zeros((1, 1, 3, 3), np.int64)
     with pytest.raises(ValueError, match="input_shape"):
