@@ -82,6 +82,9 @@ void resolve_window(Window& w, bool ceil_mode, const char* dim) {
           std::to_string(P) + ", dilation " + std::to_string(w.dilation) + ") (" + d + ")");
   }
   w.out = out;
+  // A single tap never steps: normalise its dilation so no offset arithmetic can
+  // overflow on an arbitrary (valid) dilation value.
+  if (w.kernel == 1) w.dilation = 1;
 }
 
 // ------------------------------------------------------------------ scalar kernels

@@ -554,6 +554,9 @@ def test_core_validates_directly():
         _core.max_pool2d(x, 2**70, 2, 1, 1, 0, 0, 1, 1, False, True)
     with pytest.raises(TypeError, match="stride"):
         _core.max_pool2d(x, 2, 2, True, 1, 0, 0, 1, 1, False, True)
+    big = 2**63 - 1  # extreme but valid: kernel 1 (dilation unused), huge stride
+    same(_core.max_pool2d(x, 1, 1, big, big, 0, 0, big, big, False, True)[1],
+         np.zeros((1, 1, 1, 1), np.int64))
     out, idx = _core.max_pool2d(x, np.int64(2), 2, 2, 2, 0, 0, 1, 1, False, False)
     assert out.shape == (1, 1, 3, 3) and idx is None
     g = np.zeros((1, 1, 3, 3), np.float32)
@@ -576,3 +579,20 @@ def test_core_validates_directly():
         _core.max_unpool2d(g, i, 3, -3)
     with pytest.raises(TypeError, match="indices"):
         _core.max_unpool2d(g, g, 3, 3)
+
+
+EDGE_INTS = st.sampled_from([-(2**63), -(2**31), -2, -1, 0, 1, 2, 3, 5, 2**31, 2**62, 2**63 - 1])
+
+
+@given(params=st.lists(st.one_of(EDGE_INTS, st.integers(-3, 6)), min_size=8, max_size=8),
+       h=st.integers(1, 7), w=st.integers(1, 20), ceil=st.booleans())
+def test_core_never_crashes_on_arbitrary_parameters(params, h, w, ceil):
+    x = np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w)
+    try:
+        out, idx = _core.max_pool2d(x, *params, ceil, True)
+    except (ValueError, OverflowError):
+        return
+    kh, kw, sh, sw, ph, pw, dh, dw = params
+    want, widx = ref.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil, return_indices=True)
+    same(out, want)
+    same(idx, widx)
