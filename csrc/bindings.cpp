@@ -144,7 +144,7 @@ void register_conv(py::module_& m) { (void)m; }
 // ============================== pool ==============================
 
 // `obj` must be an int64 ndarray named `name` with exactly `shape`.
-void require_int64_indices(const py::handle& obj, const char* name, const std::vector<i64>& shape) {
+void pool_require_indices(const py::handle& obj, const char* name, const std::vector<i64>& shape) {
   if (!py::isinstance<py::array>(obj))
     type_error(std::string(name) + " must be a numpy.ndarray of int64, got " +
                std::string(py::str(py::type::of(obj).attr("__name__"))));
@@ -164,7 +164,7 @@ void require_int64_indices(const py::handle& obj, const char* name, const std::v
 
 // An integer argument: a Python int or anything with __index__ (NumPy integers), not a
 // bool; TypeError otherwise, OverflowError beyond int64.
-i64 to_i64(const py::handle& v, const char* name) {
+i64 pool_int_arg(const py::handle& v, const char* name) {
   if (py::isinstance<py::bool_>(v) || PyFloat_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
     type_error(std::string(name) + " must be an int, got " +
                std::string(py::str(py::type::of(v).attr("__name__"))));
@@ -177,7 +177,7 @@ i64 to_i64(const py::handle& v, const char* name) {
   return static_cast<i64>(r);
 }
 
-[[noreturn]] void bad_index(const std::vector<i64>& shape, const i64* idx, i64 pos, i64 limit,
+[[noreturn]] void pool_index_error(const std::vector<i64>& shape, const i64* idx, i64 pos, i64 limit,
                             const char* what) {
   i64 w = shape[3], h = shape[2], c = shape[1];
   i64 r = pos;
@@ -203,14 +203,14 @@ void register_pool(py::module_& m) {
         p.c = s[1];
         p.h.in = s[2];
         p.w.in = s[3];
-        p.h.kernel = to_i64(kh, "kernel_size");
-        p.w.kernel = to_i64(kw, "kernel_size");
-        p.h.stride = to_i64(sh, "stride");
-        p.w.stride = to_i64(sw, "stride");
-        p.h.pad_lo = p.h.pad_hi = to_i64(ph, "padding");
-        p.w.pad_lo = p.w.pad_hi = to_i64(pw, "padding");
-        p.h.dilation = to_i64(dh, "dilation");
-        p.w.dilation = to_i64(dw, "dilation");
+        p.h.kernel = pool_int_arg(kh, "kernel_size");
+        p.w.kernel = pool_int_arg(kw, "kernel_size");
+        p.h.stride = pool_int_arg(sh, "stride");
+        p.w.stride = pool_int_arg(sw, "stride");
+        p.h.pad_lo = p.h.pad_hi = pool_int_arg(ph, "padding");
+        p.w.pad_lo = p.w.pad_hi = pool_int_arg(pw, "padding");
+        p.h.dilation = pool_int_arg(dh, "dilation");
+        p.w.dilation = pool_int_arg(dw, "dilation");
         p.ceil_mode = ceil_mode;
         try {
           pyconv::pool_resolve(p);
@@ -249,8 +249,8 @@ void register_pool(py::module_& m) {
         Dtype dt = float_dtype(grad_output, "grad_output");
         require_ndim(grad_output, "grad_output", {4});
         std::vector<i64> s = shape_of(grad_output);
-        require_int64_indices(indices, "indices", s);
-        i64 H = to_i64(in_h, "input height"), W = to_i64(in_w, "input width");
+        pool_require_indices(indices, "indices", s);
+        i64 H = pool_int_arg(in_h, "input height"), W = pool_int_arg(in_w, "input width");
         if (H < 1 || W < 1)
           value_error("input_shape: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
                       std::to_string(W) + ")");
@@ -270,7 +270,7 @@ void register_pool(py::module_& m) {
             py::gil_scoped_release release;
             bad = pyconv::max_pool_backward(planes, src_plane, dst_plane, gp, ip, op);
           }
-          if (bad >= 0) bad_index(s, ip, bad, dst_plane, "an input plane of input_shape's H*W elements");
+          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an input plane of input_shape's H*W elements");
           return gi;
         });
       },
@@ -284,8 +284,8 @@ void register_pool(py::module_& m) {
         Dtype dt = float_dtype(x, "input");
         require_ndim(x, "input", {4});
         std::vector<i64> s = shape_of(x);
-        require_int64_indices(indices, "indices", s);
-        i64 H = to_i64(out_h, "output height"), W = to_i64(out_w, "output width");
+        pool_require_indices(indices, "indices", s);
+        i64 H = pool_int_arg(out_h, "output height"), W = pool_int_arg(out_w, "output width");
         if (H < 1 || W < 1)
           value_error("output_size: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
                       std::to_string(W) + ")");
@@ -305,7 +305,7 @@ void register_pool(py::module_& m) {
             py::gil_scoped_release release;
             bad = pyconv::max_unpool(planes, src_plane, dst_plane, xp, ip, op);
           }
-          if (bad >= 0) bad_index(s, ip, bad, dst_plane, "an output plane of H*W elements");
+          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an output plane of H*W elements");
           return out;
         });
       },
