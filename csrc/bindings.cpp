@@ -290,7 +290,202 @@ void register_conv(py::module_& m) { (void)m; }
 
 // ============================== pool ==============================
 
-void register_pool(py::module_& m) { (void)m; }
+// `obj` must be an int64 ndarray named `name` with exactly `shape`.
+void pool_require_indices(const py::handle& obj, const char* name, const std::vector<i64>& shape) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(std::string(name) + " must be a numpy.ndarray of int64, got " +
+               std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::dtype dt = py::reinterpret_borrow<py::array>(obj).dtype();
+  if (!(dt.kind() == 'i' && dt.itemsize() == 8))
+    type_error(std::string(name) + " must have dtype int64, got " + std::string(py::str(dt)));
+  std::vector<i64> s = shape_of(obj);
+  if (s != shape) {
+    auto fmt = [](const std::vector<i64>& v) {
+      std::string r = "(";
+      for (std::size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
+      return r + ")";
+    };
+    value_error(std::string(name) + " must have the shape of the values " + fmt(shape) + ", got " + fmt(s));
+  }
+}
+
+// An integer argument: a Python int or anything with __index__ (NumPy integers), not a
+// bool; TypeError otherwise, OverflowError beyond int64.
+i64 pool_int_arg(const py::handle& v, const char* name) {
+  if (py::isinstance<py::bool_>(v) || PyFloat_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    type_error(std::string(name) + " must be an int, got " +
+               std::string(py::str(py::type::of(v).attr("__name__"))));
+  py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  if (!as_int) throw py::error_already_set();
+  int overflow = 0;
+  long long r = PyLong_AsLongLongAndOverflow(as_int.ptr(), &overflow);
+  if (overflow) throw std::overflow_error(std::string(name) + " is out of the int64 range");
+  if (r == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return static_cast<i64>(r);
+}
+
+[[noreturn]] void pool_index_error(const std::vector<i64>& shape, const i64* idx, i64 pos, i64 limit,
+                            const char* what) {
+  i64 w = shape[3], h = shape[2], c = shape[1];
+  i64 r = pos;
+  i64 j = r % w; r /= w;
+  i64 i = r % h; r /= h;
+  i64 ch = r % c; r /= c;
+  throw py::index_error("indices: index " + std::to_string(idx[pos]) + " at position (" +
+                        std::to_string(r) + ", " + std::to_string(ch) + ", " + std::to_string(i) +
+                        ", " + std::to_string(j) + ") is out of range [0, " + std::to_string(limit) +
+                        ") for " + what);
+}
+
+void register_pool(py::module_& m) {
+  m.def(
+      "max_pool2d",
+      [](py::object x, py::object kh, py::object kw, py::object sh, py::object sw, py::object ph,
+         py::object pw, py::object dh, py::object dw, bool ceil_mode, bool want_indices) {
+        Dtype dt = float_dtype(x, "input");
+        require_ndim(x, "input", {4});
+        std::vector<i64> s = shape_of(x);
+        pyconv::PoolParams p;
+        p.n = s[0];
+        p.c = s[1];
+        p.h.in = s[2];
+        p.w.in = s[3];
+        p.h.kernel = pool_int_arg(kh, "kernel_size");
+        p.w.kernel = pool_int_arg(kw, "kernel_size");
+        p.h.stride = pool_int_arg(sh, "stride");
+        p.w.stride = pool_int_arg(sw, "stride");
+        p.h.pad_lo = p.h.pad_hi = pool_int_arg(ph, "padding");
+        p.w.pad_lo = p.w.pad_hi = pool_int_arg(pw, "padding");
+        p.h.dilation = pool_int_arg(dh, "dilation");
+        p.w.dilation = pool_int_arg(dw, "dilation");
+        p.ceil_mode = ceil_mode;
+        try {
+          pyconv::pool_resolve(p);
+        } catch (const std::invalid_argument& e) {
+          value_error(std::string("max_pool2d: ") + e.what());
+        }
+        std::vector<i64> oshape{p.n, p.c, p.h.out, p.w.out};
+        return dispatch_float(dt, [&](auto tag) -> py::tuple {
+          using T = decltype(tag);
+          auto xc = contiguous<T>(x);
+          auto out = new_array<T>(oshape);
+          py::object idx_obj = py::none();
+          i64* ip = nullptr;
+          if (want_indices) {
+            auto idx = new_array<int64_t>(oshape);
+            ip = idx.mutable_data();
+            idx_obj = idx;
+          }
+          const T* xp = xc.data();
+          T* op = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            pyconv::max_pool2d_forward(p, xp, op, ip);
+          }
+          return py::make_tuple(out, idx_obj);
+        });
+      },
+      py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("ceil_mode"), py::arg("want_indices"),
+      "Max-pool over (N, C, H, W): returns (out, indices or None).");
+
+  // grad_output / indices (N, C, Ho, Wo) -> grad_input (N, C, in_h, in_w).
+  m.def(
+      "max_pool2d_backward",
+      [](py::object grad_output, py::object indices, py::object in_h, py::object in_w) {
+        Dtype dt = float_dtype(grad_output, "grad_output");
+        require_ndim(grad_output, "grad_output", {4});
+        std::vector<i64> s = shape_of(grad_output);
+        pool_require_indices(indices, "indices", s);
+        i64 H = pool_int_arg(in_h, "input height"), W = pool_int_arg(in_w, "input width");
+        if (H < 1 || W < 1)
+          value_error("input_shape: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
+                      std::to_string(W) + ")");
+        i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
+        i64 src_plane = pyconv::checked_mul(s[2], s[3], "grad_output plane");
+        i64 dst_plane = pyconv::checked_mul(H, W, "input plane");
+        return dispatch_float(dt, [&](auto tag) -> py::object {
+          using T = decltype(tag);
+          auto go = contiguous<T>(grad_output);
+          auto ic = contiguous<int64_t>(indices);
+          auto gi = new_array<T>({s[0], s[1], H, W});
+          const T* gp = go.data();
+          const i64* ip = ic.data();
+          T* op = gi.mutable_data();
+          i64 bad;
+          {
+            py::gil_scoped_release release;
+            bad = pyconv::max_pool_backward(planes, src_plane, dst_plane, gp, ip, op);
+          }
+          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an input plane of input_shape's H*W elements");
+          return gi;
+        });
+      },
+      py::arg("grad_output"), py::arg("indices"), py::arg("in_h"), py::arg("in_w"),
+      "Scatter-add grad_output through indices into a zero (N, C, in_h, in_w) grad_input.");
+
+  // input / indices (N, C, H, W) -> output (N, C, out_h, out_w).
+  m.def(
+      "max_unpool2d",
+      [](py::object x, py::object indices, py::object out_h, py::object out_w) {
+        Dtype dt = float_dtype(x, "input");
+        require_ndim(x, "input", {4});
+        std::vector<i64> s = shape_of(x);
+        pool_require_indices(indices, "indices", s);
+        i64 H = pool_int_arg(out_h, "output height"), W = pool_int_arg(out_w, "output width");
+        if (H < 1 || W < 1)
+          value_error("output_size: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
+                      std::to_string(W) + ")");
+        i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
+        i64 src_plane = pyconv::checked_mul(s[2], s[3], "input plane");
+        i64 dst_plane = pyconv::checked_mul(H, W, "output plane");
+        return dispatch_float(dt, [&](auto tag) -> py::object {
+          using T = decltype(tag);
+          auto xc = contiguous<T>(x);
+          auto ic = contiguous<int64_t>(indices);
+          auto out = new_array<T>({s[0], s[1], H, W});
+          const T* xp = xc.data();
+          const i64* ip = ic.data();
+          T* op = out.mutable_data();
+          i64 bad;
+          {
+            py::gil_scoped_release release;
+            bad = pyconv::max_unpool(planes, src_plane, dst_plane, xp, ip, op);
+          }
+          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an output plane of H*W elements");
+          return out;
+        });
+      },
+      py::arg("input"), py::arg("indices"), py::arg("out_h"), py::arg("out_w"),
+      "Zero (N, C, out_h, out_w) output with out[plane][indices] = input (last write wins).");
+
+  m.def(
+      "_max_pool2d_variant",
+      [](i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+         bool ceil_mode, bool is_double) {
+        pyconv::PoolParams p;
+        p.n = 1;
+        p.c = 1;
+        p.h.in = h;
+        p.w.in = w;
+        p.h.kernel = kh;
+        p.w.kernel = kw;
+        p.h.stride = sh;
+        p.w.stride = sw;
+        p.h.pad_lo = p.h.pad_hi = ph;
+        p.w.pad_lo = p.w.pad_hi = pw;
+        p.h.dilation = dh;
+        p.w.dilation = dw;
+        p.ceil_mode = ceil_mode;
+        try {
+          pyconv::pool_resolve(p);
+        } catch (const std::invalid_argument& e) {
+          value_error(e.what());
+        }
+        return std::string(pyconv::max_pool2d_variant(p, is_double, true));
+      },
+      "Test hook: the forward row-kernel variant chosen for these parameters.");
+}
 
 // ============================ end pool ============================
 

@@ -87,32 +87,187 @@ def conv1d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 # ============================ end conv ============================
 
 # ============================== pool ==============================
+# 1D pooling runs through the 2D kernels with H = 1; unbatched inputs get a batch of 1.
+
+
+def _pool_params(nd, kernel_size, stride, padding, dilation):
+    k = _shapes.ntuple(kernel_size, nd, "kernel_size")
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = _shapes.ntuple(stride, nd, "stride")
+    p = _shapes.resolve_pool_padding(padding, nd)
+    d = _shapes.ntuple(dilation, nd, "dilation")
+    for name, vals in (("kernel_size", k), ("stride", s), ("dilation", d)):
+        for v in vals:
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+    return k, s, p, d
+
+
+def _check_pool_windows(size, k, s, p, d, out):
+    """Every window must cover an input element (windows starting in the left padding
+    are the only ones pool_output_size does not already guarantee)."""
+    o = 0
+    while o < out and o * s - p < 0:
+        start = o * s - p
+        first = -(start // d)  # first tap at or right of 0: ceil(-start / d)
+        if first >= k or start + first * d >= size:
+            raise ValueError(
+                f"pooling window {o} covers no input element (size {size}, kernel_size {k}, "
+                f"padding {p}, dilation {d})")
+        o += 1
+
+
+def _to_nchw(x, nd, name):
+    """(N, C, H, W) view of a batched or unbatched input, and whether it was unbatched."""
+    _check_ndim(x, name, nd + 1, nd + 2)
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x[None]
+    if nd == 1:
+        x = x[:, :, None, :]
+    return x, unbatched
+
+
+def _from_nchw(y, nd, unbatched):
+    if nd == 1:
+        y = y[:, :, 0, :]
+    return y[0] if unbatched else y
+
+
+def _check_indices(indices, values, name="indices"):
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of int64, got {type(indices).__name__}")
+    if indices.dtype != np.int64:
+        raise TypeError(f"{name} must have dtype int64, got {indices.dtype}")
+    if indices.shape != values.shape:
+        raise ValueError(f"{name} must have the shape of the values {values.shape}, got {indices.shape}")
+
+
+def _max_pool(input, nd, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    _check_array(input, "input")
+    x, unbatched = _to_nchw(input, nd, "input")
+    k, s, p, d = _pool_params(nd, kernel_size, stride, padding, dilation)
+    sizes = x.shape[4 - nd:]
+    out_sp = tuple(_shapes.pool_output_size(sizes[i], k[i], s[i], p[i], d[i], bool(ceil_mode))
+                   for i in range(nd))
+    for i in range(nd):
+        _check_pool_windows(sizes[i], k[i], s[i], p[i], d[i], out_sp[i])
+    if nd == 1:
+        k, s, p, d, out_sp = (1,) + k, (1,) + s, (0,) + p, (1,) + d, (1,) + out_sp
+    out, idx = _core.max_pool2d(x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+                                bool(ceil_mode), bool(return_indices))
+    expected = x.shape[:2] + out_sp
+    out = _from_nchw(_check_output(out, expected, "max_pool"), nd, unbatched)
+    if not return_indices:
+        return out
+    idx = _from_nchw(_check_output(idx, expected, "max_pool indices"), nd, unbatched)
+    return out, idx
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    raise NotImplementedError("max_pool2d")
+    """Max-pool over (N, C, H, W) or (C, H, W). With return_indices, also the int64
+    argmax switches, flat h*W + w within each plane (ties: first; NaN: last NaN)."""
+    return _max_pool(input, 2, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    raise NotImplementedError("max_pool1d")
+    """Max-pool over (N, C, L) or (C, L); indices are positions l within each row."""
+    return _max_pool(input, 1, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _as_shape(shape, name):
+    if isinstance(shape, np.ndarray):
+        shape = shape.tolist()
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of ints, got {type(shape).__name__}")
+    return tuple(_shapes._as_int(v, name) for v in shape)
+
+
+def _max_pool_backward(grad_output, indices, input_shape, nd):
+    _check_array(grad_output, "grad_output")
+    _check_ndim(grad_output, "grad_output", nd + 1, nd + 2)
+    _check_indices(indices, grad_output)
+    shape = _as_shape(input_shape, "input_shape")
+    if len(shape) != grad_output.ndim or shape[:-nd] != grad_output.shape[:-nd]:
+        raise ValueError(f"input_shape {shape} must be the full input shape matching grad_output "
+                         f"{grad_output.shape} in every non-spatial dimension")
+    if any(v < 1 for v in shape[-nd:]):
+        raise ValueError(f"input_shape {shape} must have spatial sizes >= 1")
+    g, unbatched = _to_nchw(grad_output, nd, "grad_output")
+    i, _ = _to_nchw(indices, nd, "indices")
+    H, W = (1, shape[-1]) if nd == 1 else shape[-2:]
+    gi = _core.max_pool2d_backward(g, i, H, W)
+    return _from_nchw(_check_output(gi, g.shape[:2] + (H, W), "max_pool backward"), nd, unbatched)
 
 
 def max_pool2d_backward(grad_output, indices, input_shape):
-    raise NotImplementedError("max_pool2d_backward")
+    """Gradient of max_pool2d: grad_output scatter-added through the indices into a zero
+    array of input_shape (the full input shape, batched or not)."""
+    return _max_pool_backward(grad_output, indices, input_shape, 2)
 
 
 def max_pool1d_backward(grad_output, indices, input_shape):
-    raise NotImplementedError("max_pool1d_backward")
+    """Gradient of max_pool1d (see max_pool2d_backward)."""
+    return _max_pool_backward(grad_output, indices, input_shape, 1)
+
+
+def _unpool_size(x_shape, nd, k, s, p, output_size):
+    """Default (L-1)*S - 2*P + F per dim; an explicit output_size (spatial, or the full
+    shape) must lie strictly within one stride of the default, as in PyTorch."""
+    spatial = x_shape[-nd:]
+    default = tuple((spatial[i] - 1) * s[i] - 2 * p[i] + k[i] for i in range(nd))
+    if output_size is None:
+        size = default
+    else:
+        size = (_shapes._as_int(output_size, "output_size"),) if _shapes._is_int(output_size) \
+            else _as_shape(output_size, "output_size")
+        if len(size) == len(x_shape) and len(size) != nd:
+            if size[:-nd] != tuple(x_shape[:-nd]):
+                raise ValueError(f"output_size {tuple(size)} must match the input {tuple(x_shape)} "
+                                 "in every non-spatial dimension")
+            size = size[-nd:]
+        if len(size) != nd:
+            raise ValueError(f"output_size must have {nd} (spatial) or {len(x_shape)} (full shape) "
+                             f"entries, got {output_size!r}")
+        for i in range(nd):
+            if not default[i] - s[i] < size[i] < default[i] + s[i]:
+                raise ValueError(
+                    f"output_size {tuple(size)}: entry {i} must be strictly between "
+                    f"{default[i] - s[i]} and {default[i] + s[i]} (default {default[i]} "
+                    f"= ({spatial[i]}-1)*{s[i]} - 2*{p[i]} + {k[i]}, +- stride)")
+    if any(v < 1 for v in size):
+        raise ValueError(f"unpool output size would be {tuple(size)}: every entry must be >= 1 "
+                         f"(default (L-1)*S - 2*P + F = {default})")
+    return tuple(size)
+
+
+def _max_unpool(input, indices, nd, kernel_size, stride, padding, output_size):
+    _check_array(input, "input")
+    _check_ndim(input, "input", nd + 1, nd + 2)
+    _check_indices(indices, input)
+    k, s, p, _ = _pool_params(nd, kernel_size, stride, padding, 1)
+    size = _unpool_size(input.shape, nd, k, s, p, output_size)
+    x, unbatched = _to_nchw(input, nd, "input")
+    i, _ = _to_nchw(indices, nd, "indices")
+    H, W = (1, size[0]) if nd == 1 else size
+    out = _core.max_unpool2d(x, i, H, W)
+    return _from_nchw(_check_output(out, x.shape[:2] + (H, W), "max_unpool"), nd, unbatched)
 
 
 def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
-    raise NotImplementedError("max_unpool2d")
+    """Partial inverse of max_pool2d: a zero array with out[plane][indices] = input
+    (duplicate indices: the last in scan order wins). output_size is the spatial size
+    or the full shape, within one stride of the default (H-1)*S - 2*P + F."""
+    return _max_unpool(input, indices, 2, kernel_size, stride, padding, output_size)
 
 
 def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
-    raise NotImplementedError("max_unpool1d")
+    """1D max_unpool2d over (N, C, L) or (C, L)."""
+    return _max_unpool(input, indices, 1, kernel_size, stride, padding, output_size)
 
 
 # ============================ end pool ============================
