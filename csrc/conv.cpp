@@ -385,6 +385,12 @@ void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bia
   const i64 tasks = p.n * p.c_out;
   const bool vec = active_isa() != Isa::scalar;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), tasks)));
+  T* bufs = nullptr;
+  std::size_t buf_per = 0;
+  if (vec && p.w.stride == 1) {
+    buf_per = per_thread(static_cast<std::size_t>(dw_forward_buffer_elems(p, 32 / sizeof(T))), sizeof(T));
+    bufs = static_cast<T*>(scratch(kScratchOp1, buf_per * threads * sizeof(T)));
+  }
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 n = t / p.c_out, co = t % p.c_out, g = co / mult;
@@ -392,7 +398,8 @@ void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bia
     T* yp = y + t * out_plane;
     const T b = bias ? bias[co] : T(0);
     if (vec)
-      avx2::dw_forward_plane<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data());
+      avx2::dw_forward_plane<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data(),
+                                bufs ? bufs + buf_per * thread_id() : nullptr);
     else
       dw_forward_plane_scalar<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data());
   }
@@ -612,6 +619,14 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
 
 // ---------------------------------------------------------------- public entry points
 
+i64 dw_forward_buffer_elems(const ConvParams& p, int lanes) {
+  const i64 wp = checked_add(round_up(std::max(p.w.out, p.w.in), lanes),
+                             checked_mul(p.w.kernel - 1, p.w.dilation, "dilated kernel"), "padded row");
+  const i64 hp = checked_add(checked_mul(p.h.out - 1, p.h.stride, "padded rows"),
+                             checked_mul(p.h.kernel - 1, p.h.dilation, "padded rows") + 1, "padded rows");
+  return checked_mul(std::max<i64>(hp, p.h.in + p.h.kernel * p.h.dilation), wp, "depthwise buffer");
+}
+
 ConvPath conv_path_from_name(const char* name) {
   std::string s(name);
   if (s == "auto") return ConvPath::automatic;
@@ -697,6 +712,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                     checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
     per = std::max(per, KK);  // depthwise grad weight accumulators (doubles)
   }
+  per = std::max(per, dw_forward_buffer_elems(p, 4));
   per = checked_add(per, 64, "workspace");
   i64 total = checked_mul(checked_mul(per, std::max(threads, 1), "workspace"), 8, "workspace bytes");
   return static_cast<std::size_t>(total);

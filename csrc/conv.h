@@ -51,10 +51,16 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
 // AVX2+FMA depthwise plane kernels (csrc/ukernels/conv_avx2.cpp); reached only when
 // active_isa() says AVX2 is usable. `kw_lo/kw_hi[kw]` is the valid output-column range
 // of tap kw: ow with 0 <= ow*sw + kw*dw - pw < W.
+// Elements of the zero-padded plane copy the AVX2 depthwise kernels use (stride 1 along
+// W): max((Ho-1)*sH + (kH-1)*dH + 1, H + kH*dH) rows of round_up(max(W, Wo), lanes) +
+// (kW-1)*dW columns.
+i64 dw_forward_buffer_elems(const ConvParams& p, int lanes);
+
 namespace avx2 {
+// buf: dw_forward_buffer_elems(p, lanes) elements of per-thread scratch (stride-1 path).
 template <typename T>
 void dw_forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y,
-                      const i64* kw_lo, const i64* kw_hi);
+                      const i64* kw_lo, const i64* kw_hi, T* buf);
 template <typename T>
 void dw_backward_input_plane(const ConvParams& p, const T* dy, const T* wk, T* dx,
                              const i64* kw_lo, const i64* kw_hi);

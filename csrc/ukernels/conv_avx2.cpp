@@ -57,76 +57,141 @@ inline i64 imax(i64 a, i64 b) { return a < b ? b : a; }
 
 constexpr int kMaxRows = 64;  // taps kept per output row in the register-blocked path
 
+// Lane mask for the first `n` (< 8) 32-bit lanes / (< 4) 64-bit lanes.
+inline __m256i tail_mask32(i64 n) {
+  alignas(32) static const int m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - n));
+}
+inline void store_first(float* p, __m256 v, i64 n) { _mm256_maskstore_ps(p, tail_mask32(n), v); }
+inline void store_first(double* p, __m256d v, i64 n) {
+  alignas(32) static const long long m[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+  _mm256_maskstore_pd(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 4 - n)), v);
+}
+
+inline __m256 load_first(const float* p, i64 n) { return _mm256_maskload_ps(p, tail_mask32(n)); }
+inline __m256d load_first(const double* p, i64 n) {
+  alignas(32) static const long long m[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+  return _mm256_maskload_pd(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 4 - n)));
+}
+
+// NA independent accumulators (one vector of output each), all taps: out = init + sum_t
+// w[t] * buf[base + off[t]], taps in order.
+template <typename S, int NA>
+inline void corr_block(const typename S::T* const* base, typename S::T* const* out, const i64* cnt,
+                       const i64* offs, const typename S::V* wts, int nt, typename S::V init,
+                       bool accumulate) {
+  using V = typename S::V;
+  constexpr int L = S::L;
+  V acc[NA];
+  for (int j = 0; j < NA; ++j)
+    acc[j] = !accumulate ? init : (cnt[j] == L ? S::load(out[j]) : load_first(out[j], cnt[j]));
+  for (int t = 0; t < nt; ++t) {
+    const i64 o = offs[t];
+    const V w = wts[t];
+    for (int j = 0; j < NA; ++j) acc[j] = S::fma(w, S::load(base[j] + o), acc[j]);
+  }
+  for (int j = 0; j < NA; ++j) {
+    if (cnt[j] == L)
+      S::store(out[j], acc[j]);
+    else
+      store_first(out[j], acc[j], cnt[j]);
+  }
+}
+
+// Stride-1-along-W correlation of a padded buffer: output row oh reads buffer rows from
+// buf + oh*row_step; every tap t adds wts[t] * buf[... + offs[t] + ow]. The buffer must
+// hold round_up(Wo, L) readable columns past every tap offset.
 template <typename T>
-void forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y, const i64* lo,
-                   const i64* hi) {
+void corr_plane(const T* buf, i64 row_step, i64 Ho, i64 Wo, const i64* offs, const T* w, int nt,
+                T* out, T init, bool accumulate) {
   using S = typename Vec<T>::type;
   using V = typename S::V;
   constexpr int L = S::L;
-  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride, kW = p.w.kernel, kH = p.h.kernel;
-  // Columns in which every tap kw is inside the input.
-  i64 owA = 0, owB = Wo;
-  for (i64 kw = 0; kw < kW; ++kw) {
-    owA = imax(owA, lo[kw]);
-    owB = imin(owB, hi[kw]);
+  constexpr int kBlock = 8;
+  V wts[kMaxRows];
+  for (int t = 0; t < nt; ++t) wts[t] = S::set1(w[t]);
+  const V vi = S::set1(init);
+  const i64 nvr = (Wo + L - 1) / L, total = Ho * nvr;
+  const T* base[kBlock];
+  T* dst[kBlock];
+  i64 cnt[kBlock];
+  for (i64 it = 0; it < total; it += kBlock) {
+    const int na = static_cast<int>(imin(kBlock, total - it));
+    for (int j = 0; j < na; ++j) {
+      const i64 item = it + j, oh = item / nvr, v = item % nvr;
+      base[j] = buf + oh * row_step + v * L;
+      dst[j] = out + oh * Wo + v * L;
+      cnt[j] = imin(L, Wo - v * L);
+    }
+    switch (na) {
+      case 8: corr_block<S, 8>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      case 7: corr_block<S, 7>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      case 6: corr_block<S, 6>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      case 5: corr_block<S, 5>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      case 4: corr_block<S, 4>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      case 3: corr_block<S, 3>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      case 2: corr_block<S, 2>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+      default: corr_block<S, 1>(base, dst, cnt, offs, wts, nt, vi, accumulate); break;
+    }
   }
-  if (owB < owA) owB = owA;
-  const bool vec = sw == 1 && kH * kW <= kMaxRows;
-  const T* rows[kMaxRows];
-  const T* wts[kMaxRows];
-  for (i64 oh = 0; oh < p.h.out; ++oh) {
-    T* yr = y + oh * Wo;
-    // scalar columns (edges, strided case): same tap order as the vector ones
-    auto column = [&](i64 ow) {
-      T s = bias;
-      for (i64 kh = 0; kh < kH; ++kh) {
-        const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-        if (ih < 0 || ih >= p.h.in) continue;
-        const T* xr = x + ih * W;
-        for (i64 kw = 0; kw < kW; ++kw)
-          if (ow >= lo[kw] && ow < hi[kw])
-            s += wk[kh * kW + kw] * xr[ow * sw + kw * p.w.dilation - p.w.pad_lo];
-      }
-      yr[ow] = s;
-    };
-    if (!vec) {
-      for (i64 ow = 0; ow < Wo; ++ow) column(ow);
+}
+
+// Copies plane src (rows x cols) into buf (brows x bcols) at offset (r0, c0); the rest of
+// buf is zero. r0/c0 may be negative (src rows/columns before the buffer are dropped).
+template <typename T>
+void pad_plane(const T* src, i64 rows, i64 cols, T* buf, i64 brows, i64 bcols, i64 r0, i64 c0) {
+  for (i64 r = 0; r < brows; ++r) {
+    T* br = buf + r * bcols;
+    const i64 sr = r - r0;
+    if (sr < 0 || sr >= rows) {
+      for (i64 c = 0; c < bcols; ++c) br[c] = T(0);
       continue;
     }
-    int nt = 0;
-    for (i64 kh = 0; kh < kH; ++kh) {
-      const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-      if (ih < 0 || ih >= p.h.in) continue;
-      for (i64 kw = 0; kw < kW; ++kw) {
-        rows[nt] = x + ih * W + kw * p.w.dilation - p.w.pad_lo;
-        wts[nt] = wk + kh * kW + kw;
-        ++nt;
+    const T* s = src + sr * cols;
+    const i64 a = imin(imax(c0, 0), bcols), b = imin(imax(c0 + cols, a), bcols);
+    for (i64 c = 0; c < a; ++c) br[c] = T(0);
+    for (i64 c = a; c < b; ++c) br[c] = s[c - c0];
+    for (i64 c = b; c < bcols; ++c) br[c] = T(0);
+  }
+}
+
+template <typename T>
+void forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y, const i64* lo,
+                   const i64* hi, T* buf) {
+  using S = typename Vec<T>::type;
+  constexpr int L = S::L;
+  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride, kW = p.w.kernel, kH = p.h.kernel;
+  const bool vec = sw == 1 && buf != nullptr;
+  if (!vec) {
+    // Strided kernels: per element, taps in (kh, kw) order.
+    for (i64 oh = 0; oh < p.h.out; ++oh)
+      for (i64 ow = 0; ow < Wo; ++ow) {
+        T s = bias;
+        for (i64 kh = 0; kh < kH; ++kh) {
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih < 0 || ih >= p.h.in) continue;
+          const T* xr = x + ih * W;
+          for (i64 kw = 0; kw < kW; ++kw)
+            if (ow >= lo[kw] && ow < hi[kw])
+              s += wk[kh * kW + kw] * xr[ow * sw + kw * p.w.dilation - p.w.pad_lo];
+        }
+        y[oh * Wo + ow] = s;
       }
-    }
-    for (i64 ow = 0; ow < owA; ++ow) column(ow);
-    const V vb = S::set1(bias);
-    i64 ow = owA;
-    for (; ow + 4 * L <= owB; ow += 4 * L) {
-      V a0 = vb, a1 = vb, a2 = vb, a3 = vb;
-      for (int t = 0; t < nt; ++t) {
-        const V wv = S::set1(*wts[t]);
-        const T* s = rows[t] + ow;
-        a0 = S::fma(wv, S::load(s), a0);
-        a1 = S::fma(wv, S::load(s + L), a1);
-        a2 = S::fma(wv, S::load(s + 2 * L), a2);
-        a3 = S::fma(wv, S::load(s + 3 * L), a3);
-      }
-      S::store(yr + ow, a0);
-      S::store(yr + ow + L, a1);
-      S::store(yr + ow + 2 * L, a2);
-      S::store(yr + ow + 3 * L, a3);
-    }
-    for (; ow + L <= owB; ow += L) {
-      V a0 = vb;
-      for (int t = 0; t < nt; ++t) a0 = S::fma(S::set1(*wts[t]), S::load(rows[t] + ow), a0);
-      S::store(yr + ow, a0);
-    }
-    for (; ow < Wo; ++ow) column(ow);
+    return;
+  }
+  // Stride 1 along W: copy the plane into a zero-padded buffer (dw_forward_buffer_elems),
+  // so every output element, edges included, is a whole-vector multiply-add over all
+  // taps (padding taps add w * 0).
+  const i64 Wp = (Wo + L - 1) / L * L + (kW - 1) * p.w.dilation;
+  const i64 Hp = (p.h.out - 1) * p.h.stride + (kH - 1) * p.h.dilation + 1;
+  pad_plane(x, p.h.in, W, buf, Hp, Wp, p.h.pad_lo, p.w.pad_lo);
+  i64 offs[kMaxRows];
+  const i64 KK = kH * kW;
+  for (i64 t0 = 0; t0 < KK; t0 += kMaxRows) {  // taps in chunks, in order
+    const int nt = static_cast<int>(imin(kMaxRows, KK - t0));
+    for (int t = 0; t < nt; ++t)
+      offs[t] = (t0 + t) / kW * p.h.dilation * Wp + (t0 + t) % kW * p.w.dilation;
+    corr_plane<T>(buf, p.h.stride * Wp, p.h.out, Wo, offs, wk + t0, nt, y, bias, t0 > 0);
   }
 }
 
@@ -194,8 +259,8 @@ void backward_weight_plane(const ConvParams& p, const T* dy, const T* x, double*
 namespace avx2 {
 template <typename T>
 void dw_forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y,
-                      const i64* kw_lo, const i64* kw_hi) {
-  forward_plane<T>(p, x, wk, bias, y, kw_lo, kw_hi);
+                      const i64* kw_lo, const i64* kw_hi, T* buf) {
+  forward_plane<T>(p, x, wk, bias, y, kw_lo, kw_hi, buf);
 }
 template <typename T>
 void dw_backward_input_plane(const ConvParams& p, const T* dy, const T* wk, T* dx,
@@ -207,8 +272,8 @@ void dw_backward_weight_plane(const ConvParams& p, const T* dy, const T* x, doub
                               const i64* kw_lo, const i64* kw_hi) {
   backward_weight_plane<T>(p, dy, x, acc, kw_lo, kw_hi);
 }
-template void dw_forward_plane<float>(const ConvParams&, const float*, const float*, float, float*, const i64*, const i64*);
-template void dw_forward_plane<double>(const ConvParams&, const double*, const double*, double, double*, const i64*, const i64*);
+template void dw_forward_plane<float>(const ConvParams&, const float*, const float*, float, float*, const i64*, const i64*, float*);
+template void dw_forward_plane<double>(const ConvParams&, const double*, const double*, double, double*, const i64*, const i64*, double*);
 template void dw_backward_input_plane<float>(const ConvParams&, const float*, const float*, float*, const i64*, const i64*);
 template void dw_backward_input_plane<double>(const ConvParams&, const double*, const double*, double*, const i64*, const i64*);
 template void dw_backward_weight_plane<float>(const ConvParams&, const float*, const float*, double*, const i64*, const i64*);
