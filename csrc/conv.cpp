@@ -84,7 +84,7 @@ inline void unfold_segment(const ConvParams& p, const T* xp, i64 oh, i64 ow, i64
   for (i64 i = 0; i < a; ++i) d[i * ds] = T(0);
   if (ds == 1) {
     if (sw == 1) {
-      if (b > a) std::memcpy(d + a, src + a, static_cast<std::size_t>(b - a) * sizeof(T));
+      for (i64 i = a; i < b; ++i) d[i] = src[i];
     } else {
       for (i64 i = a; i < b; ++i) d[i] = src[i * sw];
     }
@@ -107,8 +107,19 @@ struct UnfoldB final : BPanelSource<T> {
       : p(p_), tr(tr_), x(x_), jbase(jb) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    switch (nr) {  // the register widths in use get a compile-time panel width
+      case 16: pack_panels<16>(dst, k0, kc, j0, nc, nr); break;
+      case 8: pack_panels<8>(dst, k0, kc, j0, nc, nr); break;
+      case 4: pack_panels<4>(dst, k0, kc, j0, nc, nr); break;
+      default: pack_panels<0>(dst, k0, kc, j0, nc, nr); break;
+    }
+  }
+
+  // NR > 0: the panel width known at compile time (== nr); 0: any nr.
+  template <int NR>
+  void pack_panels(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
     const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
-    const i64 plane = p.h.in * p.w.in;
+    const i64 W = p.w.in, H = p.h.in, plane = H * W, sw = p.w.stride;
     constexpr int kMaxSegs = 64;
     struct Seg { i64 oh, ow, len, at; };
     Seg segs[kMaxSegs];
@@ -127,22 +138,39 @@ struct UnfoldB final : BPanelSource<T> {
         ow = 0;
         ++oh;
       }
+      const bool one_row = NR > 0 && nseg == 1 && !many && ncols == NR;
       i64 ci = k0 / KK, r = k0 % KK, kh = r / kW, kw = r % kW;
       for (i64 k = 0; k < kc; ++k) {
         T* d = panel + k * nr;
         const T* xp = x + ci * plane;
         const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr.lo[kw], hi = tr.hi[kw];
-        if (!many) {
+        if (one_row) {
+          // The common case: all NR columns in one output row.
+          const i64 ih = segs[0].oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          const i64 ow0 = segs[0].ow;
+          if (ih < 0 || ih >= H) {
+            for (int c = 0; c < NR; ++c) d[c] = T(0);
+          } else if (ow0 >= lo && ow0 + NR <= hi) {
+            const T* src = xp + ih * W + ow0 * sw + iwk;
+            if (sw == 1)
+              for (int c = 0; c < NR; ++c) d[c] = src[c];
+            else
+              for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
+          } else {
+            unfold_segment(p, xp, segs[0].oh, ow0, i64(NR), kh, iwk, lo, hi, d, i64(1));
+          }
+        } else if (!many) {
           for (int s = 0; s < nseg; ++s)
             unfold_segment(p, xp, segs[s].oh, segs[s].ow, segs[s].len, kh, iwk, lo, hi,
                            d + segs[s].at, i64(1));
+          fill_zero(d + ncols, nr - ncols);
         } else {  // nr wider than kMaxSegs rows of width Wo: column by column
           for (i64 c = 0; c < ncols; ++c) {
             i64 jj = jbase + j0 + pb + c;
             unfold_segment(p, xp, jj / Wo, jj % Wo, i64(1), kh, iwk, lo, hi, d + c, i64(1));
           }
+          fill_zero(d + ncols, nr - ncols);
         }
-        fill_zero(d + ncols, nr - ncols);
         if (++kw == kW) {
           kw = 0;
           if (++kh == kH) { kh = 0; ++ci; }
