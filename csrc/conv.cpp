@@ -115,61 +115,59 @@ struct UnfoldB final : BPanelSource<T> {
     }
   }
 
-  // NR > 0: the panel width known at compile time (== nr); 0: any nr.
+  // NR > 0: the panel width known at compile time (== nr); 0: any nr. Panels are taken
+  // in groups; within a group the loop runs over unfolded rows k outermost, so each
+  // input row is read as one sequential stream across the group's columns.
   template <int NR>
   void pack_panels(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
     const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
     const i64 W = p.w.in, H = p.h.in, plane = H * W, sw = p.w.stride;
-    constexpr int kMaxSegs = 64;
-    struct Seg { i64 oh, ow, len, at; };
-    Seg segs[kMaxSegs];
-    for (i64 pb = 0; pb < nc; pb += nr) {
-      T* panel = dst + (pb / nr) * kc * nr;
-      const i64 ncols = std::min<i64>(nr, nc - pb);
-      // Split the panel's columns into output-row segments (shared by all kc rows).
-      int nseg = 0;
-      i64 j = jbase + j0 + pb, oh = j / Wo, ow = j % Wo, at = 0;
-      bool many = false;
-      while (at < ncols) {
-        if (nseg == kMaxSegs) { many = true; break; }
-        i64 len = std::min(ncols - at, Wo - ow);
-        segs[nseg++] = Seg{oh, ow, len, at};
-        at += len;
-        ow = 0;
-        ++oh;
+    constexpr int kGroup = 64;
+    i64 q_oh[kGroup], q_ow[kGroup], q_n[kGroup];
+    bool q_one[kGroup];
+    const i64 npanels = ceil_div(nc, nr);
+    for (i64 pg = 0; pg < npanels; pg += kGroup) {
+      const int ng = static_cast<int>(std::min<i64>(kGroup, npanels - pg));
+      for (int q = 0; q < ng; ++q) {
+        const i64 pb = (pg + q) * nr, j = jbase + j0 + pb;
+        q_oh[q] = j / Wo;
+        q_ow[q] = j % Wo;
+        q_n[q] = std::min<i64>(nr, nc - pb);
+        q_one[q] = NR > 0 && q_n[q] == NR && q_ow[q] + NR <= Wo;
       }
-      const bool one_row = NR > 0 && nseg == 1 && !many && ncols == NR;
       i64 ci = k0 / KK, r = k0 % KK, kh = r / kW, kw = r % kW;
       for (i64 k = 0; k < kc; ++k) {
-        T* d = panel + k * nr;
         const T* xp = x + ci * plane;
         const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr.lo[kw], hi = tr.hi[kw];
-        if (one_row) {
-          // The common case: all NR columns in one output row.
-          const i64 ih = segs[0].oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-          const i64 ow0 = segs[0].ow;
-          if (ih < 0 || ih >= H) {
-            for (int c = 0; c < NR; ++c) d[c] = T(0);
-          } else if (ow0 >= lo && ow0 + NR <= hi) {
-            const T* src = xp + ih * W + ow0 * sw + iwk;
-            if (sw == 1)
-              for (int c = 0; c < NR; ++c) d[c] = src[c];
-            else
-              for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
-          } else {
-            unfold_segment(p, xp, segs[0].oh, ow0, i64(NR), kh, iwk, lo, hi, d, i64(1));
+        const i64 ihk = kh * p.h.dilation - p.h.pad_lo;
+        T* d = dst + pg * kc * nr + k * nr;
+        for (int q = 0; q < ng; ++q, d += kc * nr) {
+          if (q_one[q]) {  // the common case: all NR columns in one output row
+            const i64 ih = q_oh[q] * p.h.stride + ihk, ow0 = q_ow[q];
+            if (ih < 0 || ih >= H) {
+              for (int c = 0; c < NR; ++c) d[c] = T(0);
+            } else if (ow0 >= lo && ow0 + NR <= hi) {
+              const T* src = xp + ih * W + ow0 * sw + iwk;
+              if (sw == 1)
+                std::memcpy(d, src, sizeof(T) * (NR > 0 ? NR : 1));  // constant size: inlined vector moves
+              else
+                for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
+            } else {
+              unfold_segment(p, xp, q_oh[q], ow0, i64(NR), kh, iwk, lo, hi, d, i64(1));
+            }
+            continue;
           }
-        } else if (!many) {
-          for (int s = 0; s < nseg; ++s)
-            unfold_segment(p, xp, segs[s].oh, segs[s].ow, segs[s].len, kh, iwk, lo, hi,
-                           d + segs[s].at, i64(1));
-          fill_zero(d + ncols, nr - ncols);
-        } else {  // nr wider than kMaxSegs rows of width Wo: column by column
-          for (i64 c = 0; c < ncols; ++c) {
-            i64 jj = jbase + j0 + pb + c;
-            unfold_segment(p, xp, jj / Wo, jj % Wo, i64(1), kh, iwk, lo, hi, d + c, i64(1));
+          // Columns spanning several output rows, or the ragged last panel.
+          i64 oh = q_oh[q], ow = q_ow[q], at = 0;
+          const i64 n = q_n[q];
+          while (at < n) {
+            const i64 len = std::min(n - at, Wo - ow);
+            unfold_segment(p, xp, oh, ow, len, kh, iwk, lo, hi, d + at, i64(1));
+            at += len;
+            ow = 0;
+            ++oh;
           }
-          fill_zero(d + ncols, nr - ncols);
+          fill_zero(d + n, nr - n);
         }
         if (++kw == kW) {
           kw = 0;
