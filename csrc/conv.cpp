@@ -136,42 +136,58 @@ struct UnfoldB final : BPanelSource<T> {
         q_one[q] = NR > 0 && q_n[q] == NR && q_ow[q] + NR <= Wo;
       }
       i64 ci = k0 / KK, r = k0 % KK, kh = r / kW, kw = r % kW;
-      for (i64 k = 0; k < kc; ++k) {
-        const T* xp = x + ci * plane;
-        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr.lo[kw], hi = tr.hi[kw];
-        const i64 ihk = kh * p.h.dilation - p.h.pad_lo;
-        T* d = dst + pg * kc * nr + k * nr;
-        for (int q = 0; q < ng; ++q, d += kc * nr) {
+      // Unfolded rows in blocks of kRows: per panel the block's rows are written as one
+      // contiguous run, and each input row is read sequentially across the group.
+      constexpr int kRows = 8;
+      const T* r_xp[kRows];
+      i64 r_iwk[kRows], r_lo[kRows], r_hi[kRows], r_ihk[kRows], r_kh[kRows];
+      for (i64 kb = 0; kb < kc; kb += kRows) {
+        const int nk = static_cast<int>(std::min<i64>(kRows, kc - kb));
+        for (int t = 0; t < nk; ++t) {
+          r_xp[t] = x + ci * plane;
+          r_iwk[t] = kw * p.w.dilation - p.w.pad_lo;
+          r_lo[t] = tr.lo[kw];
+          r_hi[t] = tr.hi[kw];
+          r_ihk[t] = kh * p.h.dilation - p.h.pad_lo;
+          r_kh[t] = kh;
+          if (++kw == kW) {
+            kw = 0;
+            if (++kh == kH) { kh = 0; ++ci; }
+          }
+        }
+        for (int q = 0; q < ng; ++q) {
+          T* d = dst + (pg + q) * kc * nr + kb * nr;
           if (q_one[q]) {  // the common case: all NR columns in one output row
-            const i64 ih = q_oh[q] * p.h.stride + ihk, ow0 = q_ow[q];
-            if (ih < 0 || ih >= H) {
-              for (int c = 0; c < NR; ++c) d[c] = T(0);
-            } else if (ow0 >= lo && ow0 + NR <= hi) {
-              const T* src = xp + ih * W + ow0 * sw + iwk;
-              if (sw == 1)
-                std::memcpy(d, src, sizeof(T) * (NR > 0 ? NR : 1));  // constant size: inlined vector moves
-              else
-                for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
-            } else {
-              unfold_segment(p, xp, q_oh[q], ow0, i64(NR), kh, iwk, lo, hi, d, i64(1));
+            const i64 ohs = q_oh[q] * p.h.stride, ow0 = q_ow[q];
+            for (int t = 0; t < nk; ++t, d += nr) {
+              const i64 ih = ohs + r_ihk[t];
+              if (ih < 0 || ih >= H) {
+                for (int c = 0; c < NR; ++c) d[c] = T(0);
+              } else if (ow0 >= r_lo[t] && ow0 + NR <= r_hi[t]) {
+                const T* src = r_xp[t] + ih * W + ow0 * sw + r_iwk[t];
+                if (sw == 1)
+                  std::memcpy(d, src, sizeof(T) * (NR > 0 ? NR : 1));  // constant size: inlined vector moves
+                else
+                  for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
+              } else {
+                unfold_segment(p, r_xp[t], q_oh[q], ow0, i64(NR), r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d, i64(1));
+              }
             }
             continue;
           }
           // Columns spanning several output rows, or the ragged last panel.
-          i64 oh = q_oh[q], ow = q_ow[q], at = 0;
           const i64 n = q_n[q];
-          while (at < n) {
-            const i64 len = std::min(n - at, Wo - ow);
-            unfold_segment(p, xp, oh, ow, len, kh, iwk, lo, hi, d + at, i64(1));
-            at += len;
-            ow = 0;
-            ++oh;
+          for (int t = 0; t < nk; ++t, d += nr) {
+            i64 oh = q_oh[q], ow = q_ow[q], at = 0;
+            while (at < n) {
+              const i64 len = std::min(n - at, Wo - ow);
+              unfold_segment(p, r_xp[t], oh, ow, len, r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d + at, i64(1));
+              at += len;
+              ow = 0;
+              ++oh;
+            }
+            fill_zero(d + n, nr - n);
           }
-          fill_zero(d + n, nr - n);
-        }
-        if (++kw == kW) {
-          kw = 0;
-          if (++kh == kH) { kh = 0; ++ci; }
         }
       }
     }
