@@ -267,7 +267,8 @@ std::size_t per_thread(std::size_t elems, std::size_t elem) {
   return (elems + per_line - 1) / per_line * per_line;
 }
 
-constexpr i64 kTileElems = 32768;  // col2im tile target (128 KiB of float)
+constexpr i64 kTileElems = 131072;  // col2im tile target (512 KiB of float)
+constexpr i64 kTileCols = 256;      // widest col2im tile before channels are split
 constexpr i64 kMinCols = 64;       // narrowest GEMM column chunk worth a task
 
 // Geometry shared by the forward and the backward GEMM drivers.
@@ -278,6 +279,7 @@ struct Plan {
   i64 ci_chunk;    // generic grad input: (image, group) x input-channel chunks
   i64 ci_count;
   i64 tile;        // generic grad input: columns per col2im tile
+  i64 ci_sub;      // generic grad input: input channels per col2im tile
   int threads;
 };
 
@@ -299,8 +301,14 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   ci_want = std::min(ci_want, pl.Cg);
   pl.ci_chunk = ceil_div(pl.Cg, ci_want);
   pl.ci_count = ceil_div(pl.Cg, pl.ci_chunk);
-  const i64 rows = checked_mul(pl.ci_chunk, p.h.kernel * p.w.kernel, "col2im rows");
-  pl.tile = std::min(std::max(kTileElems / std::max<i64>(rows, 1) / nr * nr, nr), round_up(pl.Np, nr));
+  // col2im tile: up to kTileCols columns, then as many of the task's channels as fit
+  // in kTileElems; with all channels in, widen the columns to fill the budget.
+  const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
+  const i64 np_r = round_up(pl.Np, nr);
+  pl.tile = std::min(np_r, kTileCols);
+  pl.ci_sub = std::min(pl.ci_chunk, std::max<i64>(1, kTileElems / checked_mul(KK, pl.tile, "col2im tile")));
+  if (pl.ci_sub == pl.ci_chunk)
+    pl.tile = std::min(np_r, std::max(pl.tile, kTileElems / checked_mul(KK, pl.ci_chunk, "col2im tile") / nr * nr));
   return pl;
 }
 
@@ -557,24 +565,26 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
   const i64 tasks = p.n * p.groups * pl.ci_count;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
   const i64 in_plane = p.h.in * p.w.in;
-  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_chunk * KK, pl.tile, pl.Mg), sizeof(T));
+  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 item = t / pl.ci_count, s = t % pl.ci_count;
     const i64 n = item / p.groups, g = item % p.groups;
     const i64 ca = s * pl.ci_chunk, nci = std::min(pl.ci_chunk, pl.Cg - ca);
-    const i64 rows = nci * KK;
     T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
     fill_zero(dxp, nci * in_plane);
     T* wsp = ws + ws_per * thread_id();
     T* tile = wsp + gemm_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
-    const T* a = w + g * pl.Mg * pl.K + ca * KK;  // A(r, co) = w[g*Mg + co][ca*KK + r]
-    for (i64 j0 = 0; j0 < pl.Np; j0 += pl.tile) {
-      const i64 jn = std::min(pl.tile, pl.Np - j0);
-      StridedB<T> src = dense_b(dyg, pl.Np, j0);
-      gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
-      col2im_tile(p, tr, tile, nci, j0, jn, dxp);
+    for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
+      const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
+      const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
+      for (i64 j0 = 0; j0 < pl.Np; j0 += pl.tile) {
+        const i64 jn = std::min(pl.tile, pl.Np - j0);
+        StridedB<T> src = dense_b(dyg, pl.Np, j0);
+        gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
+        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane);
+      }
     }
   }
 }
@@ -639,8 +649,8 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
     if (pointwise)
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Cg, pl.fwd.chunk, pl.Mg), sizeof(T)));
     else
-      ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.ci_chunk * KK, pl.tile, pl.Mg), sizeof(T)) +
-                                    per_thread(static_cast<std::size_t>(pl.ci_chunk * KK * pl.tile), sizeof(T)));
+      ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T)) +
+                                    per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)));
   }
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * pl.threads * sizeof(T)));
   if (dx && p.n > 0) {
@@ -749,7 +759,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
   if (backward) {
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np)));
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Cg, pl.fwd.chunk, pl.Mg)));
-    i64 rows = checked_mul(pl.ci_chunk, KK, "col2im rows");
+    i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
     per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
                                     checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
     per = std::max(per, KK);  // depthwise grad weight accumulators (doubles)
