@@ -464,12 +464,15 @@ void bias_grad(const ConvParams& p, const T* dy, T* db) {
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), p.c_out)));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 co = 0; co < p.c_out; ++co) {
-    double s = 0;
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 interleaved partial sums, fixed order
     for (i64 n = 0; n < p.n; ++n) {
       const T* d = dy + (n * p.c_out + co) * Np;
-      for (i64 j = 0; j < Np; ++j) s += d[j];
+      i64 j = 0;
+      for (; j + 8 <= Np; j += 8)
+        for (int u = 0; u < 8; ++u) s[u] += d[j + u];
+      for (; j < Np; ++j) s[j % 8] += d[j];
     }
-    db[co] = static_cast<T>(s);
+    db[co] = static_cast<T>(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
   }
 }
 
@@ -595,19 +598,25 @@ void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w
   const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
   const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
   const bool vec = active_isa() != Isa::scalar;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), std::max(p.n * p.c_in, p.c_out))));
+  // Per thread: the zero-padded plane copy of the AVX2 kernels, then KK double sums.
+  const std::size_t buf_per = vec ? per_thread(static_cast<std::size_t>(dw_forward_buffer_elems(p, 32 / sizeof(T))), sizeof(T)) : 0;
+  const std::size_t acc_per = per_thread(static_cast<std::size_t>(KK) * sizeof(double), 1);
+  const std::size_t per = buf_per * sizeof(T) + acc_per;
+  char* ws = static_cast<char*>(scratch(kScratchOp1, per * threads));
   if (dx) {
     const i64 tasks = p.n * p.c_in;
-    const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), tasks)));
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (i64 t = 0; t < tasks; ++t) {
       const i64 n = t / p.c_in, g = t % p.c_in;
       T* dxp = dx + t * in_plane;
+      T* buf = vec ? reinterpret_cast<T*>(ws + per * thread_id()) : nullptr;
       fill_zero(dxp, in_plane);
       for (i64 m = 0; m < mult; ++m) {
         const i64 co = g * mult + m;
         const T* dyp = dy + (n * p.c_out + co) * out_plane;
         if (vec)
-          avx2::dw_backward_input_plane<T>(p, dyp, w + co * KK, dxp, tr.lo.data(), tr.hi.data());
+          avx2::dw_backward_input_plane<T>(p, dyp, w + co * KK, dxp, tr.lo.data(), tr.hi.data(), buf);
         else
           dw_backward_input_plane_scalar<T>(p, dyp, w + co * KK, dxp, tr.lo.data(), tr.hi.data());
       }
@@ -615,20 +624,18 @@ void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w
   }
   if (dw) {
     const i64 tasks = p.c_out;
-    const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), tasks)));
-    double* acc_all = static_cast<double*>(
-        scratch(kScratchOp1, per_thread(static_cast<std::size_t>(KK), sizeof(double)) * threads * sizeof(double)));
-    const std::size_t acc_per = per_thread(static_cast<std::size_t>(KK), sizeof(double));
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (i64 co = 0; co < tasks; ++co) {
-      double* acc = acc_all + acc_per * thread_id();
+      char* mine = ws + per * thread_id();
+      T* buf = vec ? reinterpret_cast<T*>(mine) : nullptr;
+      double* acc = reinterpret_cast<double*>(mine + buf_per * sizeof(T));
       for (i64 i = 0; i < KK; ++i) acc[i] = 0;
       const i64 g = co / mult;
       for (i64 n = 0; n < p.n; ++n) {
         const T* dyp = dy + (n * p.c_out + co) * out_plane;
         const T* xp = x + (n * p.c_in + g) * in_plane;
         if (vec)
-          avx2::dw_backward_weight_plane<T>(p, dyp, xp, acc, tr.lo.data(), tr.hi.data());
+          avx2::dw_backward_weight_plane<T>(p, dyp, xp, acc, tr.lo.data(), tr.hi.data(), buf);
         else
           dw_backward_weight_plane_scalar<T>(p, dyp, xp, acc, tr.lo.data(), tr.hi.data());
       }
@@ -762,9 +769,9 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
     i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
     per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
                                     checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
-    per = std::max(per, KK);  // depthwise grad weight accumulators (doubles)
   }
-  per = std::max(per, dw_forward_buffer_elems(p, 4));
+  // depthwise: padded plane copy plus (backward) KK double accumulators
+  per = std::max(per, checked_add(dw_forward_buffer_elems(p, 4), backward ? KK + 8 : 0, "workspace"));
   per = checked_add(per, 64, "workspace");
   i64 total = checked_mul(checked_mul(per, std::max(threads, 1), "workspace"), 8, "workspace bytes");
   return static_cast<std::size_t>(total);

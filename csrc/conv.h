@@ -61,12 +61,14 @@ namespace avx2 {
 template <typename T>
 void dw_forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y,
                       const i64* kw_lo, const i64* kw_hi, T* buf);
+// dx accumulates (the caller zeroes it); buf as for dw_forward_plane.
 template <typename T>
 void dw_backward_input_plane(const ConvParams& p, const T* dy, const T* wk, T* dx,
-                             const i64* kw_lo, const i64* kw_hi);
+                             const i64* kw_lo, const i64* kw_hi, T* buf);
+// acc[kh*kW + kw] += the plane's contribution to the weight gradient.
 template <typename T>
 void dw_backward_weight_plane(const ConvParams& p, const T* dy, const T* x, double* acc,
-                              const i64* kw_lo, const i64* kw_hi);
+                              const i64* kw_lo, const i64* kw_hi, T* buf);
 }  // namespace avx2
 
 }  // namespace pyconv

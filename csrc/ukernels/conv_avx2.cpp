@@ -197,57 +197,104 @@ void forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y, c
 
 template <typename T>
 void backward_input_plane(const ConvParams& p, const T* dy, const T* wk, T* dx, const i64* lo,
-                          const i64* hi) {
+                          const i64* hi, T* buf) {
   using S = typename Vec<T>::type;
   constexpr int L = S::L;
-  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride, kW = p.w.kernel;
+  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride, kW = p.w.kernel, kH = p.h.kernel;
+  if (sw == 1 && p.h.stride == 1 && buf != nullptr) {
+    // Stride 1: dx is the correlation of dy, zero-padded by (k-1)*d - pad_lo in front,
+    // with the flipped kernel; accumulated into dx (zeroed by the caller).
+    const i64 Wp = (imax(W, Wo) + L - 1) / L * L + (kW - 1) * p.w.dilation;
+    const i64 Ah = (kH - 1) * p.h.dilation - p.h.pad_lo, Aw = (kW - 1) * p.w.dilation - p.w.pad_lo;
+    const i64 Hp = p.h.in + (kH - 1) * p.h.dilation;
+    pad_plane(dy, p.h.out, Wo, buf, Hp, Wp, Ah, Aw);
+    i64 offs[kMaxRows];
+    T wf[kMaxRows];
+    const i64 KK = kH * kW;
+    for (i64 t0 = 0; t0 < KK; t0 += kMaxRows) {
+      const int nt = static_cast<int>(imin(kMaxRows, KK - t0));
+      for (int t = 0; t < nt; ++t) {
+        const i64 kh = (t0 + t) / kW, kw = (t0 + t) % kW;
+        offs[t] = kh * p.h.dilation * Wp + kw * p.w.dilation;
+        wf[t] = wk[(kH - 1 - kh) * kW + (kW - 1 - kw)];
+      }
+      corr_plane<T>(buf, Wp, p.h.in, W, offs, wf, nt, dx, T(0), true);
+    }
+    return;
+  }
   for (i64 oh = 0; oh < p.h.out; ++oh) {
     const T* dyr = dy + oh * Wo;
-    for (i64 kh = 0; kh < p.h.kernel; ++kh) {
+    for (i64 kh = 0; kh < kH; ++kh) {
       const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
       if (ih < 0 || ih >= p.h.in) continue;
       T* dxr = dx + ih * W;
       for (i64 kw = 0; kw < kW; ++kw) {
         const T wv = wk[kh * kW + kw];
         T* ds = dxr + kw * p.w.dilation - p.w.pad_lo;
-        i64 ow = lo[kw];
-        if (sw == 1) {
-          const auto vw = S::set1(wv);
-          for (; ow + L <= hi[kw]; ow += L)
-            S::store(ds + ow, S::fma(vw, S::load(dyr + ow), S::load(ds + ow)));
-          for (; ow < hi[kw]; ++ow) ds[ow] += wv * dyr[ow];
-        } else {
-          for (; ow < hi[kw]; ++ow) ds[ow * sw] += wv * dyr[ow];
-        }
+        for (i64 ow = lo[kw]; ow < hi[kw]; ++ow) ds[ow * sw] += wv * dyr[ow];
       }
     }
   }
 }
 
+inline double hsum_acc(__m256 v) {
+  __m256d a = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                            _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  return hsum(a);
+}
+inline double hsum_acc(__m256d v) { return hsum(v); }
+
 template <typename T>
 void backward_weight_plane(const ConvParams& p, const T* dy, const T* x, double* acc,
-                           const i64* lo, const i64* hi) {
+                           const i64* lo, const i64* hi, T* buf) {
   using S = typename Vec<T>::type;
-  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride, kW = p.w.kernel;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride, kW = p.w.kernel, kH = p.h.kernel;
+  if (sw == 1 && buf != nullptr) {
+    // dW[t] = sum over output pixels of dy * xpad(tap t): vector accumulators per tap
+    // over the zero-padded plane, flushed into the double sums every few rows.
+    const i64 Wp = (imax(W, Wo) + L - 1) / L * L + (kW - 1) * p.w.dilation;
+    const i64 Hp = (p.h.out - 1) * p.h.stride + (kH - 1) * p.h.dilation + 1;
+    pad_plane(x, p.h.in, W, buf, Hp, Wp, p.h.pad_lo, p.w.pad_lo);
+    const i64 KK = kH * kW, nvr = (Wo + L - 1) / L;
+    const i64 flush_rows = imax(1, 64 / nvr);
+    constexpr int kTaps = 12;
+    for (i64 t0 = 0; t0 < KK; t0 += kTaps) {
+      const int nt = static_cast<int>(imin(kTaps, KK - t0));
+      i64 offs[kTaps];
+      for (int t = 0; t < nt; ++t)
+        offs[t] = (t0 + t) / kW * p.h.dilation * Wp + (t0 + t) % kW * p.w.dilation;
+      V a[kTaps];
+      for (int t = 0; t < kTaps; ++t) a[t] = S::set1(T(0));
+      for (i64 oh = 0; oh < p.h.out; ++oh) {
+        const T* dyr = dy + oh * Wo;
+        const T* br = buf + oh * p.h.stride * Wp;
+        for (i64 v = 0; v < nvr; ++v) {
+          const i64 ow = v * L;
+          const V g = ow + L <= Wo ? S::load(dyr + ow) : load_first(dyr + ow, Wo - ow);
+          for (int t = 0; t < nt; ++t) a[t] = S::fma(g, S::load(br + offs[t] + ow), a[t]);
+        }
+        if ((oh + 1) % flush_rows == 0 || oh + 1 == p.h.out) {
+          for (int t = 0; t < nt; ++t) {
+            acc[t0 + t] += hsum_acc(a[t]);
+            a[t] = S::set1(T(0));
+          }
+        }
+      }
+    }
+    return;
+  }
   for (i64 oh = 0; oh < p.h.out; ++oh) {
     const T* dyr = dy + oh * Wo;
-    for (i64 kh = 0; kh < p.h.kernel; ++kh) {
+    for (i64 kh = 0; kh < kH; ++kh) {
       const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
       if (ih < 0 || ih >= p.h.in) continue;
       const T* xr = x + ih * W;
       for (i64 kw = 0; kw < kW; ++kw) {
         const T* xs = xr + kw * p.w.dilation - p.w.pad_lo;
         double s = 0;
-        i64 ow = lo[kw];
-        if (sw == 1) {
-          __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-          // 8 elements per dot_acc in both types
-          for (; ow + 8 <= hi[kw]; ow += 8) S::dot_acc(dyr + ow, xs + ow, s0, s1);
-          s = hsum(_mm256_add_pd(s0, s1));
-          for (; ow < hi[kw]; ++ow) s += double(dyr[ow]) * double(xs[ow]);
-        } else {
-          for (; ow < hi[kw]; ++ow) s += double(dyr[ow]) * double(xs[ow * sw]);
-        }
+        for (i64 ow = lo[kw]; ow < hi[kw]; ++ow) s += double(dyr[ow]) * double(xs[ow * sw]);
         acc[kh * kW + kw] += s;
       }
     }
@@ -264,20 +311,20 @@ void dw_forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y
 }
 template <typename T>
 void dw_backward_input_plane(const ConvParams& p, const T* dy, const T* wk, T* dx,
-                             const i64* kw_lo, const i64* kw_hi) {
-  backward_input_plane<T>(p, dy, wk, dx, kw_lo, kw_hi);
+                             const i64* kw_lo, const i64* kw_hi, T* buf) {
+  backward_input_plane<T>(p, dy, wk, dx, kw_lo, kw_hi, buf);
 }
 template <typename T>
 void dw_backward_weight_plane(const ConvParams& p, const T* dy, const T* x, double* acc,
-                              const i64* kw_lo, const i64* kw_hi) {
-  backward_weight_plane<T>(p, dy, x, acc, kw_lo, kw_hi);
+                              const i64* kw_lo, const i64* kw_hi, T* buf) {
+  backward_weight_plane<T>(p, dy, x, acc, kw_lo, kw_hi, buf);
 }
 template void dw_forward_plane<float>(const ConvParams&, const float*, const float*, float, float*, const i64*, const i64*, float*);
 template void dw_forward_plane<double>(const ConvParams&, const double*, const double*, double, double*, const i64*, const i64*, double*);
-template void dw_backward_input_plane<float>(const ConvParams&, const float*, const float*, float*, const i64*, const i64*);
-template void dw_backward_input_plane<double>(const ConvParams&, const double*, const double*, double*, const i64*, const i64*);
-template void dw_backward_weight_plane<float>(const ConvParams&, const float*, const float*, double*, const i64*, const i64*);
-template void dw_backward_weight_plane<double>(const ConvParams&, const double*, const double*, double*, const i64*, const i64*);
+template void dw_backward_input_plane<float>(const ConvParams&, const float*, const float*, float*, const i64*, const i64*, float*);
+template void dw_backward_input_plane<double>(const ConvParams&, const double*, const double*, double*, const i64*, const i64*, double*);
+template void dw_backward_weight_plane<float>(const ConvParams&, const float*, const float*, double*, const i64*, const i64*, float*);
+template void dw_backward_weight_plane<double>(const ConvParams&, const double*, const double*, double*, const i64*, const i64*, double*);
 }  // namespace avx2
 
 }  // namespace pyconv
