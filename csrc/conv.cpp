@@ -101,10 +101,11 @@ template <typename T>
 struct UnfoldB final : BPanelSource<T> {
   const ConvParams& p;
   const TapRanges& tr;
-  const T* x;   // first channel of the group in this image
+  const T* x;   // first channel of the group in the first image
   i64 jbase;    // column offset of this task
-  UnfoldB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 jb)
-      : p(p_), tr(tr_), x(x_), jbase(jb) {}
+  i64 img;      // element stride between images: columns past Ho*Wo continue in the next
+  UnfoldB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 jb, i64 img_stride)
+      : p(p_), tr(tr_), x(x_), jbase(jb), img(img_stride) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
     switch (nr) {  // the register widths in use get a compile-time panel width
@@ -123,13 +124,15 @@ struct UnfoldB final : BPanelSource<T> {
     const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
     const i64 W = p.w.in, H = p.h.in, plane = H * W, sw = p.w.stride;
     constexpr int kGroup = 64;
-    i64 q_oh[kGroup], q_ow[kGroup], q_n[kGroup];
+    i64 q_oh[kGroup], q_ow[kGroup], q_n[kGroup], q_img[kGroup];
+    const i64 Np = p.h.out * Wo;
     bool q_one[kGroup];
     const i64 npanels = ceil_div(nc, nr);
     for (i64 pg = 0; pg < npanels; pg += kGroup) {
       const int ng = static_cast<int>(std::min<i64>(kGroup, npanels - pg));
       for (int q = 0; q < ng; ++q) {
-        const i64 pb = (pg + q) * nr, j = jbase + j0 + pb;
+        const i64 pb = (pg + q) * nr, jt = jbase + j0 + pb, j = jt % Np;
+        q_img[q] = (jt / Np) * img;
         q_oh[q] = j / Wo;
         q_ow[q] = j % Wo;
         q_n[q] = std::min<i64>(nr, nc - pb);
@@ -164,13 +167,13 @@ struct UnfoldB final : BPanelSource<T> {
               if (ih < 0 || ih >= H) {
                 for (int c = 0; c < NR; ++c) d[c] = T(0);
               } else if (ow0 >= r_lo[t] && ow0 + NR <= r_hi[t]) {
-                const T* src = r_xp[t] + ih * W + ow0 * sw + r_iwk[t];
+                const T* src = r_xp[t] + q_img[q] + ih * W + ow0 * sw + r_iwk[t];
                 if (sw == 1)
                   std::memcpy(d, src, sizeof(T) * (NR > 0 ? NR : 1));  // constant size: inlined vector moves
                 else
                   for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
               } else {
-                unfold_segment(p, r_xp[t], q_oh[q], ow0, i64(NR), r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d, i64(1));
+                unfold_segment(p, r_xp[t] + q_img[q], q_oh[q], ow0, i64(NR), r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d, i64(1));
               }
             }
             continue;
@@ -178,13 +181,13 @@ struct UnfoldB final : BPanelSource<T> {
           // Columns spanning several output rows, or the ragged last panel.
           const i64 n = q_n[q];
           for (int t = 0; t < nk; ++t, d += nr) {
-            i64 oh = q_oh[q], ow = q_ow[q], at = 0;
+            i64 oh = q_oh[q], ow = q_ow[q], at = 0, im = q_img[q];
             while (at < n) {
               const i64 len = std::min(n - at, Wo - ow);
-              unfold_segment(p, r_xp[t], oh, ow, len, r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d + at, i64(1));
+              unfold_segment(p, r_xp[t] + im, oh, ow, len, r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d + at, i64(1));
               at += len;
               ow = 0;
-              ++oh;
+              if (++oh == p.h.out) { oh = 0; im += img; }  // next image
             }
             fill_zero(d + n, nr - n);
           }
@@ -270,6 +273,8 @@ std::size_t per_thread(std::size_t elems, std::size_t elem) {
 constexpr i64 kTileElems = 131072;  // col2im tile target (512 KiB of float)
 constexpr i64 kTileCols = 256;      // widest col2im tile before channels are split
 constexpr i64 kMinCols = 64;       // narrowest GEMM column chunk worth a task
+constexpr i64 kSmallPlane = 256;   // output planes below this batch images in the forward GEMM
+constexpr i64 kBatchCols = 512;    // target GEMM width when batching images
 
 // Geometry shared by the forward and the backward GEMM drivers.
 struct Plan {
@@ -278,6 +283,7 @@ struct Plan {
   Split wcols;     // grad weight: group x unfolded-column chunks
   i64 ci_chunk;    // generic grad input: (image, group) x input-channel chunks
   i64 ci_count;
+  i64 fwd_nb;      // generic forward on small planes: images per GEMM (1 = per image)
   i64 tile;        // generic grad input: columns per col2im tile
   i64 ci_sub;      // generic grad input: input channels per col2im tile
   int threads;
@@ -293,6 +299,11 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   pl.Np = checked_mul(p.h.out, p.w.out, "output plane");
   const i64 items = checked_mul(p.n, p.groups, "tasks");
   pl.fwd = column_split(items, pl.Np, pl.threads, nr, kMinCols);
+  // Small planes: several images side by side in one GEMM (wider N, weights packed once
+  // per batch of images), as long as every thread still gets a batch.
+  pl.fwd_nb = 1;
+  if (pl.Np < kSmallPlane && p.n > 1)
+    pl.fwd_nb = std::max<i64>(1, std::min(ceil_div(kBatchCols, pl.Np), ceil_div(p.n, pl.threads)));
   i64 wtasks_want = pl.threads > 1 && p.groups % pl.threads != 0 && p.groups < 8 * pl.threads
                         ? pl.threads : 1;
   i64 wchunk = round_up(ceil_div(pl.K, std::min(wtasks_want, std::max<i64>(1, pl.K / nr))), nr);
@@ -338,9 +349,42 @@ constexpr Candidate kCandidates[] = {
 
 // Shared driver of the pointwise and generic forward: tasks = (image, group, column
 // chunk); each runs one single-threaded GEMM into its own slice of y.
+// Generic forward with fwd_nb images per GEMM: tasks = (batch of images, group); the
+// product goes to a per-thread M x (nb*Np) buffer, then is copied into each image.
+template <typename T>
+void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const T* w, const T* bias, T* y) {
+  const i64 nb = pl.fwd_nb, nbatch = ceil_div(p.n, nb), tasks = nbatch * p.groups;
+  const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
+  const i64 Nb = nb * pl.Np;
+  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.Mg, Nb, pl.K), sizeof(T));
+  const std::size_t ws_per = gemm_part + per_thread(static_cast<std::size_t>(pl.Mg * Nb), sizeof(T));
+  T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
+  const TapRanges tr(p);
+  const i64 in_plane = p.h.in * p.w.in;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 b = t / p.groups, g = t % p.groups;
+    const i64 n0 = b * nb, cnt = std::min(nb, p.n - n0), N = cnt * pl.Np;
+    T* wsp = ws + ws_per * thread_id();
+    T* tmp = wsp + gemm_part;
+    if (bias)
+      for (i64 i = 0; i < pl.Mg; ++i) std::fill(tmp + i * N, tmp + (i + 1) * N, bias[g * pl.Mg + i]);
+    UnfoldB<T> src(p, tr, x + (n0 * p.c_in + g * pl.Cg) * in_plane, 0, p.c_in * in_plane);
+    gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
+    for (i64 im = 0; im < cnt; ++im)
+      for (i64 i = 0; i < pl.Mg; ++i)
+        std::memcpy(y + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np, tmp + i * N + im * pl.Np,
+                    static_cast<std::size_t>(pl.Np) * sizeof(T));
+  }
+}
+
 template <typename T, bool kPointwise>
 void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
   const Plan pl = make_plan(p, sizeof(T), num_threads());
+  if (!kPointwise && pl.fwd_nb > 1) {
+    forward_gemm_batched<T>(p, pl, x, w, bias, y);
+    return;
+  }
   const i64 tasks = p.n * p.groups * pl.fwd.count;
   if (tasks == 0) return;
   const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
@@ -362,7 +406,7 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
       StridedB<T> src = dense_b(xg, in_plane, j0);
       gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
     } else {
-      UnfoldB<T> src(p, tr, xg, j0);
+      UnfoldB<T> src(p, tr, xg, j0, in_plane);
       gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
     }
   }
@@ -763,6 +807,11 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
   const Plan pl = make_plan(p, elem, threads);
   const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
   i64 per = static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K));
+  if (pl.fwd_nb > 1) {
+    const i64 nb_cols = checked_mul(pl.fwd_nb, pl.Np, "batched columns");
+    per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, nb_cols, pl.K)) + 16,
+                                    checked_mul(pl.Mg, nb_cols, "batched output"), "workspace"));
+  }
   if (backward) {
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np)));
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Cg, pl.fwd.chunk, pl.Mg)));

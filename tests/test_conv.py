@@ -388,6 +388,7 @@ def test_named_edge_shapes(dtype):
         ((6, 6, 5), (9, 2, 3, 3), dict(padding=(1, 2), groups=3)),         # unbatched
         ((2, 4, 7, 9), (12, 1, 3, 3), dict(padding=1, groups=4)),          # depthwise, multiplier 3
         ((1, 3, 40, 40), (8, 3, 7, 7), dict(stride=2, padding=3)),         # stem-like
+        ((7, 6, 7, 7), (8, 3, 3, 3), dict(stride=2, padding=1, groups=2)),  # small planes, images batched
     ]
     for xs, ws, kw in cases:
         x, w, b = _ints(rng, xs, dtype), _ints(rng, ws, dtype), _ints(rng, (ws[0],), dtype)
