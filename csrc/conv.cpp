@@ -329,6 +329,9 @@ bool supports_pointwise(const ConvParams& p) {
   return p.h.kernel == 1 && p.w.kernel == 1 && p.h.stride == 1 && p.w.stride == 1 &&
          p.h.pad_lo == 0 && p.h.pad_hi == 0 && p.w.pad_lo == 0 && p.w.pad_hi == 0;
 }
+// groups > 1: with a single group and one input channel (e.g. an MNIST first layer) the
+// implicit GEMM measured faster (5x5 1->32 28px b64: 56 vs 39 GF/s forward, 38 vs 9
+// backward), since all output channels then share one input plane.
 bool supports_depthwise(const ConvParams& p) { return p.groups > 1 && p.cin_g() == 1; }
 bool supports_generic(const ConvParams&) { return true; }
 
