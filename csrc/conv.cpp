@@ -7,11 +7,16 @@
 // threads; reductions (over the batch for grad weight and grad bias, over pixels) run in
 // a fixed order inside one task. Results therefore do not depend on timing.
 //
-// Memory beyond the outputs (the bound conv_workspace_bytes() reports): per thread one
-// GEMM packing workspace (gemm_workspace_elems for the task's M x N x K) and, for the
-// generic grad input, one col2im tile of at most max(kTileElems, rows*NR) elements; the
-// depthwise grad weight uses kH*kW doubles per thread. All of it comes from
-// pyconv::scratch() and is reused across calls.
+// Memory beyond the outputs (the bound conv_workspace_bytes() reports), per thread, all
+// from pyconv::scratch() and reused across calls:
+//   forward (pointwise, generic)  one GEMM packing workspace for M x chunk x K; with images
+//                                 batched (small planes) also an M x (nb*Ho*Wo) product;
+//   grad input (generic)          one GEMM workspace plus one col2im tile of at most
+//                                 max(kTileElems, kH*kW*kTileCols) elements;
+//   grad weight                   one GEMM workspace;
+//   depthwise (AVX2)              one zero-padded plane copy (about (H+pads) x (W+pads))
+//                                 plus kH*kW double accumulators.
+// Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
 
 #include <algorithm>
