@@ -557,3 +557,39 @@ def test_core_validates_on_its_own():
         _core.conv2d_forward(x, w, None, *args(phl=2 ** 62, phh=2 ** 62))
     with pytest.raises((OverflowError, ValueError)):
         _core.conv2d_forward(x, w, None, *args(dh=2 ** 62))
+
+
+def test_concurrent_calls_from_python_threads():
+    """The GIL is released in the kernels and workspaces are per calling thread: calls
+    from several Python threads at once give the serial results."""
+    import threading
+    rng = np.random.default_rng(13)
+    cases = []
+    for xs, ws, g in [((2, 8, 12, 12), (8, 8, 3, 3), 1), ((2, 8, 12, 12), (16, 1, 3, 3), 8),
+                      ((2, 8, 12, 12), (4, 8, 1, 1), 1)]:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        y = pyconv.conv2d(x, w, padding=ws[-1] // 2, groups=g)
+        grads = pyconv.conv2d_backward(np.ones_like(y), x, w, padding=ws[-1] // 2, groups=g)
+        cases.append((x, w, g, y, grads))
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                x, w, g, y, grads = cases[i % len(cases)]
+                pad = w.shape[-1] // 2
+                if not np.array_equal(pyconv.conv2d(x, w, padding=pad, groups=g), y):
+                    errors.append(("fwd", i))
+                got = pyconv.conv2d_backward(np.ones_like(y), x, w, padding=pad, groups=g)
+                if not all(np.array_equal(a, b) for a, b in zip(got, grads)):
+                    errors.append(("bwd", i))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
