@@ -66,22 +66,115 @@ def get_num_threads() -> int:
 # ============================== conv ==============================
 
 
+def _conv_args(input, weight, bias, stride, padding, dilation, groups, nd, name):
+    """Checks and normalises a conv call. Returns (x4, w4, bias, params, out_shape4, batched)
+    with x4/w4 the 4D NCHW views (1D: H = 1) and params the 9 normalised ints after the
+    arrays in _core's signature (sh, sw, ph_lo, ph_hi, pw_lo, pw_hi, dh, dw, groups)."""
+    _check_array(input, "input")
+    _check_array(weight, "weight")
+    _check_same_dtype(input, weight=weight, bias=bias)
+    _check_ndim(input, "input", nd + 1, nd + 2)
+    _check_ndim(weight, "weight", nd + 2)
+    if bias is not None:
+        _check_ndim(bias, "bias", 1)
+    if not _shapes._is_int(groups):
+        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    batched = input.ndim == nd + 2
+    x = input if batched else input[None]
+    cin, cout = x.shape[1], weight.shape[0]
+    if cin % groups or cout % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({cin}) and the output channels ({cout})")
+    if weight.shape[1] != cin // groups:
+        raise ValueError(f"weight.shape[1] must be input channels / groups = {cin // groups}, "
+                         f"got weight of shape {weight.shape}")
+    if bias is not None and bias.shape[0] != cout:
+        raise ValueError(f"bias must have shape ({cout},), got {bias.shape}")
+    s = _shapes.ntuple(stride, nd, "stride", minimum=1)
+    d = _shapes.ntuple(dilation, nd, "dilation", minimum=1)
+    k = tuple(weight.shape[2:])
+    for kk in k:
+        if kk < 1:
+            raise ValueError(f"kernel_size must be >= 1, got weight of shape {weight.shape}")
+    sizes = tuple(x.shape[2:])
+    pads = _shapes.resolve_conv_padding(padding, sizes, k, s, d)
+    out = _shapes.conv_output_size(sizes, k, s, pads, d)
+    if nd == 1:
+        x = x[:, :, None, :]
+        weight = weight[:, :, None, :]
+        s, d, pads, out = (1,) + s, (1,) + d, [(0, 0)] + list(pads), (1,) + tuple(out)
+    params = (s[0], s[1], pads[0][0], pads[0][1], pads[1][0], pads[1][1], d[0], d[1], groups)
+    return x, weight, params, (x.shape[0], cout) + tuple(out), batched
+
+
+def _conv_forward(input, weight, bias, stride, padding, dilation, groups, nd, name):
+    x, w, params, out_shape, batched = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                  groups, nd, name)
+    y = _check_output(_core.conv2d_forward(x, w, bias, *params), out_shape, name)
+    if nd == 1:
+        y = y[:, :, 0, :]
+    return y if batched else y[0]
+
+
+def _conv_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask, nd, name):
+    x, w, params, out_shape, batched = _conv_args(input, weight, None, stride, padding, dilation,
+                                                  groups, nd, name)
+    _check_array(grad_output, "grad_output")
+    _check_same_dtype(input, grad_output=grad_output)
+    mask = tuple(bool(m) for m in output_mask)
+    if len(mask) != 3:
+        raise ValueError(f"output_mask must have 3 entries, got {output_mask!r}")
+    want = out_shape if batched else out_shape[1:]
+    if nd == 1:
+        want = want[:-2] + want[-1:]
+    if tuple(grad_output.shape) != tuple(want):
+        raise ValueError(f"grad_output must have shape {tuple(want)}, got {grad_output.shape}")
+    dy = grad_output if batched else grad_output[None]
+    if nd == 1:
+        dy = dy[:, :, None, :]
+    gi, gw, gb = _core.conv2d_backward(dy, x, w, *params, *mask)
+    if gi is not None:
+        gi = _check_output(gi, x.shape, name + " grad_input")
+        if nd == 1:
+            gi = gi[:, :, 0, :]
+        if not batched:
+            gi = gi[0]
+    if gw is not None:
+        gw = _check_output(gw, w.shape, name + " grad_weight")
+        if nd == 1:
+            gw = gw[:, :, 0, :]
+    if gb is not None:
+        gb = _check_output(gb, (w.shape[0],), name + " grad_bias")
+    return gi, gw, gb
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    raise NotImplementedError("conv2d")
+    """2D convolution (cross-correlation) of NCHW or CHW input with weight
+    (C_out, C_in/groups, kH, kW). padding: int, (ph, pw), ((top, bottom), (left, right)),
+    'valid' or 'same'."""
+    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    raise NotImplementedError("conv1d")
+    """1D convolution of NCL or CL input with weight (C_out, C_in/groups, k). padding: int,
+    (p,), (lo, hi), ((lo, hi),), 'valid', 'same' or 'causal'."""
+    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True)):
-    raise NotImplementedError("conv2d_backward")
+    """(grad_input, grad_weight, grad_bias) of conv2d; slots whose mask is False are None."""
+    return _conv_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                          output_mask, 2, "conv2d_backward")
 
 
 def conv1d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True)):
-    raise NotImplementedError("conv1d_backward")
+    """(grad_input, grad_weight, grad_bias) of conv1d; slots whose mask is False are None."""
+    return _conv_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                          output_mask, 1, "conv1d_backward")
 
 
 # ============================ end conv ============================
