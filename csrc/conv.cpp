@@ -49,7 +49,7 @@ inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
 // Output positions o in [0, out) whose input index o*stride + off lies in [0, in).
 inline void tap_range(i64 in, i64 out, i64 stride, i64 off, i64* lo, i64* hi) {
-  i64 l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  i64 l = off >= 0 ? 0 : (-off) / stride + ((-off) % stride != 0);  // ceil, no overflow
   i64 h = (in - 1 - off) < 0 ? 0 : (in - 1 - off) / stride + 1;
   l = std::min(l, out);
   h = std::min(h, out);
@@ -781,7 +781,7 @@ static void check_window(Window& d, const char* dim) {
   i64 span = checked_add(checked_mul(d.dilation, d.kernel - 1, "dilated kernel"), 1, "dilated kernel");
   if (padded > limit || span > limit) throw std::overflow_error(std::string(dim) + ": sizes too large");
   const i64 diff = padded - span;
-  const i64 out = (diff >= 0 ? diff / d.stride : -((-diff + d.stride - 1) / d.stride)) + 1;
+  const i64 out = (diff >= 0 ? diff / d.stride : -((-diff) / d.stride + ((-diff) % d.stride != 0))) + 1;
   if (out <= 0)
     bad("output size would be " + std::to_string(out) +
         ": (" + std::to_string(d.in) + " + " + std::to_string(d.pad_lo) + " + " +

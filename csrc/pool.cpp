@@ -21,9 +21,10 @@ namespace {
 
 using pool_detail::RowTask;
 
-// floor(a / b) and ceil(a / b) for b > 0.
-inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+// floor(a / b) and ceil(a / b) for b > 0, a > INT64_MIN; no intermediate overflows, even
+// for b near INT64_MAX (a stride of 2**63-1 is valid).
+inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((-a) / b + ((-a) % b != 0)); }
+inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? a / b + (a % b != 0) : -((-a) / b); }
 
 // Taps k in [*a, *b) of a window starting at `start` (step d, k taps) that fall in [0, n).
 inline void tap_range(i64 start, i64 n, i64 k, i64 d, i64* a, i64* b) {
