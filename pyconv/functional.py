@@ -106,6 +106,9 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, nd, name)
         weight = weight[:, :, None, :]
         s, d, pads, out = (1,) + s, (1,) + d, [(0, 0)] + list(pads), (1,) + tuple(out)
     params = (s[0], s[1], pads[0][0], pads[0][1], pads[1][0], pads[1][1], d[0], d[1], groups)
+    if max(params + tuple(out)) > 2**63 - 1:
+        raise OverflowError(f"{name}: stride, padding, dilation or output size exceed int64 "
+                            f"(stride={s}, padding={pads}, dilation={d}, output={out})")
     return x, weight, params, (x.shape[0], cout) + tuple(out), batched
 
 
