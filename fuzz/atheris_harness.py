@@ -164,7 +164,22 @@ def TestOneInput(data: bytes) -> None:
         raise  # a finding: validation missed something
 
 
+def _cap_memory(gib: float = 3.0) -> None:
+    """A valid call can still ask for gigabytes (padding 2**32 on a 1D input): cap the
+    address space below libFuzzer's -rss_limit_mb so such a request fails fast as a
+    MemoryError (allowed) instead of filling memory. Not under ASan, whose shadow
+    memory needs a huge virtual reservation."""
+    import os
+    import resource
+
+    if "asan" in os.environ.get("LD_PRELOAD", ""):
+        return
+    cap = int(gib * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
 def main():
+    _cap_memory()
     if atheris is None:
         # Replay mode: run the given files (crash reproducers, corpus entries).
         for path in sys.argv[1:]:
