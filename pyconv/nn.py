@@ -705,15 +705,16 @@ class ReLU(Module):
         self._mask = None
 
     def forward(self, x):
-        self._mask = x > 0
-        return np.where(self._mask, x, np.zeros((), x.dtype))
+        out = np.maximum(x, x.dtype.type(0))  # NaN propagates, as torch.relu
+        self._mask = out > 0
+        return out
 
     def backward(self, grad_output, need_input_grad: bool = True):
         if self._mask is None:
             raise RuntimeError("ReLU.backward called before forward")
         if not need_input_grad:
             return None
-        return np.where(self._mask, grad_output, np.zeros((), grad_output.dtype))
+        return grad_output * self._mask
 
 
 class Dropout(Module):

@@ -105,13 +105,23 @@ class Adam(Optimizer):
                 st["step"] = 0
                 st["exp_avg"] = np.zeros_like(p.data)
                 st["exp_avg_sq"] = np.zeros_like(p.data)
+                st["tmp"] = np.empty_like(p.data)
             st["step"] += 1
             t = st["step"]
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            m += dt(1.0 - b1) * (g - m)          # torch: exp_avg.lerp_(grad, 1 - beta1)
-            v *= dt(b2)
-            v += dt(1.0 - b2) * (g * g)
+            m, v, tmp = st["exp_avg"], st["exp_avg_sq"], st["tmp"]
+            # the same operations, in the same order, as torch.optim.Adam (single tensor)
+            np.subtract(g, m, out=tmp)            # m.lerp_(g, 1 - b1) = m + (1 - b1) * (g - m)
+            tmp *= dt(1.0 - b1)
+            m += tmp
+            v *= dt(b2)                           # v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            np.multiply(g, g, out=tmp)
+            tmp *= dt(1.0 - b2)
+            v += tmp
             bc1 = 1.0 - b1 ** t
             bc2 = 1.0 - b2 ** t
-            denom = np.sqrt(v) / dt(math.sqrt(bc2)) + dt(self.eps)
-            p.data -= dt(self.lr / bc1) * (m / denom)
+            np.sqrt(v, out=tmp)                   # denom = v.sqrt() / sqrt(bc2) + eps
+            tmp /= dt(math.sqrt(bc2))
+            tmp += dt(self.eps)
+            np.divide(m, tmp, out=tmp)            # p.addcdiv_(m, denom, value=-lr / bc1)
+            tmp *= dt(self.lr / bc1)
+            p.data -= tmp
