@@ -581,3 +581,40 @@ def test_causal_forecast_example_short_run():
     res = run(steps=150, seed=0, verbose=False)
     assert res["receptive_field"] == 16
     assert res["model_rmse"] < res["naive_rmse"], res
+
+
+# ------------------------------------------------------------------ summary vs running the model
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.booleans()),
+                min_size=1, max_size=4))
+def test_summary_matches_forward_and_gradient_support(layers):
+    """Output shapes from summary equal the shapes of a real forward pass, and the
+    receptive field equals the span of input positions whose gradient reaches output 0
+    (all-ones weights, no padding, increasing input)."""
+    mods = []
+    for k, s, d, pool in layers:
+        if pool:
+            mods.append(nn.MaxPool1d(k, stride=s, dilation=d))
+        else:
+            c = nn.Conv1d(1, 1, k, stride=s, dilation=d, bias=False, dtype=F64)
+            c.weight.data[...] = 1.0
+            mods.append(c)
+    net = nn.Sequential(*mods)
+    rows = pyconv.summary(net, (1, 1, 400), print_fn=None)
+    x = np.linspace(1.0, 2.0, 400)[None, None]  # increasing: pool windows have no ties
+    y = net(x)
+    assert y.shape == rows[-1]["output_shape"]
+    g = np.zeros_like(y)
+    g[..., 0] = 1.0
+    gx = net.backward(g)[0, 0]
+    support = np.flatnonzero(gx)
+    rf = rows[-1]["receptive_field"][0]
+    # every layer's output increases along L, so each max-pool passes the gradient to the
+    # last element of its window: the rightmost element reached is the field's last one
+    assert support[-1] + 1 == rf
+    if all(not p for *_, p in layers):
+        assert support[0] == 0  # and without pools the whole field is reached
