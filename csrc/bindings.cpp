@@ -131,7 +131,92 @@ void register_common(py::module_& m) {
 // ============================== gemm ==============================
 // (section owned by the GEMM work; the op sections below call no code from here)
 
-void register_gemm(py::module_& m) { (void)m; }
+// A 2-D float array as (pointer, element strides). Aligned native-order arrays whose
+// strides are whole elements are used in place (any sign, zero included); anything else
+// is first copied to a C-contiguous array, which gives the same values.
+template <typename T>
+struct MatrixView {
+  py::object keep;  // owns the memory `data` points into
+  const T* data = nullptr;
+  i64 rows = 0, cols = 0, rs = 0, cs = 0;
+};
+
+template <typename T>
+MatrixView<T> matrix_view(const py::handle& obj) {
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  MatrixView<T> v;
+  v.rows = arr.shape(0);
+  v.cols = arr.shape(1);
+  const i64 item = static_cast<i64>(sizeof(T));
+  const bool usable = arr.dtype().itemsize() == item && arr.dtype().attr("isnative").cast<bool>() &&
+                      (arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) &&
+                      arr.strides(0) % item == 0 && arr.strides(1) % item == 0;
+  if (usable) {
+    v.keep = arr;
+    v.data = static_cast<const T*>(arr.data());
+    v.rs = arr.strides(0) / item;
+    v.cs = arr.strides(1) / item;
+  } else {
+    auto c = contiguous<T>(obj);
+    v.keep = c;
+    v.data = c.data();
+    v.rs = v.cols;
+    v.cs = 1;
+  }
+  return v;
+}
+
+template <typename T>
+py::object matmul_impl(const py::handle& a_obj, const py::handle& b_obj) {
+  MatrixView<T> a = matrix_view<T>(a_obj);
+  MatrixView<T> b = matrix_view<T>(b_obj);
+  const i64 M = a.rows, K = a.cols, N = b.cols;
+  py::array_t<T> out = new_array<T>({M, N});
+  if (M == 0 || N == 0) return std::move(out);
+  T* c = out.mutable_data();
+  const int threads = pyconv::num_threads();
+  {
+    py::gil_scoped_release release;
+    pyconv::StridedB<T> bsrc(b.data, b.rs, b.cs);
+    pyconv::gemm<T>(M, N, K, a.data, a.rs, a.cs, bsrc, c, N, 1, false, threads);
+  }
+  return std::move(out);
+}
+
+void register_gemm(py::module_& m) {
+  m.def("matmul", [](py::object a, py::object b) -> py::object {
+    Dtype dt = float_dtype(a, "a");
+    if (float_dtype(b, "b") != dt) same_dtype(dt, {{"b", b}});  // raises the mixed-dtype TypeError
+    require_ndim(a, "a", {2});
+    require_ndim(b, "b", {2});
+    std::vector<i64> sa = shape_of(a), sb = shape_of(b);
+    if (sa[1] != sb[0])
+      value_error("matmul: inner dimensions differ: a has shape (" + std::to_string(sa[0]) + ", " +
+                  std::to_string(sa[1]) + "), b has shape (" + std::to_string(sb[0]) + ", " +
+                  std::to_string(sb[1]) + ")");
+    // The K-sum touches M*N*K products; reject sizes whose index arithmetic could wrap.
+    pyconv::checked_mul(pyconv::checked_mul(sa[0], sb[1], "matmul"), sa[1] > 0 ? sa[1] : 1, "matmul");
+    return dispatch_float(dt, [&](auto tag) -> py::object {
+      return matmul_impl<decltype(tag)>(a, b);
+    });
+  }, py::arg("a"), py::arg("b"),
+  "a @ b for 2-D float32/float64 arrays of one dtype (any strides); a new C-contiguous array.");
+
+  m.def("_fma_peak_gflops", [](py::object threads, py::object seconds) {
+    if (!py::isinstance<py::int_>(threads) || py::isinstance<py::bool_>(threads))
+      type_error("_fma_peak_gflops: threads must be an int");
+    if (!py::isinstance<py::float_>(seconds) && !py::isinstance<py::int_>(seconds))
+      type_error("_fma_peak_gflops: seconds must be a number");
+    long long t = threads.cast<long long>();
+    double s = seconds.cast<double>();
+    if (t < 1 || t > 4096) value_error("_fma_peak_gflops: threads must be in [1, 4096], got " + std::to_string(t));
+    if (!(s > 0.0 && s <= 60.0)) value_error("_fma_peak_gflops: seconds must be in (0, 60], got " + std::to_string(s));
+    py::gil_scoped_release release;
+    return pyconv::fma_peak_gflops(static_cast<int>(t), s);
+  }, py::arg("threads"), py::arg("seconds"),
+  "FP32 FMA peak of this machine in GFLOP/s (12 independent 256-bit FMA chains per thread; "
+  "a portable multiply-add loop on CPUs without AVX2).");
+}
 
 // ============================ end gemm ============================
 

@@ -58,4 +58,9 @@ template <typename T>
 void gemm(i64 M, i64 N, i64 K, const T* a, i64 a_rs, i64 a_cs, const BPanelSource<T>& b,
           T* c, i64 c_rs, i64 c_cs, bool accumulate, int threads, T* workspace = nullptr);
 
+// Measured FP32 FMA peak of this machine in GFLOP/s over `threads` threads (12
+// independent 256-bit FMA chains per thread for `seconds`; a portable multiply-add loop
+// on CPUs without AVX2). Opens a parallel region: call it outside one.
+double fma_peak_gflops(int threads, double seconds);
+
 }  // namespace pyconv

@@ -1,0 +1,50 @@
+// Internal interface between the GEMM driver (gemm.cpp) and its per-ISA micro-kernels.
+//
+// Micro-kernel contract (every ISA implements exactly this):
+//   void kernel(i64 kc, const T* a, const T* b, T* c, i64 c_rs, i64 c_cs,
+//               int m, int n, bool accumulate);
+//   * a: packed A micro-panel, MR x kc stored k-major: A(i, k) = a[k*MR + i]. Rows past
+//     the matrix edge are zero in the pack. 64-byte aligned when the pack buffer is.
+//   * b: packed B micro-panel, kc x NR stored k-major: B(k, j) = b[k*NR + j]. Columns
+//     past the edge are zero. 64-byte aligned (panels are kc*NR elements apart from an
+//     aligned buffer and NR*sizeof(T) is a multiple of 32).
+//   * The tile product P(i, j) = sum over k = 0..kc-1, in increasing k, of A(i,k)*B(k,j),
+//     starting from zero (the AVX2 kernels use one fused multiply-add per term, the
+//     portable kernel a multiply then an add).
+//   * Only the valid m x n corner (m <= MR, n <= NR) of C is touched:
+//     C(i, j) = c[i*c_rs + j*c_cs] becomes P(i, j) (accumulate == false: C is never
+//     read, so it may hold garbage) or C(i, j) + P(i, j) (accumulate == true).
+//     Edge tiles go through the same arithmetic (a register tile stored to a local
+//     buffer, then the valid part copied), so a result never depends on where a tile
+//     falls, and nothing outside the m x n region is read or written.
+//   * kc >= 1. Must not throw or allocate (called inside parallel regions).
+#pragma once
+#include "gemm.h"
+
+namespace pyconv {
+namespace gemm_detail {
+
+template <typename T>
+using MicroKernel = void (*)(i64 kc, const T* a, const T* b, T* c, i64 c_rs, i64 c_cs, int m,
+                             int n, bool accumulate);
+
+template <typename T>
+struct GemmKernel {
+  MicroKernel<T> run;
+  GemmBlocking blk;
+};
+
+// Portable kernels (gemm_scalar.cpp, baseline flags).
+GemmKernel<float> scalar_kernel_f32();
+GemmKernel<double> scalar_kernel_f64();
+// Peak of a portable multiply-add loop (12 independent chains per thread), GFLOP/s.
+double scalar_peak_gflops(int threads, double seconds);
+
+// AVX2 + FMA kernels (gemm_avx2.cpp, -mavx2 -mfma). Call only when the CPU has them.
+GemmKernel<float> avx2_kernel_f32();
+GemmKernel<double> avx2_kernel_f64();
+// FP32 FMA peak: 12 independent 256-bit FMA chains per thread, GFLOP/s over all threads.
+double avx2_fma_peak_gflops(int threads, double seconds);
+
+}  // namespace gemm_detail
+}  // namespace pyconv
