@@ -21,12 +21,17 @@ F64 = np.float64
 # ------------------------------------------------------------------ helpers
 
 
-def numgrad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to the array x (in place)."""
-    g = np.zeros_like(x, dtype=F64)
+def numgrad(f, x, eps=1e-6, points=None, seed=0):
+    """Central differences of the scalar f() with respect to the array x (perturbed in
+    place and restored). With `points`, only that many randomly chosen entries are
+    differentiated and the rest are NaN (assert_close skips NaN entries of the reference)."""
+    g = np.full(x.shape, np.nan) if points is not None else np.zeros(x.shape)
     flat = x.reshape(-1)
     gf = g.reshape(-1)
-    for i in range(flat.size):
+    idx = np.arange(flat.size)
+    if points is not None and points < flat.size:
+        idx = np.random.default_rng(seed).choice(flat.size, points, replace=False)
+    for i in idx:
         old = flat[i]
         flat[i] = old + eps
         fp = f()
@@ -46,6 +51,16 @@ def assert_close(a, b, rtol=1e-6, atol=1e-7, what=""):
     assert np.all(err <= tol), f"{what}: max err {err.max()} (at {np.unravel_index(err.argmax(), err.shape)})"
 
 
+def assert_grad(analytic, numeric, rtol, atol, what=""):
+    """analytic against a (possibly partial: NaN = not computed) finite-difference grad."""
+    analytic = np.asarray(analytic, F64)
+    assert analytic.shape == numeric.shape, (what, analytic.shape, numeric.shape)
+    assert np.all(np.isfinite(analytic)), what
+    done = ~np.isnan(numeric)
+    assert done.any()
+    assert_close(analytic[done], numeric[done], rtol, atol, what)
+
+
 def check_module_grads(module, x, rng, rtol=1e-5, atol=1e-7):
     """backward(g) of sum(module(x) * g) against finite differences, for the input and
     every parameter; also checks that parameter grads accumulate."""
@@ -63,9 +78,9 @@ def check_module_grads(module, x, rng, rtol=1e-5, atol=1e-7):
     module(x)
     gi = module.backward(g)
     analytic = {name: p.grad.copy() for name, p in module.named_parameters()}
-    assert_close(gi, numgrad(loss, x), rtol, atol, "grad input")
+    assert_grad(gi, numgrad(loss, x, points=48), rtol, atol, "grad input")
     for name, p in module.named_parameters():
-        assert_close(analytic[name], numgrad(loss, p.data), rtol, atol, f"grad {name}")
+        assert_grad(analytic[name], numgrad(loss, p.data, points=48), rtol, atol, f"grad {name}")
     # a second backward adds to the same grads
     module(x)
     module.backward(g)
@@ -345,9 +360,9 @@ def test_whole_network_gradient(rng):
     net.zero_grad()
     loss()
     gx = net.backward(crit.backward())
-    assert_close(gx, numgrad(loss, x), 1e-5, 1e-8, "grad x")
+    assert_grad(gx, numgrad(loss, x, points=60), 1e-5, 1e-8, "grad x")
     for name, p in net.named_parameters():
-        assert_close(p.grad, numgrad(loss, p.data), 1e-5, 1e-8, name)
+        assert_grad(p.grad, numgrad(loss, p.data, points=40), 1e-5, 1e-8, name)
     # skipping the input gradient still fills the parameter grads
     net.zero_grad()
     loss()
@@ -565,7 +580,18 @@ def _example(name):
     return mod
 
 
-def test_digits_example_short_run(tmp_path):
+@pytest.fixture
+def one_thread():
+    """The example runs are hundreds of tiny kernel calls; on a loaded 2-core machine the
+    OpenMP fork/join of each call dominates, so they run single-threaded to stay fast
+    (every kernel's threaded path is tested in its own file)."""
+    before = pyconv.get_num_threads()
+    pyconv.set_num_threads(1)
+    yield
+    pyconv.set_num_threads(before)
+
+
+def test_digits_example_short_run(tmp_path, one_thread):
     pytest.importorskip("sklearn")
     train = _example("train_digits").train
 
@@ -575,7 +601,7 @@ def test_digits_example_short_run(tmp_path):
         assert "0.weight" in z.files
 
 
-def test_causal_forecast_example_short_run():
+def test_causal_forecast_example_short_run(one_thread):
     run = _example("causal_forecast").run
 
     res = run(steps=150, seed=0, verbose=False)
