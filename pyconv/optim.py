@@ -2,6 +2,13 @@
 
 Parameters whose ``grad`` is None are skipped, as in PyTorch. Updates are applied in
 place to ``Parameter.data`` in the parameter's dtype.
+
+A network has many small parameters, so the optimiser keeps its state (momentum
+buffers, Adam moments) in one flat array per optimiser and, when every parameter has a
+gradient, updates them all with one sequence of NumPy operations on the concatenated
+gradients. The arithmetic is elementwise and identical either way, so the results are
+bitwise the same as a parameter-by-parameter loop (which is what runs when some grads
+are None or the dtypes differ).
 """
 from __future__ import annotations
 
@@ -15,6 +22,16 @@ from .nn import Parameter
 __all__ = ["Optimizer", "SGD", "Adam"]
 
 
+class _Unit:
+    """One update: the whole flat group or one parameter. `g` is the gradient (flat),
+    `sl` the slice of the flat state arrays it owns, `params` the parameters it writes."""
+
+    __slots__ = ("g", "sl", "params", "offsets")
+
+    def __init__(self, g, sl, params, offsets):
+        self.g, self.sl, self.params, self.offsets = g, sl, params, offsets
+
+
 class Optimizer:
     def __init__(self, params: Iterable[Parameter], lr: float):
         self.params: List[Parameter] = list(params)
@@ -23,10 +40,52 @@ class Optimizer:
         for p in self.params:
             if not isinstance(p, Parameter):
                 raise TypeError(f"optimizer params must be pyconv.nn.Parameter, got {type(p).__name__}")
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ValueError("optimizer got the same parameter twice")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"invalid learning rate: {lr}")
         self.lr = float(lr)
-        self.state = [dict() for _ in self.params]
+        sizes = [p.data.size for p in self.params]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
+        dtypes = {p.data.dtype for p in self.params}
+        # flat state in the parameters' dtype (float64 if they are mixed)
+        self._dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float64)
+        self._one_dtype = len({p.data.dtype for p in self.params}) == 1
+        self._steps = [0] * len(self.params)
+
+    def _flat(self) -> np.ndarray:
+        return np.zeros(self._offsets[-1], self._dtype)
+
+    def _units(self):
+        """The updates of this step: one unit for the whole group when every parameter
+        has a gradient, the same dtype and the same step count; else one per parameter
+        that has a gradient."""
+        ps = self.params
+        off = self._offsets
+        if self._one_dtype and all(p.grad is not None for p in ps) and len(set(self._steps)) == 1:
+            g = np.concatenate([p.grad.reshape(-1) for p in ps])
+            return [_Unit(g, slice(0, off[-1]), list(range(len(ps))), off)]
+        units = []
+        for i, p in enumerate(ps):
+            if p.grad is None:
+                continue
+            g = np.asarray(p.grad, dtype=self._dtype).reshape(-1)
+            units.append(_Unit(g, slice(off[i], off[i + 1]), [i], [off[i], off[i + 1]]))
+        return units
+
+    def _data(self, u: _Unit) -> np.ndarray:
+        if len(u.params) == 1:
+            return np.asarray(self.params[u.params[0]].data, dtype=self._dtype).reshape(-1)
+        return np.concatenate([self.params[i].data.reshape(-1) for i in u.params])
+
+    def _apply(self, u: _Unit, delta: np.ndarray) -> None:
+        """p.data -= delta (flat, in the unit's layout)."""
+        start = u.offsets[0]
+        for k, i in enumerate(u.params):
+            p = self.params[i]
+            lo, hi = u.offsets[k] - start, u.offsets[k + 1] - start
+            p.data -= delta[lo:hi].reshape(p.data.shape).astype(p.data.dtype, copy=False)
+            self._steps[i] += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -55,24 +114,24 @@ class SGD(Optimizer):
         self.weight_decay = float(weight_decay)
         self.dampening = float(dampening)
         self.nesterov = bool(nesterov)
+        self._buf = self._flat() if self.momentum else None
 
     def step(self) -> None:
-        for p, st in zip(self.params, self.state):
-            if p.grad is None:
-                continue
-            dt = p.data.dtype.type
-            d = p.grad
+        dt = self._dtype.type
+        for u in self._units():
+            d = u.g
             if self.weight_decay:
-                d = d + dt(self.weight_decay) * p.data
+                d = d + dt(self.weight_decay) * self._data(u)
             if self.momentum:
-                buf = st.get("momentum_buffer")
-                if buf is None:
-                    buf = st["momentum_buffer"] = np.array(d, copy=True)
+                buf = self._buf[u.sl]
+                first = self._steps[u.params[0]] == 0
+                if first:  # torch: buf = clone(d)
+                    buf[...] = d
                 else:
                     buf *= dt(self.momentum)
                     buf += dt(1.0 - self.dampening) * d
                 d = d + dt(self.momentum) * buf if self.nesterov else buf
-            p.data -= dt(self.lr) * d
+            self._apply(u, dt(self.lr) * d)
 
 
 class Adam(Optimizer):
@@ -91,24 +150,19 @@ class Adam(Optimizer):
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
+        self._m = self._flat()
+        self._v = self._flat()
+        self._tmp = self._flat()
 
     def step(self) -> None:
         b1, b2 = self.betas
-        for p, st in zip(self.params, self.state):
-            if p.grad is None:
-                continue
-            dt = p.data.dtype.type
-            g = p.grad
+        dt = self._dtype.type
+        for u in self._units():
+            g = u.g
             if self.weight_decay:
-                g = g + dt(self.weight_decay) * p.data
-            if not st:
-                st["step"] = 0
-                st["exp_avg"] = np.zeros_like(p.data)
-                st["exp_avg_sq"] = np.zeros_like(p.data)
-                st["tmp"] = np.empty_like(p.data)
-            st["step"] += 1
-            t = st["step"]
-            m, v, tmp = st["exp_avg"], st["exp_avg_sq"], st["tmp"]
+                g = g + dt(self.weight_decay) * self._data(u)
+            m, v, tmp = self._m[u.sl], self._v[u.sl], self._tmp[u.sl]
+            t = self._steps[u.params[0]] + 1
             # the same operations, in the same order, as torch.optim.Adam (single tensor)
             np.subtract(g, m, out=tmp)            # m.lerp_(g, 1 - b1) = m + (1 - b1) * (g - m)
             tmp *= dt(1.0 - b1)
@@ -124,4 +178,12 @@ class Adam(Optimizer):
             tmp += dt(self.eps)
             np.divide(m, tmp, out=tmp)            # p.addcdiv_(m, denom, value=-lr / bc1)
             tmp *= dt(self.lr / bc1)
-            p.data -= tmp
+            self._apply(u, tmp)
+
+    @property
+    def state(self):
+        """Per parameter: step, exp_avg and exp_avg_sq (views of the flat state)."""
+        off = self._offsets
+        return [{"step": self._steps[i], "exp_avg": self._m[off[i]:off[i + 1]].reshape(p.data.shape),
+                 "exp_avg_sq": self._v[off[i]:off[i + 1]].reshape(p.data.shape)}
+                for i, p in enumerate(self.params)]

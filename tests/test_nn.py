@@ -644,3 +644,25 @@ def test_summary_matches_forward_and_gradient_support(layers):
     assert support[-1] + 1 == rf
     if all(not p for *_, p in layers):
         assert support[0] == 0  # and without pools the whole field is reached
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.01),
+                                  lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)])
+def test_optimiser_flat_path_equals_per_parameter_path(make, rng):
+    shapes = [(4, 3, 3, 3), (4,), (10, 7), (10,)]
+    data = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(4)]
+    pa = [nn.Parameter(d.copy()) for d in data]
+    pb = [nn.Parameter(d.copy()) for d in data]
+    oa, ob = make(pa), make(pb)
+    ob._one_dtype = False  # forces one update per parameter
+    for step, gs in enumerate(grads):
+        for p, q, g in zip(pa, pb, gs):
+            p.grad, q.grad = g.copy(), g.copy()
+        if step == 2:  # a step where one parameter has no gradient: both take the per-parameter path
+            pa[1].grad = pb[1].grad = None
+        oa.step()
+        ob.step()
+        for p, q in zip(pa, pb):
+            assert np.array_equal(p.data, q.data)
+    assert not np.array_equal(pa[0].data, data[0])
