@@ -1,1 +1,881 @@
+// Batch normalisation: the portable run primitives and the channel-level algorithms
+// (blocking for cache reuse, threading, statistics merging). See batchnorm.h for the
+// numerical contract every ISA follows.
 #include "batchnorm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <cstdlib>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pyconv {
+namespace {
+
+// Keeps the compiler from fusing a product into the following addition, so every ISA
+// rounds the same way (a no-op at run time).
+template <typename V>
+inline V keep(V v) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __asm__("" : "+x"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#endif
+  return v;
+}
+
+// ------------------------------------------------------------------ scalar primitives
+
+inline double combine16(const double* a) {
+  double t[4];
+  for (int l = 0; l < 4; ++l) t[l] = (a[l] + a[4 + l]) + (a[8 + l] + a[12 + l]);
+  return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+template <typename T>
+double s_sum(const T* x, i64 len) {
+  double a[16] = {};
+  i64 i = 0;
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < 16; ++j) a[j] += static_cast<double>(x[i + j]);
+  for (int j = 0; i + j < len; ++j) a[j] += static_cast<double>(x[i + j]);
+  return combine16(a);
+}
+
+template <typename T>
+void s_m2(const T* x, i64 len, double mean, double* out) {
+  double a[16] = {}, b[16] = {};
+  i64 i = 0;
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < 16; ++j) {
+      double d = static_cast<double>(x[i + j]) - mean;
+      a[j] += keep(d * d);
+      b[j] += d;
+    }
+  for (int j = 0; i + j < len; ++j) {
+    double d = static_cast<double>(x[i + j]) - mean;
+    a[j] += keep(d * d);
+    b[j] += d;
+  }
+  out[0] = combine16(a);
+  out[1] = combine16(b);
+}
+
+template <typename T>
+void s_m2dy(const T* x, const T* dy, i64 len, double mean, double* out) {
+  double q[16] = {}, g[16] = {}, c[16] = {};
+  i64 i = 0;
+  auto step = [&](i64 k, int j) {
+    double d = static_cast<double>(x[k]) - mean;
+    double e = static_cast<double>(dy[k]);
+    q[j] += keep(d * d);
+    g[j] += e;
+    c[j] += keep(e * d);
+  };
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < 16; ++j) step(i + j, j);
+  for (int j = 0; i + j < len; ++j) step(i + j, j);
+  out[0] = combine16(q);
+  out[1] = combine16(g);
+  out[2] = combine16(c);
+}
+
+template <typename T>
+void s_dy(const T* x, const T* dy, i64 len, double mean, double* out) {
+  double g[16] = {}, c[16] = {};
+  i64 i = 0;
+  auto step = [&](i64 k, int j) {
+    double d = static_cast<double>(x[k]) - mean;
+    double e = static_cast<double>(dy[k]);
+    g[j] += e;
+    c[j] += keep(e * d);
+  };
+  for (; i + 16 <= len; i += 16)
+    for (int j = 0; j < 16; ++j) step(i + j, j);
+  for (int j = 0; i + j < len; ++j) step(i + j, j);
+  out[0] = combine16(g);
+  out[1] = combine16(c);
+}
+
+template <typename T>
+void s_norm(const T* x, T* y, i64 len, const bn::Coef<T>& k, bool) {
+  for (i64 i = 0; i < len; ++i) {
+    T d = (x[i] - k.mean_hi) - k.mean_lo;
+    y[i] = keep(d * k.a) + k.b;
+  }
+}
+
+template <typename T>
+void s_dx(const T* x, const T* dy, T* dx, i64 len, const bn::Coef<T>& k, bool) {
+  for (i64 i = 0; i < len; ++i) {
+    T g = dy[i] - k.mdy;
+    T d = (x[i] - k.mean_hi) - k.mean_lo;
+    dx[i] = keep(g * k.a) - keep(d * k.b);
+  }
+}
+
+template <typename T>
+void s_scale(const T* dy, T* dx, i64 len, T a, bool) {
+  for (i64 i = 0; i < len; ++i) dx[i] = dy[i] * a;
+}
+
+// Row grouping shared with every ISA: 4 rows form one term ((t0 + t1) + (t2 + t3)),
+// other counts go row by row. term(row, j) gives one row's contribution.
+template <typename Term>
+inline double row_group(i64 j, Term&& term) {
+  return (term(0, j) + term(1, j)) + (term(2, j) + term(3, j));
+}
+
+template <typename T>
+void s_col_add(const T* x, i64 ld, i64 rows, i64 w, double* acc) {
+  auto t = [&](i64 r, i64 j) { return static_cast<double>(x[r * ld + j]); };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) acc[j] += row_group(j, t);
+    return;
+  }
+  for (i64 r = 0; r < rows; ++r)
+    for (i64 j = 0; j < w; ++j) acc[j] += t(r, j);
+}
+
+template <typename T>
+void s_col_m2(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
+  auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
+  auto sq = [&](i64 k, i64 j) {
+    double d = dev(k, j);
+    return keep(d * d);
+  };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += row_group(j, sq);
+      if (r) r[j] += row_group(j, dev);
+    }
+    return;
+  }
+  for (i64 k = 0; k < rows; ++k)
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += sq(k, j);
+      if (r) r[j] += dev(k, j);
+    }
+}
+
+template <typename T>
+void s_col_m2dy(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* q,
+                double* g, double* cx) {
+  auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
+  auto sq = [&](i64 k, i64 j) {
+    double d = dev(k, j);
+    return keep(d * d);
+  };
+  auto gy = [&](i64 k, i64 j) { return static_cast<double>(dy[k * ld + j]); };
+  auto co = [&](i64 k, i64 j) { return keep(gy(k, j) * dev(k, j)); };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += row_group(j, sq);
+      g[j] += row_group(j, gy);
+      cx[j] += row_group(j, co);
+    }
+    return;
+  }
+  for (i64 k = 0; k < rows; ++k)
+    for (i64 j = 0; j < w; ++j) {
+      q[j] += sq(k, j);
+      g[j] += gy(k, j);
+      cx[j] += co(k, j);
+    }
+}
+
+template <typename T>
+void s_col_dy(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* g,
+              double* cx) {
+  auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
+  auto gy = [&](i64 k, i64 j) { return static_cast<double>(dy[k * ld + j]); };
+  auto co = [&](i64 k, i64 j) { return keep(gy(k, j) * dev(k, j)); };
+  if (rows == 4) {
+    for (i64 j = 0; j < w; ++j) {
+      g[j] += row_group(j, gy);
+      cx[j] += row_group(j, co);
+    }
+    return;
+  }
+  for (i64 k = 0; k < rows; ++k)
+    for (i64 j = 0; j < w; ++j) {
+      g[j] += gy(k, j);
+      cx[j] += co(k, j);
+    }
+}
+
+template <typename T>
+void s_col_norm(const T* x, T* y, i64 w, const bn::ColCoef<T>& k, bool) {
+  for (i64 j = 0; j < w; ++j) {
+    T d = (x[j] - k.mean_hi[j]) - k.mean_lo[j];
+    y[j] = keep(d * k.a[j]) + k.b[j];
+  }
+}
+
+template <typename T>
+void s_col_dx(const T* x, const T* dy, T* dx, i64 w, const bn::ColCoef<T>& k, bool) {
+  for (i64 j = 0; j < w; ++j) {
+    T g = dy[j] - k.mdy[j];
+    T d = (x[j] - k.mean_hi[j]) - k.mean_lo[j];
+    dx[j] = keep(g * k.a[j]) - keep(d * k.b[j]);
+  }
+}
+
+template <typename T>
+void s_col_scale(const T* dy, T* dx, i64 w, const T* a, bool) {
+  for (i64 j = 0; j < w; ++j) dx[j] = dy[j] * a[j];
+}
+
+void s_fence() {}
+
+template <typename T>
+bn::Ops<T> make_scalar_ops() {
+  bn::Ops<T> o;
+  o.sum = &s_sum<T>;
+  o.m2 = &s_m2<T>;
+  o.m2dy = &s_m2dy<T>;
+  o.dy = &s_dy<T>;
+  o.norm = &s_norm<T>;
+  o.dx = &s_dx<T>;
+  o.scale = &s_scale<T>;
+  o.col_add = &s_col_add<T>;
+  o.col_m2 = &s_col_m2<T>;
+  o.col_m2dy = &s_col_m2dy<T>;
+  o.col_dy = &s_col_dy<T>;
+  o.col_norm = &s_col_norm<T>;
+  o.col_dx = &s_col_dx<T>;
+  o.col_scale = &s_col_scale<T>;
+  o.fence = &s_fence;
+  return o;
+}
+
+// ------------------------------------------------------------------ algorithms
+
+// Channels whose runs (S) are at least this long are cut into L1-sized chunks whose
+// moments merge by Chan's formula; shorter runs are handled as columns: a row piece of a
+// channel block is a set of columns, each accumulated over the rows (two passes over the
+// L2-resident block), and a channel's columns merge by Chan's formula at the end.
+constexpr i64 kChunkedMinS = 512;
+constexpr i64 kChunkBytes = 8192;           // one chunk of x (and of dy) stays in L1
+constexpr i64 kBlockBytes = 320 * 1024;     // a channel block is re-read from L2
+constexpr i64 kMaxCols = 2048;              // widest row piece of the column scheme
+constexpr i64 kMinPartElems = 16384;        // smallest piece of a split channel
+constexpr i64 kStreamBytes = 8ll << 20;     // outputs larger than this bypass the caches
+constexpr i64 kPrefetchBytes = 8192;        // how far ahead the memory passes prefetch
+
+// Moments of a set of values x (with gradients dy): count, mean, sum of squared
+// deviations, sum of dy, sum of dy * (x - mean).
+struct Mom {
+  double n, mean, m2, sdy, cxy;
+};
+
+// A <- A (+) B, Chan's pairwise update (with the co-moment of dy and x).
+inline void merge(Mom& A, const Mom& B) {
+  if (B.n == 0) return;
+  if (A.n == 0) {
+    A = B;
+    return;
+  }
+  double n = A.n + B.n;
+  double delta = B.mean - A.mean;
+  double rb = B.n / n;
+  double ra = A.n / n;
+  A.m2 = (A.m2 + B.m2) + (delta * delta) * (A.n * rb);
+  A.cxy = (A.cxy + B.cxy) + ((delta * ra) * B.sdy - (delta * rb) * A.sdy);
+  A.sdy = A.sdy + B.sdy;
+  A.mean = A.mean + delta * rb;
+  A.n = n;
+}
+
+// Mean as an unevaluated sum of two T values.
+template <typename T>
+inline void split_mean(double mean, T& hi, T& lo) {
+  hi = static_cast<T>(mean);
+  lo = static_cast<T>(mean - static_cast<double>(hi));
+}
+
+inline void prefetch_bytes(const void* p, i64 bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (i64 k = 0; k < bytes; k += 64) __builtin_prefetch(c + k, 0, 3);
+}
+
+// One thread's column accumulators and per-column coefficients (kMaxCols each).
+template <typename T>
+struct ColWork {
+  double *q, *r, *g, *mean;
+  T *mh, *ml, *a, *b, *mdy;
+};
+
+// Everything one call shares with its units.
+template <typename T>
+struct Ctx {
+  const bn::Ops<T>* ops;
+  const T* x;
+  const T* dy;   // backward only
+  T* out;        // y or dx
+  i64 C, S;
+  bool stream;
+  bool columns;  // S < kChunkedMinS
+  bn::Coef<T>* coef;
+  const double* mean_in;  // backward with given statistics: the mean
+};
+
+template <typename T>
+struct Ident {
+  using type = const T*;
+};
+template <typename T>
+using NoDeduce = typename Ident<T>::type;  // const T*, not used to deduce T
+
+// Row-major walk over the runs of channels [c0, c1) in [e0, e1) (chunked scheme). The
+// runs are long here, and the hardware prefetcher follows them better without help
+// (measured: software prefetch of the next row made these passes slower).
+template <typename T, typename F>
+inline void for_runs(const Ctx<T>& k, i64 c0, i64 c1, i64 e0, i64 e1, F&& f) {
+  const i64 C = k.C, S = k.S;
+  i64 e = e0;
+  while (e < e1) {
+    i64 n = e / S, s = e % S;
+    i64 len = std::min(S - s, e1 - e);
+    for (i64 c = c0; c < c1; ++c) f(c, (n * C + c) * S + s, len);
+    e += len;
+  }
+}
+
+// Row walk of the column scheme: f(offset of row n's piece, rows) over [n0, n1) in
+// groups of `group` rows (the last ones singly), prefetching ahead from a and b (either
+// may be null).
+template <typename T, typename F>
+inline void for_rows(const Ctx<T>& k, i64 c0, i64 c1, i64 n0, i64 n1, i64 group, NoDeduce<T> a,
+                     NoDeduce<T> b, F&& f) {
+  const i64 w = (c1 - c0) * k.S;
+  const i64 bytes = std::max<i64>(1, w * static_cast<i64>(sizeof(T)));
+  const i64 dist = std::min<i64>(32, std::max<i64>(group, (kPrefetchBytes + bytes - 1) / bytes));
+  const i64 pf = std::min(bytes, kPrefetchBytes);
+  for (i64 n = n0; n < n1;) {
+    const i64 g = n1 - n >= group ? group : 1;
+    for (i64 r = n + dist; r < n + dist + g && r < n1; ++r) {
+      i64 off = (r * k.C + c0) * k.S;
+      if (a) prefetch_bytes(a + off, pf);
+      if (b) prefetch_bytes(b + off, pf);
+    }
+    f((n * k.C + c0) * k.S, g);
+    n += g;
+  }
+}
+
+// Training statistics of channels [c0, c1) over [e0, e1) into out[c - c0]; with dy
+// (backward) also sum dy and the co-moment.
+template <typename T>
+void unit_stats(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i64 e1,
+                Mom* out) {
+  const bn::Ops<T>& ops = *k.ops;
+  const T* x = k.x;
+  const T* dy = k.dy;
+  for (i64 c = c0; c < c1; ++c) out[c - c0] = Mom{0, 0, 0, 0, 0};
+  if (!k.columns) {
+    const i64 chunk = std::max<i64>(16, kChunkBytes / static_cast<i64>(sizeof(T)));
+    for_runs(k, c0, c1, e0, e1, [&](i64 c, i64 off, i64 len) {
+      i64 pieces = (len + chunk - 1) / chunk;
+      i64 base = len / pieces, extra = len % pieces, at = off;
+      for (i64 p = 0; p < pieces; ++p) {
+        i64 l = base + (p < extra ? 1 : 0);
+        Mom m{static_cast<double>(l), 0, 0, 0, 0};
+        m.mean = ops.sum(x + at, l) / m.n;
+        if (dy) {
+          double o[3];
+          ops.m2dy(x + at, dy + at, l, m.mean, o);
+          m.m2 = o[0];
+          m.sdy = o[1];
+          m.cxy = o[2];
+        } else {
+          // one refinement step: the mean plus the mean deviation from it (exact for a
+          // constant chunk); m2 stays the plain sum of squared deviations
+          double o[2];
+          ops.m2(x + at, l, m.mean, o);
+          m.m2 = o[0];
+          m.mean = m.mean + o[1] / m.n;
+        }
+        merge(out[c - c0], m);
+        at += l;
+      }
+    });
+    return;
+  }
+  const i64 S = k.S, w = (c1 - c0) * S, n0 = e0 / S, n1 = e1 / S;
+  const double rows = static_cast<double>(n1 - n0);
+  const i64 ld = k.C * S;
+  // The refinement of the column means is only needed where a column sum can round:
+  // float32 values sum exactly in double (fewer than 2^29 rows), float64 ones may not.
+  double* refine = sizeof(T) == sizeof(float) && rows < 536870912.0 ? nullptr : cw.r;
+  std::fill(cw.g, cw.g + w, 0.0);
+  for_rows(k, c0, c1, n0, n1, 4, x, nullptr,
+           [&](i64 off, i64 g) { ops.col_add(x + off, ld, g, w, cw.g); });
+  for (i64 j = 0; j < w; ++j) cw.mean[j] = cw.g[j] / rows;
+  std::fill(cw.q, cw.q + w, 0.0);
+  std::fill(cw.r, cw.r + w, 0.0);
+  std::fill(cw.g, cw.g + w, 0.0);
+  if (dy)
+    for_rows(k, c0, c1, n0, n1, 4, nullptr, dy, [&](i64 off, i64 g) {
+      ops.col_m2dy(x + off, dy + off, ld, g, w, cw.mean, cw.q, cw.g, cw.r);
+    });
+  else
+    for_rows(k, c0, c1, n0, n1, 4, nullptr, nullptr,
+             [&](i64 off, i64 g) { ops.col_m2(x + off, ld, g, w, cw.mean, cw.q, refine); });
+  for (i64 c = c0; c < c1; ++c) {
+    Mom acc{0, 0, 0, 0, 0};
+    for (i64 s = 0; s < S; ++s) {
+      i64 j = (c - c0) * S + s;
+      Mom m{rows, cw.mean[j], cw.q[j], 0, 0};
+      if (dy) {
+        m.sdy = cw.g[j];
+        m.cxy = cw.r[j];
+      } else {
+        m.mean = m.mean + cw.r[j] / rows;  // refinement, as in the chunked scheme
+      }
+      merge(acc, m);
+    }
+    out[c - c0] = acc;
+  }
+}
+
+// Eval backward: sum dy and sum dy * (x - running mean) for channels [c0, c1).
+template <typename T>
+void unit_dysums(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i64 e1,
+                 Mom* out) {
+  const bn::Ops<T>& ops = *k.ops;
+  for (i64 c = c0; c < c1; ++c) out[c - c0] = Mom{0, 0, 0, 0, 0};
+  if (!k.columns) {
+    for_runs(k, c0, c1, e0, e1, [&](i64 c, i64 off, i64 len) {
+      double o[2];
+      ops.dy(k.x + off, k.dy + off, len, k.mean_in[c], o);
+      out[c - c0].n += static_cast<double>(len);
+      out[c - c0].sdy += o[0];
+      out[c - c0].cxy += o[1];
+    });
+    return;
+  }
+  const i64 S = k.S, w = (c1 - c0) * S, n0 = e0 / S, n1 = e1 / S;
+  for (i64 c = c0; c < c1; ++c)
+    for (i64 s = 0; s < S; ++s) cw.mean[(c - c0) * S + s] = k.mean_in[c];
+  std::fill(cw.g, cw.g + w, 0.0);
+  std::fill(cw.r, cw.r + w, 0.0);
+  for_rows(k, c0, c1, n0, n1, 4, k.x, k.dy, [&](i64 off, i64 g) {
+    ops.col_dy(k.x + off, k.dy + off, k.C * S, g, w, cw.mean, cw.g, cw.r);
+  });
+  for (i64 c = c0; c < c1; ++c) {
+    Mom& m = out[c - c0];
+    for (i64 s = 0; s < S; ++s) {
+      i64 j = (c - c0) * S + s;
+      m.sdy += cw.g[j];
+      m.cxy += cw.r[j];
+    }
+    m.n = static_cast<double>((n1 - n0) * S);
+  }
+}
+
+// Per-column copies of the channel coefficients of [c0, c1).
+template <typename T>
+bn::ColCoef<T> expand_coef(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1) {
+  const i64 S = k.S;
+  for (i64 c = c0; c < c1; ++c) {
+    const bn::Coef<T>& q = k.coef[c];
+    for (i64 s = 0; s < S; ++s) {
+      i64 j = (c - c0) * S + s;
+      cw.mh[j] = q.mean_hi;
+      cw.ml[j] = q.mean_lo;
+      cw.a[j] = q.a;
+      cw.b[j] = q.b;
+      cw.mdy[j] = q.mdy;
+    }
+  }
+  return bn::ColCoef<T>{cw.mh, cw.ml, cw.a, cw.b, cw.mdy};
+}
+
+enum class Pass { norm, dx, scale };
+
+// The element-wise pass over channels [c0, c1) in [e0, e1). `first` says the inputs
+// come from memory (nothing read them before in this unit): prefetch them.
+template <typename T>
+void unit_elementwise(const Ctx<T>& k, const ColWork<T>& cw, Pass pass, i64 c0, i64 c1, i64 e0,
+                      i64 e1, bool first) {
+  const bn::Ops<T>& ops = *k.ops;
+  const T* x = k.x;
+  const T* dy = k.dy;
+  T* out = k.out;
+  const T* pa = first ? (pass == Pass::scale ? dy : x) : nullptr;
+  const T* pb = first && pass == Pass::dx ? dy : nullptr;
+  if (!k.columns) {
+    for_runs(k, c0, c1, e0, e1, [&](i64 c, i64 off, i64 len) {
+      if (pass == Pass::norm)
+        ops.norm(x + off, out + off, len, k.coef[c], k.stream);
+      else if (pass == Pass::dx)
+        ops.dx(x + off, dy + off, out + off, len, k.coef[c], k.stream);
+      else
+        ops.scale(dy + off, out + off, len, k.coef[c].a, k.stream);
+    });
+  } else {
+    const i64 w = (c1 - c0) * k.S, n0 = e0 / k.S, n1 = e1 / k.S;
+    bn::ColCoef<T> cc = expand_coef(k, cw, c0, c1);
+    for_rows(k, c0, c1, n0, n1, 1, pa, pb, [&](i64 off, i64) {
+      if (pass == Pass::norm)
+        ops.col_norm(x + off, out + off, w, cc, k.stream);
+      else if (pass == Pass::dx)
+        ops.col_dx(x + off, dy + off, out + off, w, cc, k.stream);
+      else
+        ops.col_scale(dy + off, out + off, w, cc.a, k.stream);
+    });
+  }
+  if (k.stream) ops.fence();
+}
+
+// How the (C, N*S) work is cut into units for the threads.
+struct Plan {
+  int threads = 1;
+  i64 cb = 1;       // channels per block
+  i64 nblocks = 0;
+  i64 parts = 1;    // pieces per channel (split plans)
+  bool split = false;
+  bool columns = false;
+  i64 units() const { return split ? nblocks * parts : nblocks; }
+};
+
+Plan make_plan(i64 N, i64 C, i64 S, i64 bytes_per_elem) {
+  Plan p;
+  const i64 NS = N * S;
+  i64 total_bytes = C * NS * bytes_per_elem;  // fits: the caller's arrays exist
+  i64 useful = std::max<i64>(1, total_bytes / (128 * 1024));
+  p.threads = static_cast<int>(std::min<i64>(num_threads(), useful));
+  p.columns = S < kChunkedMinS;
+  i64 chan_bytes = std::max<i64>(1, NS * bytes_per_elem);
+  p.cb = std::max<i64>(1, kBlockBytes / chan_bytes);
+  if (p.columns) p.cb = std::min(p.cb, std::max<i64>(1, kMaxCols / S));
+  if (p.threads > 1) p.cb = std::min(p.cb, std::max<i64>(1, C / (4 * p.threads)));
+  p.nblocks = (C + p.cb - 1) / p.cb;
+  if (p.threads > 1 && C < 4 * p.threads) {
+    i64 parts = (4 * p.threads + C - 1) / C;
+    parts = std::min(parts, std::max<i64>(1, NS / kMinPartElems));
+    if (p.columns) parts = std::min(parts, N);
+    if (parts > 1) {
+      p.split = true;
+      p.parts = parts;
+      p.cb = 1;
+      p.nblocks = C;
+    }
+  }
+  return p;
+}
+
+// Unit u of plan p: channels [c0, c1), element range [e0, e1) (whole rows for columns).
+inline void unit_range(const Plan& p, i64 N, i64 C, i64 S, i64 u, i64& c0, i64& c1, i64& e0,
+                       i64& e1) {
+  if (p.split) {
+    i64 c = u / p.parts, k = u % p.parts;
+    c0 = c;
+    c1 = c + 1;
+    if (p.columns) {
+      e0 = (N * k / p.parts) * S;
+      e1 = (N * (k + 1) / p.parts) * S;
+    } else {
+      e0 = N * S * k / p.parts;
+      e1 = N * S * (k + 1) / p.parts;
+    }
+  } else {
+    c0 = u * p.cb;
+    c1 = std::min(C, c0 + p.cb);
+    e0 = 0;
+    e1 = N * S;
+  }
+}
+
+template <typename T>
+const bn::Ops<T>& ops_for_active_isa();
+template <>
+const bn::Ops<float>& ops_for_active_isa<float>() {
+  return active_isa() >= Isa::avx2 ? bn::avx2_ops_f32() : bn::scalar_ops_f32();
+}
+template <>
+const bn::Ops<double>& ops_for_active_isa<double>() {
+  return active_isa() >= Isa::avx2 ? bn::avx2_ops_f64() : bn::scalar_ops_f64();
+}
+
+// Per-call state in the calling thread's scratch memory (never per-call allocations):
+// moments and coefficients per channel, split-plan partials, per-thread column work.
+template <typename T>
+struct State {
+  Mom* mom = nullptr;
+  bn::Coef<T>* coef = nullptr;
+  Mom* partial = nullptr;
+  char* colbase = nullptr;
+  std::size_t colstride = 0;
+  ColWork<T> work(int t) const {
+    ColWork<T> w{};
+    if (!colbase) return w;
+    char* b = colbase + colstride * static_cast<std::size_t>(t);
+    double* d = reinterpret_cast<double*>(b);
+    w.q = d;
+    w.r = d + kMaxCols;
+    w.g = d + 2 * kMaxCols;
+    w.mean = d + 3 * kMaxCols;
+    T* t0 = reinterpret_cast<T*>(d + 4 * kMaxCols);
+    w.mh = t0;
+    w.ml = t0 + kMaxCols;
+    w.a = t0 + 2 * kMaxCols;
+    w.b = t0 + 3 * kMaxCols;
+    w.mdy = t0 + 4 * kMaxCols;
+    return w;
+  }
+};
+
+inline std::size_t round64(std::size_t v) { return (v + 63) / 64 * 64; }
+
+template <typename T>
+State<T> make_state(i64 C, const Plan& p) {
+  const char* what = "batch norm state";
+  std::size_t mom_bytes = round64(static_cast<std::size_t>(checked_mul(C, sizeof(Mom), what)));
+  std::size_t coef_bytes =
+      round64(static_cast<std::size_t>(checked_mul(C, sizeof(bn::Coef<T>), what)));
+  std::size_t colstride = p.columns ? round64(kMaxCols * (4 * sizeof(double) + 5 * sizeof(T))) : 0;
+  std::size_t col_bytes = colstride * static_cast<std::size_t>(p.threads);
+  char* base = static_cast<char*>(scratch(kScratchOp1, mom_bytes + coef_bytes + col_bytes));
+  State<T> st;
+  st.mom = reinterpret_cast<Mom*>(base);
+  st.coef = reinterpret_cast<bn::Coef<T>*>(base + mom_bytes);
+  if (p.columns) {
+    st.colbase = base + mom_bytes + coef_bytes;
+    st.colstride = colstride;
+  }
+  if (p.split) {
+    i64 cnt = checked_mul(C, p.parts, what);
+    st.partial = static_cast<Mom*>(
+        scratch(kScratchOp0, static_cast<std::size_t>(checked_mul(cnt, sizeof(Mom), what))));
+  }
+  return st;
+}
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+
+namespace bn {
+const Ops<float>& scalar_ops_f32() {
+  static const Ops<float> o = make_scalar_ops<float>();
+  return o;
+}
+const Ops<double>& scalar_ops_f64() {
+  static const Ops<double> o = make_scalar_ops<double>();
+  return o;
+}
+}  // namespace bn
+
+template <typename T>
+void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training,
+                       const double* mean_in, const double* var_in, const double* weight,
+                       const double* bias, double* batch_mean, double* batch_m2) {
+  const i64 N = p.n, C = p.c, S = p.s, NS = p.n * p.s;
+  if (C == 0 || NS == 0) return;
+  const Plan plan = make_plan(N, C, S, static_cast<i64>(sizeof(T)));
+  State<T> st = make_state<T>(C, plan);
+  Ctx<T> k{&ops_for_active_isa<T>(), x, nullptr, y, C, S,
+           checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes,
+           plan.columns, st.coef, nullptr};
+  const double eps = p.eps;
+
+  auto coef_from = [&](i64 c, double mean, double var) {
+    double invstd = 1.0 / std::sqrt(var + eps);
+    double a = weight ? invstd * weight[c] : invstd;
+    bn::Coef<T>& q = st.coef[c];
+    split_mean<T>(mean, q.mean_hi, q.mean_lo);
+    q.a = static_cast<T>(a);
+    q.b = static_cast<T>(bias ? bias[c] : 0.0);
+    q.mdy = T(0);
+  };
+  auto finalize = [&](i64 c) {
+    const Mom& m = st.mom[c];
+    batch_mean[c] = m.mean;
+    batch_m2[c] = m.m2;
+    coef_from(c, m.mean, m.m2 / m.n);
+  };
+
+  if (!training)
+    for (i64 c = 0; c < C; ++c) coef_from(c, mean_in[c], var_in[c]);
+  const i64 units = plan.units();
+  if (!training || !plan.split) {
+    // Each unit: statistics (from memory), then the normalising pass (from L2).
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+    for (i64 u = 0; u < units; ++u) {
+      i64 c0, c1, e0, e1;
+      unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+      ColWork<T> cw = st.work(thread_id());
+      if (training) {
+        unit_stats<T>(k, cw, c0, c1, e0, e1, st.mom + c0);
+        for (i64 c = c0; c < c1; ++c) finalize(c);
+      }
+      unit_elementwise<T>(k, cw, Pass::norm, c0, c1, e0, e1, !training);
+    }
+    return;
+  }
+  // Split plan: per-piece moments, merged in piece order, then the normalising pass.
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+  for (i64 u = 0; u < units; ++u) {
+    i64 c0, c1, e0, e1;
+    unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+    unit_stats<T>(k, st.work(thread_id()), c0, c1, e0, e1, st.partial + u);
+  }
+  for (i64 c = 0; c < C; ++c) {
+    st.mom[c] = Mom{0, 0, 0, 0, 0};
+    for (i64 q = 0; q < plan.parts; ++q) merge(st.mom[c], st.partial[c * plan.parts + q]);
+    finalize(c);
+  }
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+  for (i64 u = 0; u < units; ++u) {
+    i64 c0, c1, e0, e1;
+    unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+    unit_elementwise<T>(k, st.work(thread_id()), Pass::norm, c0, c1, e0, e1, true);
+  }
+}
+
+template <typename T>
+void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p,
+                        bool training, const double* mean_in, const double* var_in,
+                        const double* invstd_in, const double* weight, double* grad_weight,
+                        double* grad_bias) {
+  const i64 N = p.n, C = p.c, S = p.s, NS = p.n * p.s;
+  if (C == 0) return;
+  if (NS == 0) {
+    for (i64 c = 0; c < C; ++c) {
+      if (grad_weight) grad_weight[c] = 0.0;
+      if (grad_bias) grad_bias[c] = 0.0;
+    }
+    return;
+  }
+  const bool need_sums = training || grad_weight || grad_bias;
+  const Plan plan = make_plan(N, C, S, static_cast<i64>(sizeof(T)) * (need_sums ? 2 : 1));
+  State<T> st = make_state<T>(C, plan);
+  Ctx<T> k{&ops_for_active_isa<T>(), x, dy, dx, C, S,
+           checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes,
+           plan.columns, st.coef, mean_in};
+  const double eps = p.eps;
+  const Pass pass = training ? Pass::dx : Pass::scale;
+  const bool given = !training || invstd_in;  // statistics come from the caller
+
+  // Per channel: coefficients for dx and the parameter gradients, from the moments.
+  auto finalize = [&](i64 c) {
+    const Mom& m = st.mom[c];
+    double mean, invstd, ivar;  // ivar = 1 / (var + eps)
+    if (!given) {
+      mean = m.mean;
+      double v = m.m2 / m.n + eps;
+      invstd = 1.0 / std::sqrt(v);
+      ivar = 1.0 / v;
+    } else if (training) {
+      mean = mean_in[c];
+      invstd = invstd_in[c];
+      ivar = invstd * invstd;
+    } else {
+      mean = mean_in[c];
+      invstd = 1.0 / std::sqrt(var_in[c] + eps);
+      ivar = 0.0;
+    }
+    double w = weight ? weight[c] : 1.0;
+    double a = w * invstd;
+    bn::Coef<T>& q = st.coef[c];
+    split_mean<T>(mean, q.mean_hi, q.mean_lo);
+    q.a = static_cast<T>(a);
+    if (training) {
+      q.mdy = static_cast<T>(m.sdy / m.n);
+      q.b = static_cast<T>(a * ((m.cxy / m.n) * ivar));
+    } else {
+      q.mdy = T(0);
+      q.b = T(0);
+    }
+    if (need_sums) {
+      if (grad_weight) grad_weight[c] = m.cxy * invstd;
+      if (grad_bias) grad_bias[c] = m.sdy;
+    }
+  };
+  auto reduce = [&](const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i64 e1, Mom* out) {
+    if (!given)
+      unit_stats<T>(k, cw, c0, c1, e0, e1, out);
+    else
+      unit_dysums<T>(k, cw, c0, c1, e0, e1, out);
+  };
+
+  const i64 units = plan.units();
+  if (!need_sums) {
+    for (i64 c = 0; c < C; ++c) finalize(c);
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+    for (i64 u = 0; u < units; ++u) {
+      i64 c0, c1, e0, e1;
+      unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+      unit_elementwise<T>(k, st.work(thread_id()), pass, c0, c1, e0, e1, true);
+    }
+    return;
+  }
+  if (!plan.split) {
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+    for (i64 u = 0; u < units; ++u) {
+      i64 c0, c1, e0, e1;
+      unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+      ColWork<T> cw = st.work(thread_id());
+      reduce(cw, c0, c1, e0, e1, st.mom + c0);
+      for (i64 c = c0; c < c1; ++c) finalize(c);
+      unit_elementwise<T>(k, cw, pass, c0, c1, e0, e1, false);
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+  for (i64 u = 0; u < units; ++u) {
+    i64 c0, c1, e0, e1;
+    unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+    reduce(st.work(thread_id()), c0, c1, e0, e1, st.partial + u);
+  }
+  for (i64 c = 0; c < C; ++c) {
+    Mom& m = st.mom[c];
+    m = Mom{0, 0, 0, 0, 0};
+    for (i64 q = 0; q < plan.parts; ++q) {
+      const Mom& part = st.partial[c * plan.parts + q];
+      if (!given) {
+        merge(m, part);
+      } else {
+        m.n += part.n;
+        m.sdy += part.sdy;
+        m.cxy += part.cxy;
+      }
+    }
+    finalize(c);
+  }
+#pragma omp parallel for schedule(static) num_threads(plan.threads)
+  for (i64 u = 0; u < units; ++u) {
+    i64 c0, c1, e0, e1;
+    unit_range(plan, N, C, S, u, c0, c1, e0, e1);
+    unit_elementwise<T>(k, st.work(thread_id()), pass, c0, c1, e0, e1, true);
+  }
+}
+
+template void batchnorm_forward<float>(const float*, float*, const BatchNormParams&, bool,
+                                       const double*, const double*, const double*,
+                                       const double*, double*, double*);
+template void batchnorm_forward<double>(const double*, double*, const BatchNormParams&, bool,
+                                        const double*, const double*, const double*,
+                                        const double*, double*, double*);
+template void batchnorm_backward<float>(const float*, const float*, float*,
+                                        const BatchNormParams&, bool, const double*,
+                                        const double*, const double*, const double*, double*,
+                                        double*);
+template void batchnorm_backward<double>(const double*, const double*, double*,
+                                         const BatchNormParams&, bool, const double*,
+                                         const double*, const double*, const double*, double*,
+                                         double*);
+
+}  // namespace pyconv

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -234,7 +235,250 @@ void register_pool(py::module_& m) { (void)m; }
 
 // ============================ batchnorm ===========================
 
-void register_batchnorm(py::module_& m) { (void)m; }
+std::string bn_shape_str(const std::vector<i64>& shape) {
+  std::string r = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    r += (i ? ", " : "") + std::to_string(shape[i]);
+  return r + (shape.size() == 1 ? ",)" : ")");
+}
+
+// A Python real number (int, float, NumPy scalar; not bool) as double.
+double bn_real(const py::handle& obj, const char* name) {
+  if (obj.is_none() || PyBool_Check(obj.ptr()) || !PyNumber_Check(obj.ptr()) ||
+      PyComplex_Check(obj.ptr()) || py::isinstance<py::array>(obj) || py::isinstance<py::str>(obj))
+    type_error(std::string(name) + " must be a real number, got " +
+               std::string(py::str(py::type::of(obj).attr("__name__"))));
+  double v = PyFloat_AsDouble(obj.ptr());
+  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
+bool bn_bool(const py::handle& obj, const char* name) {
+  if (PyBool_Check(obj.ptr())) return obj.ptr() == Py_True;
+  py::object np_bool = py::module_::import("numpy").attr("bool_");
+  if (py::isinstance(obj, np_bool)) return py::bool_(py::reinterpret_borrow<py::object>(obj));
+  type_error(std::string(name) + " must be a bool, got " +
+             std::string(py::str(py::type::of(obj).attr("__name__"))));
+}
+
+// (N, C, S) of an input of rank >= 2.
+pyconv::BatchNormParams bn_params(const std::vector<i64>& shape, const char* name) {
+  if (shape.size() < 2)
+    value_error(std::string(name) + " must have at least 2 dimensions (N, C, ...), got shape " +
+                bn_shape_str(shape));
+  pyconv::BatchNormParams p;
+  p.n = shape[0];
+  p.c = shape[1];
+  p.s = 1;
+  for (std::size_t i = 2; i < shape.size(); ++i) p.s = pyconv::checked_mul(p.s, shape[i], name);
+  pyconv::checked_mul(pyconv::checked_mul(p.n, p.c, name), p.s, name);
+  return p;
+}
+
+// A per-channel vector (None allowed): 1-D of length C.
+void bn_check_vec(const py::handle& obj, const char* name, i64 c) {
+  if (obj.is_none()) return;
+  std::vector<i64> shape = shape_of(obj);
+  if (shape.size() != 1 || shape[0] != c)
+    value_error(std::string(name) + " must have shape (" + std::to_string(c) +
+                ",) to match the input's channel count C = " + std::to_string(c) + ", got shape " +
+                bn_shape_str(shape));
+}
+
+// The values of a checked per-channel vector as doubles (empty when None).
+template <typename T>
+std::vector<double> bn_values(const py::handle& obj) {
+  if (obj.is_none()) return {};
+  auto a = contiguous<T>(obj);
+  const T* d = a.data();
+  return std::vector<double>(d, d + a.size());
+}
+
+void bn_check_eps(double eps) {
+  if (!std::isfinite(eps) || eps < 0)
+    value_error("eps must be finite and >= 0, got " + std::to_string(eps));
+}
+
+void register_batchnorm(py::module_& m) {
+  m.def(
+      "batch_norm_forward",
+      [](py::object input, py::object running_mean, py::object running_var, py::object weight,
+         py::object bias, py::object training, py::object momentum, py::object eps,
+         py::object return_stats) -> py::object {
+        Dtype dt = float_dtype(input, "input");
+        same_dtype(dt, {{"running_mean", running_mean},
+                        {"running_var", running_var},
+                        {"weight", weight},
+                        {"bias", bias}});
+        const bool train = bn_bool(training, "training");
+        const bool want_stats = bn_bool(return_stats, "return_stats");
+        const double mom = bn_real(momentum, "momentum");
+        const double e = bn_real(eps, "eps");
+        bn_check_eps(e);
+        if (!std::isfinite(mom)) value_error("momentum must be finite, got " + std::to_string(mom));
+        const std::vector<i64> shape = shape_of(input);
+        pyconv::BatchNormParams p = bn_params(shape, "input");
+        p.eps = e;
+        p.momentum = mom;
+        bn_check_vec(running_mean, "running_mean", p.c);
+        bn_check_vec(running_var, "running_var", p.c);
+        bn_check_vec(weight, "weight", p.c);
+        bn_check_vec(bias, "bias", p.c);
+        if (!train) {
+          if (running_mean.is_none() || running_var.is_none())
+            value_error(std::string("running_mean and running_var are required when training=False (") +
+                        (running_mean.is_none() ? "running_mean" : "running_var") + " is None)");
+        } else {
+          if (p.n * p.s < 2)
+            value_error("batch_norm: expected more than 1 value per channel when training, got input "
+                        "of shape " + bn_shape_str(shape));
+          for (auto& [name, obj] : {std::pair<const char*, py::object>{"running_mean", running_mean},
+                                    std::pair<const char*, py::object>{"running_var", running_var}}) {
+            if (!obj.is_none() && !py::reinterpret_borrow<py::array>(obj).writeable())
+              value_error(std::string(name) + " is read-only; training updates it in place");
+          }
+          if (!running_mean.is_none() && !running_var.is_none() &&
+              py::module_::import("numpy").attr("shares_memory")(running_mean, running_var).cast<bool>())
+            value_error("running_mean and running_var share memory; training updates both in place");
+        }
+        return dispatch_float(dt, [&](auto tag) -> py::object {
+          using T = decltype(tag);
+          auto x = contiguous<T>(input);
+          auto out = new_array<T>(shape);
+          std::vector<double> rm = bn_values<T>(running_mean), rv = bn_values<T>(running_var);
+          std::vector<double> w = bn_values<T>(weight), b = bn_values<T>(bias);
+          std::vector<double> bmean(static_cast<std::size_t>(p.c)), bm2(static_cast<std::size_t>(p.c));
+          {
+            py::gil_scoped_release nogil;
+            pyconv::batchnorm_forward<T>(x.data(), out.mutable_data(), p, train,
+                                         rm.empty() ? nullptr : rm.data(),
+                                         rv.empty() ? nullptr : rv.data(),
+                                         w.empty() ? nullptr : w.data(),
+                                         b.empty() ? nullptr : b.data(), bmean.data(), bm2.data());
+          }
+          if (train) {
+            const double count = static_cast<double>(p.n * p.s);
+            if (!running_mean.is_none()) {
+              py::array_t<T> upd(static_cast<py::ssize_t>(p.c));
+              T* u = upd.mutable_data();
+              for (i64 c = 0; c < p.c; ++c) u[c] = static_cast<T>((1.0 - mom) * rm[c] + mom * bmean[c]);
+              running_mean.attr("__setitem__")(py::ellipsis(), upd);
+            }
+            if (!running_var.is_none()) {
+              py::array_t<T> upd(static_cast<py::ssize_t>(p.c));
+              T* u = upd.mutable_data();
+              for (i64 c = 0; c < p.c; ++c)
+                u[c] = static_cast<T>((1.0 - mom) * rv[c] + mom * (bm2[c] / (count - 1.0)));
+              running_var.attr("__setitem__")(py::ellipsis(), upd);
+            }
+          }
+          if (!want_stats) return std::move(out);
+          // Saved statistics in float64 whatever the input dtype (a float32 mean would
+          // cost the backward pass its accuracy).
+          py::array_t<double> smean(static_cast<py::ssize_t>(p.c)), sinv(static_cast<py::ssize_t>(p.c));
+          const double count = static_cast<double>(p.n * p.s);
+          for (i64 c = 0; c < p.c; ++c) {
+            double mean = train ? bmean[c] : rm[c];
+            double var = train ? bm2[c] / count : rv[c];
+            smean.mutable_data()[c] = mean;
+            sinv.mutable_data()[c] = 1.0 / std::sqrt(var + e);
+          }
+          return py::make_tuple(out, smean, sinv);
+        });
+      },
+      py::arg("input"), py::arg("running_mean"), py::arg("running_var"), py::arg("weight"),
+      py::arg("bias"), py::arg("training"), py::arg("momentum"), py::arg("eps"),
+      py::arg("return_stats") = false,
+      "Batch norm over every axis but 1 of input (rank >= 2). Training normalises with the\n"
+      "biased batch variance and updates the given running stats in place (unbiased\n"
+      "variance into running_var); eval uses the running stats. return_stats=True returns\n"
+      "(out, save_mean, save_invstd), the statistics used, in float64.");
+
+  m.def(
+      "batch_norm_backward",
+      [](py::object grad_output, py::object input, py::object weight, py::object running_mean,
+         py::object running_var, py::object training, py::object eps, py::object save_mean,
+         py::object save_invstd) -> py::tuple {
+        Dtype dt = float_dtype(input, "input");
+        same_dtype(dt, {{"grad_output", grad_output},
+                        {"weight", weight},
+                        {"running_mean", running_mean},
+                        {"running_var", running_var}});
+        const bool train = bn_bool(training, "training");
+        const double e = bn_real(eps, "eps");
+        bn_check_eps(e);
+        const std::vector<i64> shape = shape_of(input);
+        pyconv::BatchNormParams p = bn_params(shape, "input");
+        p.eps = e;
+        if (shape_of(grad_output) != shape)
+          value_error("grad_output shape " + bn_shape_str(shape_of(grad_output)) +
+                      " must equal the input shape " + bn_shape_str(shape));
+        bn_check_vec(weight, "weight", p.c);
+        bn_check_vec(running_mean, "running_mean", p.c);
+        bn_check_vec(running_var, "running_var", p.c);
+        if (!train) {
+          if (running_mean.is_none() || running_var.is_none())
+            value_error(std::string("running_mean and running_var are required when training=False (") +
+                        (running_mean.is_none() ? "running_mean" : "running_var") + " is None)");
+        } else if (p.n * p.s < 2) {
+          value_error("batch_norm_backward: expected more than 1 value per channel when training, "
+                      "got input of shape " + bn_shape_str(shape));
+        }
+        if (save_mean.is_none() != save_invstd.is_none())
+          value_error("save_mean and save_invstd must be given together (one is None)");
+        const bool saved = !save_mean.is_none();
+        if (saved) {
+          if (!train) value_error("save_mean and save_invstd apply to training=True only");
+          for (auto& [name, obj] : {std::pair<const char*, py::object>{"save_mean", save_mean},
+                                    std::pair<const char*, py::object>{"save_invstd", save_invstd}}) {
+            if (float_dtype(obj, name) != Dtype::f64)
+              type_error(std::string(name) + " must have dtype float64 (as returned by "
+                         "batch_norm(..., return_stats=True)), got " +
+                         std::string(py::str(py::reinterpret_borrow<py::array>(obj).dtype())));
+            bn_check_vec(obj, name, p.c);
+          }
+        }
+        return dispatch_float(dt, [&](auto tag) -> py::tuple {
+          using T = decltype(tag);
+          auto x = contiguous<T>(input);
+          auto dy = contiguous<T>(grad_output);
+          auto dx = new_array<T>(shape);
+          std::vector<double> w = bn_values<T>(weight);
+          std::vector<double> rm, rv, sinv;
+          if (!train) {
+            rm = bn_values<T>(running_mean);
+            rv = bn_values<T>(running_var);
+          } else if (saved) {
+            rm = bn_values<double>(save_mean);
+            sinv = bn_values<double>(save_invstd);
+          }
+          const bool grads = !weight.is_none();
+          std::vector<double> gw(grads ? static_cast<std::size_t>(p.c) : 0), gb(gw.size());
+          {
+            py::gil_scoped_release nogil;
+            pyconv::batchnorm_backward<T>(dy.data(), x.data(), dx.mutable_data(), p, train,
+                                          rm.empty() ? nullptr : rm.data(),
+                                          rv.empty() ? nullptr : rv.data(),
+                                          sinv.empty() ? nullptr : sinv.data(),
+                                          grads ? w.data() : nullptr, grads ? gw.data() : nullptr,
+                                          grads ? gb.data() : nullptr);
+          }
+          if (!grads) return py::make_tuple(dx, py::none(), py::none());
+          py::array_t<T> gwa(static_cast<py::ssize_t>(p.c)), gba(static_cast<py::ssize_t>(p.c));
+          for (i64 c = 0; c < p.c; ++c) {
+            gwa.mutable_data()[c] = static_cast<T>(gw[c]);
+            gba.mutable_data()[c] = static_cast<T>(gb[c]);
+          }
+          return py::make_tuple(dx, gwa, gba);
+        });
+      },
+      py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("running_mean"),
+      py::arg("running_var"), py::arg("training"), py::arg("eps"), py::arg("save_mean") = py::none(),
+      py::arg("save_invstd") = py::none(),
+      "Batch norm backward -> (grad_input, grad_weight, grad_bias); the last two are None\n"
+      "when weight is None. Training recomputes the batch statistics from input, or uses\n"
+      "save_mean / save_invstd (float64) from batch_norm(..., return_stats=True).");
+}
 
 // ========================== end batchnorm =========================
 
