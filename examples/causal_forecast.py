@@ -1,6 +1,6 @@
 """One-step-ahead forecasting with a stack of causal dilated 1D convolutions.
 
-    python examples/causal_forecast.py [--steps 600] [--seed 0]
+    python examples/causal_forecast.py [--steps 400] [--seed 0] [--threads N]
 
 A synthetic series (a sum of sines plus Gaussian noise) is generated; a WaveNet-style
 stack of kernel-2 convolutions with dilations 1, 2, 4, 8 and padding='causal' learns to
@@ -39,7 +39,7 @@ def build_model(channels: int = 16, dtype=np.float32) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def run(steps: int = 600, seed: int = 0, window: int = 96, batch: int = 16, lr: float = 3e-3,
+def run(steps: int = 400, seed: int = 0, window: int = 96, batch: int = 16, lr: float = 3e-3,
         verbose: bool = True) -> dict:
     nn.manual_seed(seed)
     series = make_series(6000, seed)
@@ -74,9 +74,12 @@ def run(steps: int = 600, seed: int = 0, window: int = 96, batch: int = 16, lr: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="kernel threads (0 = pyconv's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        pyconv.set_num_threads(args.threads)
     res = run(args.steps, args.seed)
     rf = res["receptive_field"]
     ratio = res["model_rmse"] / res["naive_rmse"]
