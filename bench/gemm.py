@@ -43,6 +43,27 @@ def _make(m, n, k, dtype):
     return setup
 
 
+def _make_linear(batch, n_in, n_out):
+    def setup():
+        from pyconv import _core
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, n_in)).astype(np.float32)
+        w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        fns = {
+            "pyconv": lambda: _core.matmul(x, w.T),
+            "reference": lambda: np.matmul(x, w.T),
+            "torch": None,
+        }
+        torch = try_torch()
+        if torch is not None:
+            tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+            fns["torch"] = lambda: torch.mm(tx, tw.t())
+        return fns
+
+    return setup
+
+
 def workloads(quick: bool) -> list:
     out = []
     for name, m, n, k, tags in _SHAPES:
@@ -61,6 +82,18 @@ def workloads(quick: bool) -> list:
             )
         )
     if not quick:
+        out.append(
+            Workload(
+                family="gemm",
+                name="linear b256 1024->1024 (x @ W.T)",
+                direction="fwd",
+                metric="flops",
+                amount=2.0 * 256 * 1024 * 1024,
+                setup=_make_linear(256, 1024, 1024),
+                notes="float32; b is a transposed view (the strided B packer), as in nn.Linear",
+                tags=("linear",),
+            )
+        )
         out.append(
             Workload(
                 family="gemm",

@@ -184,7 +184,68 @@ py::object matmul_impl(const py::handle& a_obj, const py::handle& b_obj) {
   return std::move(out);
 }
 
+// Test hook for the parts of the GEMM contract matmul does not reach: a caller-provided
+// workspace of exactly gemm_workspace_elems elements (guarded by canaries that must
+// survive) and accumulate = true (returns c0 + a @ b when c0 is given).
+template <typename T>
+py::object gemm_checked_impl(const py::handle& a_obj, const py::handle& b_obj,
+                             const py::handle& c0_obj, int threads) {
+  MatrixView<T> a = matrix_view<T>(a_obj);
+  MatrixView<T> b = matrix_view<T>(b_obj);
+  const i64 M = a.rows, K = a.cols, N = b.cols;
+  py::array_t<T> out = new_array<T>({M, N});
+  const bool accumulate = !c0_obj.is_none();
+  if (accumulate) {
+    auto c0 = contiguous<T>(c0_obj);
+    if (c0.ndim() != 2 || c0.shape(0) != M || c0.shape(1) != N)
+      value_error("_gemm_checked: c0 must have shape (M, N)");
+    const T* src = c0.data();
+    T* dst = out.mutable_data();
+    for (i64 i = 0; i < M * N; ++i) dst[i] = src[i];
+  }
+  if (M == 0 || N == 0) return std::move(out);
+  const std::size_t ws = pyconv::gemm_workspace_elems<T>(M, N, K, threads);
+  constexpr std::size_t kGuard = 64;
+  const std::size_t total = ws + 2 * kGuard;
+  std::vector<T> raw(total + 64 / sizeof(T));
+  // 64-byte aligned start of the workspace proper, kGuard canaries either side.
+  std::uintptr_t base = reinterpret_cast<std::uintptr_t>(raw.data() + kGuard);
+  base = (base + 63) / 64 * 64;
+  T* wsp = reinterpret_cast<T*>(base);
+  const T canary = static_cast<T>(-12345.5);
+  for (std::size_t i = 0; i < kGuard; ++i) wsp[-static_cast<std::ptrdiff_t>(i) - 1] = canary;
+  for (std::size_t i = 0; i < kGuard; ++i) wsp[ws + i] = canary;
+  T* c = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    pyconv::StridedB<T> bsrc(b.data, b.rs, b.cs);
+    pyconv::gemm<T>(M, N, K, a.data, a.rs, a.cs, bsrc, c, N, 1, accumulate, threads, wsp);
+  }
+  for (std::size_t i = 0; i < kGuard; ++i)
+    if (wsp[-static_cast<std::ptrdiff_t>(i) - 1] != canary || wsp[ws + i] != canary)
+      throw std::runtime_error("_gemm_checked: workspace guard overwritten");
+  return std::move(out);
+}
+
 void register_gemm(py::module_& m) {
+  m.def("_gemm_checked", [](py::object a, py::object b, py::object c0, py::object threads) -> py::object {
+    Dtype dt = float_dtype(a, "a");
+    if (float_dtype(b, "b") != dt) same_dtype(dt, {{"b", b}});
+    if (!c0.is_none() && float_dtype(c0, "c0") != dt) same_dtype(dt, {{"c0", c0}});
+    require_ndim(a, "a", {2});
+    require_ndim(b, "b", {2});
+    if (!py::isinstance<py::int_>(threads)) type_error("_gemm_checked: threads must be an int");
+    long long t = threads.cast<long long>();
+    if (t < 1 || t > 64) value_error("_gemm_checked: threads must be in [1, 64]");
+    std::vector<i64> sa = shape_of(a), sb = shape_of(b);
+    if (sa[1] != sb[0]) value_error("_gemm_checked: inner dimensions differ");
+    pyconv::checked_mul(pyconv::checked_mul(sa[0], sb[1], "matmul"), sa[1] > 0 ? sa[1] : 1, "matmul");
+    return dispatch_float(dt, [&](auto tag) -> py::object {
+      return gemm_checked_impl<decltype(tag)>(a, b, c0, static_cast<int>(t));
+    });
+  }, py::arg("a"), py::arg("b"), py::arg("c0") = py::none(), py::arg("threads") = 1,
+  "Test hook: a @ b (+ c0) through gemm() with an explicit, canary-guarded workspace.");
+
   m.def("matmul", [](py::object a, py::object b) -> py::object {
     Dtype dt = float_dtype(a, "a");
     if (float_dtype(b, "b") != dt) same_dtype(dt, {{"b", b}});  // raises the mixed-dtype TypeError
@@ -223,13 +284,371 @@ void register_gemm(py::module_& m) {
 
 // ============================== conv ==============================
 
-void register_conv(py::module_& m) { (void)m; }
+// Builds and validates ConvParams from x (N, C_in, H, W), w (C_out, C_in/g, kH, kW) and the
+// normalised parameters; sets the output sizes. Throws ValueError / OverflowError.
+pyconv::ConvParams conv_params(const std::vector<i64>& xs, const std::vector<i64>& ws, i64 sh,
+                               i64 sw, i64 ph_lo, i64 ph_hi, i64 pw_lo, i64 pw_hi, i64 dh,
+                               i64 dw, i64 groups) {
+  if (groups < 1) value_error("groups must be >= 1, got " + std::to_string(groups));
+  if (sh < 1 || sw < 1)
+    value_error("stride must be >= 1, got (" + std::to_string(sh) + ", " + std::to_string(sw) + ")");
+  if (dh < 1 || dw < 1)
+    value_error("dilation must be >= 1, got (" + std::to_string(dh) + ", " + std::to_string(dw) + ")");
+  if (ph_lo < 0 || ph_hi < 0 || pw_lo < 0 || pw_hi < 0)
+    value_error("padding must be >= 0, got ((" + std::to_string(ph_lo) + ", " + std::to_string(ph_hi) +
+                "), (" + std::to_string(pw_lo) + ", " + std::to_string(pw_hi) + "))");
+  if (ws[2] < 1 || ws[3] < 1)
+    value_error("weight: kernel_size must be >= 1, got (" + std::to_string(ws[2]) + ", " +
+                std::to_string(ws[3]) + ")");
+  if (xs[1] < 1) value_error("input must have at least one channel, got shape[1] = 0");
+  if (ws[0] < 1) value_error("weight must have at least one output channel, got shape[0] = 0");
+  if (xs[1] % groups != 0)
+    value_error("groups=" + std::to_string(groups) + " must divide the input channels (" +
+                std::to_string(xs[1]) + ")");
+  if (ws[0] % groups != 0)
+    value_error("groups=" + std::to_string(groups) + " must divide the output channels (weight.shape[0] = " +
+                std::to_string(ws[0]) + ")");
+  if (ws[1] != xs[1] / groups)
+    value_error("weight.shape[1] must be input channels / groups = " + std::to_string(xs[1] / groups) +
+                ", got weight of shape (" + std::to_string(ws[0]) + ", " + std::to_string(ws[1]) + ", " +
+                std::to_string(ws[2]) + ", " + std::to_string(ws[3]) + ")");
+  pyconv::ConvParams p;
+  p.n = xs[0];
+  p.c_in = xs[1];
+  p.c_out = ws[0];
+  p.groups = groups;
+  p.h = pyconv::Window{xs[2], ws[2], sh, ph_lo, ph_hi, dh, 0};
+  p.w = pyconv::Window{xs[3], ws[3], sw, pw_lo, pw_hi, dw, 0};
+  try {
+    pyconv::conv_validate(p);
+  } catch (const std::invalid_argument& e) {
+    value_error(e.what());
+  }
+  return p;
+}
+
+pyconv::ConvPath conv_path_arg(const std::string& path, const pyconv::ConvParams& p) {
+  pyconv::ConvPath id;
+  try {
+    id = pyconv::conv_path_from_name(path.c_str());
+  } catch (const std::invalid_argument& e) {
+    value_error(e.what());
+  }
+  if (!pyconv::conv_path_supports(id, p))
+    value_error(std::string("path '") + path + "' does not support these convolution parameters");
+  return id;
+}
+
+void register_conv(py::module_& m) {
+  m.def(
+      "conv2d_forward",
+      [](py::object x, py::object w, py::object bias, i64 sh, i64 sw, i64 ph_lo, i64 ph_hi, i64 pw_lo,
+         i64 pw_hi, i64 dh, i64 dw, i64 groups, const std::string& path) -> py::object {
+        Dtype dt = float_dtype(x, "input");
+        same_dtype(dt, {{"weight", w}, {"bias", bias}});
+        require_ndim(x, "input", {4});
+        require_ndim(w, "weight", {4});
+        std::vector<i64> xs = shape_of(x), ws = shape_of(w);
+        pyconv::ConvParams p = conv_params(xs, ws, sh, sw, ph_lo, ph_hi, pw_lo, pw_hi, dh, dw, groups);
+        if (!bias.is_none()) {
+          require_ndim(bias, "bias", {1});
+          if (shape_of(bias)[0] != p.c_out)
+            value_error("bias must have shape (" + std::to_string(p.c_out) + ",), got (" +
+                        std::to_string(shape_of(bias)[0]) + ",)");
+        }
+        pyconv::ConvPath id = conv_path_arg(path, p);
+        return dispatch_float(dt, [&](auto tag) -> py::object {
+          using T = decltype(tag);
+          auto xc = contiguous<T>(x);
+          auto wc = contiguous<T>(w);
+          py::array_t<T, py::array::c_style> bc;
+          if (!bias.is_none()) bc = contiguous<T>(bias);
+          auto y = new_array<T>({p.n, p.c_out, p.h.out, p.w.out});
+          const T* xp = xc.data();
+          const T* wp = wc.data();
+          const T* bp = bias.is_none() ? nullptr : bc.data();
+          T* yp = y.mutable_data();
+          {
+            py::gil_scoped_release release;
+            pyconv::conv2d_forward<T>(p, xp, wp, bp, yp, id);
+          }
+          return std::move(y);
+        });
+      },
+      py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("stride_h"), py::arg("stride_w"),
+      py::arg("pad_h_lo"), py::arg("pad_h_hi"), py::arg("pad_w_lo"), py::arg("pad_w_hi"),
+      py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"), py::arg("path") = "auto",
+      "2D convolution forward on NCHW arrays with normalised parameters; path forces a candidate.");
+
+  m.def(
+      "conv2d_backward",
+      [](py::object dy, py::object x, py::object w, i64 sh, i64 sw, i64 ph_lo, i64 ph_hi, i64 pw_lo,
+         i64 pw_hi, i64 dh, i64 dw, i64 groups, bool need_input, bool need_weight, bool need_bias,
+         const std::string& path) -> py::tuple {
+        Dtype dt = float_dtype(dy, "grad_output");
+        same_dtype(dt, {{"input", x}, {"weight", w}});
+        require_ndim(dy, "grad_output", {4});
+        require_ndim(x, "input", {4});
+        require_ndim(w, "weight", {4});
+        std::vector<i64> xs = shape_of(x), ws = shape_of(w), ys = shape_of(dy);
+        pyconv::ConvParams p = conv_params(xs, ws, sh, sw, ph_lo, ph_hi, pw_lo, pw_hi, dh, dw, groups);
+        std::vector<i64> want{p.n, p.c_out, p.h.out, p.w.out};
+        if (ys != want)
+          value_error("grad_output must have shape (" + std::to_string(want[0]) + ", " + std::to_string(want[1]) +
+                      ", " + std::to_string(want[2]) + ", " + std::to_string(want[3]) + "), got (" +
+                      std::to_string(ys[0]) + ", " + std::to_string(ys[1]) + ", " + std::to_string(ys[2]) +
+                      ", " + std::to_string(ys[3]) + ")");
+        pyconv::ConvPath id = conv_path_arg(path, p);
+        return dispatch_float(dt, [&](auto tag) -> py::tuple {
+          using T = decltype(tag);
+          auto dyc = contiguous<T>(dy);
+          py::array_t<T, py::array::c_style> xc, wc;
+          if (need_weight) xc = contiguous<T>(x);
+          if (need_input) wc = contiguous<T>(w);
+          py::object gx = py::none(), gw = py::none(), gb = py::none();
+          T *dxp = nullptr, *dwp = nullptr, *dbp = nullptr;
+          if (need_input) {
+            auto a = new_array<T>(xs);
+            dxp = a.mutable_data();
+            gx = std::move(a);
+          }
+          if (need_weight) {
+            auto a = new_array<T>(ws);
+            dwp = a.mutable_data();
+            gw = std::move(a);
+          }
+          if (need_bias) {
+            auto a = new_array<T>({p.c_out});
+            dbp = a.mutable_data();
+            gb = std::move(a);
+          }
+          const T* dyp = dyc.data();
+          const T* xp = need_weight ? xc.data() : nullptr;
+          const T* wp = need_input ? wc.data() : nullptr;
+          {
+            py::gil_scoped_release release;
+            pyconv::conv2d_backward<T>(p, dyp, xp, wp, dxp, dwp, dbp, id);
+          }
+          return py::make_tuple(gx, gw, gb);
+        });
+      },
+      py::arg("grad_output"), py::arg("input"), py::arg("weight"), py::arg("stride_h"), py::arg("stride_w"),
+      py::arg("pad_h_lo"), py::arg("pad_h_hi"), py::arg("pad_w_lo"), py::arg("pad_w_hi"),
+      py::arg("dilation_h"), py::arg("dilation_w"), py::arg("groups"), py::arg("need_input") = true,
+      py::arg("need_weight") = true, py::arg("need_bias") = true, py::arg("path") = "auto",
+      "2D convolution backward: (grad_input, grad_weight, grad_bias), None where not needed.");
+
+  m.def(
+      "conv_path",
+      [](const std::vector<i64>& xs, const std::vector<i64>& ws, i64 sh, i64 sw, i64 ph_lo, i64 ph_hi,
+         i64 pw_lo, i64 pw_hi, i64 dh, i64 dw, i64 groups) {
+        if (xs.size() != 4 || ws.size() != 4) value_error("conv_path: shapes must have 4 entries");
+        pyconv::ConvParams p = conv_params(xs, ws, sh, sw, ph_lo, ph_hi, pw_lo, pw_hi, dh, dw, groups);
+        return std::string(pyconv::conv_path_name(pyconv::conv_choose_path(p)));
+      },
+      "Name of the candidate the automatic choice takes for these shapes and parameters.");
+}
 
 // ============================ end conv ============================
 
 // ============================== pool ==============================
 
-void register_pool(py::module_& m) { (void)m; }
+// `obj` must be an int64 ndarray named `name` with exactly `shape`.
+void pool_require_indices(const py::handle& obj, const char* name, const std::vector<i64>& shape) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(std::string(name) + " must be a numpy.ndarray of int64, got " +
+               std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::dtype dt = py::reinterpret_borrow<py::array>(obj).dtype();
+  if (!(dt.kind() == 'i' && dt.itemsize() == 8))
+    type_error(std::string(name) + " must have dtype int64, got " + std::string(py::str(dt)));
+  std::vector<i64> s = shape_of(obj);
+  if (s != shape) {
+    auto fmt = [](const std::vector<i64>& v) {
+      std::string r = "(";
+      for (std::size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
+      return r + ")";
+    };
+    value_error(std::string(name) + " must have the shape of the values " + fmt(shape) + ", got " + fmt(s));
+  }
+}
+
+// An integer argument: a Python int or anything with __index__ (NumPy integers), not a
+// bool; TypeError otherwise, OverflowError beyond int64.
+i64 pool_int_arg(const py::handle& v, const char* name) {
+  if (py::isinstance<py::bool_>(v) || PyFloat_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    type_error(std::string(name) + " must be an int, got " +
+               std::string(py::str(py::type::of(v).attr("__name__"))));
+  py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  if (!as_int) throw py::error_already_set();
+  int overflow = 0;
+  long long r = PyLong_AsLongLongAndOverflow(as_int.ptr(), &overflow);
+  if (overflow) throw std::overflow_error(std::string(name) + " is out of the int64 range");
+  if (r == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return static_cast<i64>(r);
+}
+
+[[noreturn]] void pool_index_error(const std::vector<i64>& shape, const i64* idx, i64 pos, i64 limit,
+                            const char* what) {
+  i64 w = shape[3], h = shape[2], c = shape[1];
+  i64 r = pos;
+  i64 j = r % w; r /= w;
+  i64 i = r % h; r /= h;
+  i64 ch = r % c; r /= c;
+  throw py::index_error("indices: index " + std::to_string(idx[pos]) + " at position (" +
+                        std::to_string(r) + ", " + std::to_string(ch) + ", " + std::to_string(i) +
+                        ", " + std::to_string(j) + ") is out of range [0, " + std::to_string(limit) +
+                        ") for " + what);
+}
+
+void register_pool(py::module_& m) {
+  m.def(
+      "max_pool2d",
+      [](py::object x, py::object kh, py::object kw, py::object sh, py::object sw, py::object ph,
+         py::object pw, py::object dh, py::object dw, bool ceil_mode, bool want_indices) {
+        Dtype dt = float_dtype(x, "input");
+        require_ndim(x, "input", {4});
+        std::vector<i64> s = shape_of(x);
+        pyconv::PoolParams p;
+        p.n = s[0];
+        p.c = s[1];
+        p.h.in = s[2];
+        p.w.in = s[3];
+        p.h.kernel = pool_int_arg(kh, "kernel_size");
+        p.w.kernel = pool_int_arg(kw, "kernel_size");
+        p.h.stride = pool_int_arg(sh, "stride");
+        p.w.stride = pool_int_arg(sw, "stride");
+        p.h.pad_lo = p.h.pad_hi = pool_int_arg(ph, "padding");
+        p.w.pad_lo = p.w.pad_hi = pool_int_arg(pw, "padding");
+        p.h.dilation = pool_int_arg(dh, "dilation");
+        p.w.dilation = pool_int_arg(dw, "dilation");
+        p.ceil_mode = ceil_mode;
+        try {
+          pyconv::pool_resolve(p);
+        } catch (const std::invalid_argument& e) {
+          value_error(std::string("max_pool2d: ") + e.what());
+        }
+        std::vector<i64> oshape{p.n, p.c, p.h.out, p.w.out};
+        return dispatch_float(dt, [&](auto tag) -> py::tuple {
+          using T = decltype(tag);
+          auto xc = contiguous<T>(x);
+          auto out = new_array<T>(oshape);
+          py::object idx_obj = py::none();
+          i64* ip = nullptr;
+          if (want_indices) {
+            auto idx = new_array<int64_t>(oshape);
+            ip = idx.mutable_data();
+            idx_obj = idx;
+          }
+          const T* xp = xc.data();
+          T* op = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            pyconv::max_pool2d_forward(p, xp, op, ip);
+          }
+          return py::make_tuple(out, idx_obj);
+        });
+      },
+      py::arg("input"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("ceil_mode"), py::arg("want_indices"),
+      "Max-pool over (N, C, H, W): returns (out, indices or None).");
+
+  // grad_output / indices (N, C, Ho, Wo) -> grad_input (N, C, in_h, in_w).
+  m.def(
+      "max_pool2d_backward",
+      [](py::object grad_output, py::object indices, py::object in_h, py::object in_w) {
+        Dtype dt = float_dtype(grad_output, "grad_output");
+        require_ndim(grad_output, "grad_output", {4});
+        std::vector<i64> s = shape_of(grad_output);
+        pool_require_indices(indices, "indices", s);
+        i64 H = pool_int_arg(in_h, "input height"), W = pool_int_arg(in_w, "input width");
+        if (H < 1 || W < 1)
+          value_error("input_shape: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
+                      std::to_string(W) + ")");
+        i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
+        i64 src_plane = pyconv::checked_mul(s[2], s[3], "grad_output plane");
+        i64 dst_plane = pyconv::checked_mul(H, W, "input plane");
+        return dispatch_float(dt, [&](auto tag) -> py::object {
+          using T = decltype(tag);
+          auto go = contiguous<T>(grad_output);
+          auto ic = contiguous<int64_t>(indices);
+          auto gi = new_array<T>({s[0], s[1], H, W});
+          const T* gp = go.data();
+          const i64* ip = ic.data();
+          T* op = gi.mutable_data();
+          i64 bad;
+          {
+            py::gil_scoped_release release;
+            bad = pyconv::max_pool_backward(planes, src_plane, dst_plane, gp, ip, op);
+          }
+          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an input plane of input_shape's H*W elements");
+          return gi;
+        });
+      },
+      py::arg("grad_output"), py::arg("indices"), py::arg("in_h"), py::arg("in_w"),
+      "Scatter-add grad_output through indices into a zero (N, C, in_h, in_w) grad_input.");
+
+  // input / indices (N, C, H, W) -> output (N, C, out_h, out_w).
+  m.def(
+      "max_unpool2d",
+      [](py::object x, py::object indices, py::object out_h, py::object out_w) {
+        Dtype dt = float_dtype(x, "input");
+        require_ndim(x, "input", {4});
+        std::vector<i64> s = shape_of(x);
+        pool_require_indices(indices, "indices", s);
+        i64 H = pool_int_arg(out_h, "output height"), W = pool_int_arg(out_w, "output width");
+        if (H < 1 || W < 1)
+          value_error("output_size: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
+                      std::to_string(W) + ")");
+        i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
+        i64 src_plane = pyconv::checked_mul(s[2], s[3], "input plane");
+        i64 dst_plane = pyconv::checked_mul(H, W, "output plane");
+        return dispatch_float(dt, [&](auto tag) -> py::object {
+          using T = decltype(tag);
+          auto xc = contiguous<T>(x);
+          auto ic = contiguous<int64_t>(indices);
+          auto out = new_array<T>({s[0], s[1], H, W});
+          const T* xp = xc.data();
+          const i64* ip = ic.data();
+          T* op = out.mutable_data();
+          i64 bad;
+          {
+            py::gil_scoped_release release;
+            bad = pyconv::max_unpool(planes, src_plane, dst_plane, xp, ip, op);
+          }
+          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an output plane of H*W elements");
+          return out;
+        });
+      },
+      py::arg("input"), py::arg("indices"), py::arg("out_h"), py::arg("out_w"),
+      "Zero (N, C, out_h, out_w) output with out[plane][indices] = input (last write wins).");
+
+  m.def(
+      "_max_pool2d_variant",
+      [](i64 h, i64 w, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+         bool ceil_mode, bool is_double) {
+        pyconv::PoolParams p;
+        p.n = 1;
+        p.c = 1;
+        p.h.in = h;
+        p.w.in = w;
+        p.h.kernel = kh;
+        p.w.kernel = kw;
+        p.h.stride = sh;
+        p.w.stride = sw;
+        p.h.pad_lo = p.h.pad_hi = ph;
+        p.w.pad_lo = p.w.pad_hi = pw;
+        p.h.dilation = dh;
+        p.w.dilation = dw;
+        p.ceil_mode = ceil_mode;
+        try {
+          pyconv::pool_resolve(p);
+        } catch (const std::invalid_argument& e) {
+          value_error(e.what());
+        }
+        return std::string(pyconv::max_pool2d_variant(p, is_double, true));
+      },
+      "Test hook: the forward row-kernel variant chosen for these parameters.");
+}
 
 // ============================ end pool ============================
 

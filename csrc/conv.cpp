@@ -1,1 +1,866 @@
+// Convolution lowering: an ordered candidate list (pointwise, depthwise, generic), the
+// unfolding B-panel packers the generic path feeds to the GEMM, the col2im scatter of
+// the backward input, and the threading. See conv.h for the overview.
+//
+// Threading and determinism: every parallel loop is a static partition of independent
+// tasks, each owning a disjoint slice of the output, so no element is ever summed by two
+// threads; reductions (over the batch for grad weight and grad bias, over pixels) run in
+// a fixed order inside one task. Results therefore do not depend on timing.
+//
+// Memory beyond the outputs (the bound conv_workspace_bytes() reports), per thread, all
+// from pyconv::scratch() and reused across calls:
+//   forward (pointwise, generic)  one GEMM packing workspace for M x chunk x K; with images
+//                                 batched (small planes) also an M x (nb*Ho*Wo) product;
+//   grad input (generic)          one GEMM workspace plus one col2im tile of at most
+//                                 max(kTileElems, kH*kW*kTileCols) elements;
+//   grad weight                   one GEMM workspace;
+//   depthwise (AVX2)              one zero-padded plane copy (about (H+pads) x (W+pads))
+//                                 plus kH*kW double accumulators.
+// Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu.h"
+#include "gemm.h"
+
+namespace pyconv {
+
+namespace {
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
+
+// Output positions o in [0, out) whose input index o*stride + off lies in [0, in).
+inline void tap_range(i64 in, i64 out, i64 stride, i64 off, i64* lo, i64* hi) {
+  i64 l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  i64 h = (in - 1 - off) < 0 ? 0 : (in - 1 - off) / stride + 1;
+  l = std::min(l, out);
+  h = std::min(h, out);
+  *lo = l;
+  *hi = std::max(h, l);
+}
+
+// Valid output-column range of every kernel column kw (built before any parallel region).
+struct TapRanges {
+  std::vector<i64> lo, hi;
+  explicit TapRanges(const ConvParams& p) : lo(p.w.kernel), hi(p.w.kernel) {
+    for (i64 kw = 0; kw < p.w.kernel; ++kw)
+      tap_range(p.w.in, p.w.out, p.w.stride, kw * p.w.dilation - p.w.pad_lo, &lo[kw], &hi[kw]);
+  }
+};
+
+template <typename T>
+inline void fill_zero(T* d, i64 n) {
+  for (i64 i = 0; i < n; ++i) d[i] = T(0);
+}
+
+// One output row segment [ow, ow+len) of one unfolded row (ci, kh, kw) with the input
+// plane xp: writes the values to d[0..len) at element stride ds (1 for the forward
+// packer, NR for the transposed one). Out-of-range taps give zeros.
+template <typename T>
+inline void unfold_segment(const ConvParams& p, const T* xp, i64 oh, i64 ow, i64 len, i64 kh,
+                           i64 iwk, i64 lo, i64 hi, T* d, i64 ds) {
+  const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+  if (ih < 0 || ih >= p.h.in) {
+    for (i64 i = 0; i < len; ++i) d[i * ds] = T(0);
+    return;
+  }
+  i64 a = std::min(std::max(lo - ow, i64(0)), len);
+  i64 b = std::min(std::max(hi - ow, a), len);
+  const T* src = xp + ih * p.w.in + ow * p.w.stride + iwk;
+  const i64 sw = p.w.stride;
+  for (i64 i = 0; i < a; ++i) d[i * ds] = T(0);
+  if (ds == 1) {
+    if (sw == 1) {
+      for (i64 i = a; i < b; ++i) d[i] = src[i];
+    } else {
+      for (i64 i = a; i < b; ++i) d[i] = src[i * sw];
+    }
+  } else {
+    for (i64 i = a; i < b; ++i) d[i * ds] = src[i * sw];
+  }
+  for (i64 i = b; i < len; ++i) d[i * ds] = T(0);
+}
+
+// B(k, j) of the forward implicit GEMM for one (image, group): k = (ci, kh, kw) over the
+// group's channels, j = oh*Wo + ow (plus the task's column offset). Stride, dilation and
+// zero padding (asymmetric too) are applied while packing; no im2col buffer exists.
+template <typename T>
+struct UnfoldB final : BPanelSource<T> {
+  const ConvParams& p;
+  const TapRanges& tr;
+  const T* x;   // first channel of the group in the first image
+  i64 jbase;    // column offset of this task
+  i64 img;      // element stride between images: columns past Ho*Wo continue in the next
+  UnfoldB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 jb, i64 img_stride)
+      : p(p_), tr(tr_), x(x_), jbase(jb), img(img_stride) {}
+
+  void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    switch (nr) {  // the register widths in use get a compile-time panel width
+      case 16: pack_panels<16>(dst, k0, kc, j0, nc, nr); break;
+      case 8: pack_panels<8>(dst, k0, kc, j0, nc, nr); break;
+      case 4: pack_panels<4>(dst, k0, kc, j0, nc, nr); break;
+      default: pack_panels<0>(dst, k0, kc, j0, nc, nr); break;
+    }
+  }
+
+  // NR > 0: the panel width known at compile time (== nr); 0: any nr. Panels are taken
+  // in groups; within a group the loop runs over unfolded rows k outermost, so each
+  // input row is read as one sequential stream across the group's columns.
+  template <int NR>
+  void pack_panels(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
+    const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
+    const i64 W = p.w.in, H = p.h.in, plane = H * W, sw = p.w.stride;
+    constexpr int kGroup = 64;
+    i64 q_oh[kGroup], q_ow[kGroup], q_n[kGroup], q_img[kGroup];
+    const i64 Np = p.h.out * Wo;
+    bool q_one[kGroup];
+    const i64 npanels = ceil_div(nc, nr);
+    for (i64 pg = 0; pg < npanels; pg += kGroup) {
+      const int ng = static_cast<int>(std::min<i64>(kGroup, npanels - pg));
+      for (int q = 0; q < ng; ++q) {
+        const i64 pb = (pg + q) * nr, jt = jbase + j0 + pb, j = jt % Np;
+        q_img[q] = (jt / Np) * img;
+        q_oh[q] = j / Wo;
+        q_ow[q] = j % Wo;
+        q_n[q] = std::min<i64>(nr, nc - pb);
+        q_one[q] = NR > 0 && q_n[q] == NR && q_ow[q] + NR <= Wo;
+      }
+      i64 ci = k0 / KK, r = k0 % KK, kh = r / kW, kw = r % kW;
+      // Unfolded rows in blocks of kRows: per panel the block's rows are written as one
+      // contiguous run, and each input row is read sequentially across the group.
+      constexpr int kRows = 8;
+      const T* r_xp[kRows];
+      i64 r_iwk[kRows], r_lo[kRows], r_hi[kRows], r_ihk[kRows], r_kh[kRows];
+      for (i64 kb = 0; kb < kc; kb += kRows) {
+        const int nk = static_cast<int>(std::min<i64>(kRows, kc - kb));
+        for (int t = 0; t < nk; ++t) {
+          r_xp[t] = x + ci * plane;
+          r_iwk[t] = kw * p.w.dilation - p.w.pad_lo;
+          r_lo[t] = tr.lo[kw];
+          r_hi[t] = tr.hi[kw];
+          r_ihk[t] = kh * p.h.dilation - p.h.pad_lo;
+          r_kh[t] = kh;
+          if (++kw == kW) {
+            kw = 0;
+            if (++kh == kH) { kh = 0; ++ci; }
+          }
+        }
+        for (int q = 0; q < ng; ++q) {
+          T* d = dst + (pg + q) * kc * nr + kb * nr;
+          if (q_one[q]) {  // the common case: all NR columns in one output row
+            const i64 ohs = q_oh[q] * p.h.stride, ow0 = q_ow[q];
+            for (int t = 0; t < nk; ++t, d += nr) {
+              const i64 ih = ohs + r_ihk[t];
+              if (ih < 0 || ih >= H) {
+                for (int c = 0; c < NR; ++c) d[c] = T(0);
+              } else if (ow0 >= r_lo[t] && ow0 + NR <= r_hi[t]) {
+                const T* src = r_xp[t] + q_img[q] + ih * W + ow0 * sw + r_iwk[t];
+                if (sw == 1)
+                  std::memcpy(d, src, sizeof(T) * (NR > 0 ? NR : 1));  // constant size: inlined vector moves
+                else
+                  for (int c = 0; c < NR; ++c) d[c] = src[c * sw];
+              } else {
+                unfold_segment(p, r_xp[t] + q_img[q], q_oh[q], ow0, i64(NR), r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d, i64(1));
+              }
+            }
+            continue;
+          }
+          // Columns spanning several output rows, or the ragged last panel.
+          const i64 n = q_n[q];
+          for (int t = 0; t < nk; ++t, d += nr) {
+            i64 oh = q_oh[q], ow = q_ow[q], at = 0, im = q_img[q];
+            while (at < n) {
+              const i64 len = std::min(n - at, Wo - ow);
+              unfold_segment(p, r_xp[t] + im, oh, ow, len, r_kh[t], r_iwk[t], r_lo[t], r_hi[t], d + at, i64(1));
+              at += len;
+              ow = 0;
+              if (++oh == p.h.out) { oh = 0; im += img; }  // next image
+            }
+            fill_zero(d + n, nr - n);
+          }
+        }
+      }
+    }
+  }
+};
+
+// B(k, j) = unfold(X)(j, k): rows are output pixels k = oh*Wo + ow, columns are the
+// unfolded (ci, kh, kw) index (plus the task's column offset). Used by grad weight.
+template <typename T>
+struct UnfoldTB final : BPanelSource<T> {
+  const ConvParams& p;
+  const TapRanges& tr;
+  const T* x;
+  i64 cbase;
+  UnfoldTB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 cb)
+      : p(p_), tr(tr_), x(x_), cbase(cb) {}
+
+  void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
+    const i64 plane = p.h.in * p.w.in;
+    for (i64 pb = 0; pb < nc; pb += nr) {
+      T* panel = dst + (pb / nr) * kc * nr;
+      const i64 ncols = std::min<i64>(nr, nc - pb);
+      for (i64 c = 0; c < ncols; ++c) {
+        const i64 kf = cbase + j0 + pb + c;
+        const i64 ci = kf / KK, r = kf % KK, kh = r / kW, kw = r % kW;
+        const T* xp = x + ci * plane;
+        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr.lo[kw], hi = tr.hi[kw];
+        i64 oh = k0 / Wo, ow = k0 % Wo, at = 0;
+        while (at < kc) {
+          i64 len = std::min(kc - at, Wo - ow);
+          unfold_segment(p, xp, oh, ow, len, kh, iwk, lo, hi, panel + at * nr + c, i64(nr));
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+      if (ncols < nr)
+        for (i64 k = 0; k < kc; ++k) fill_zero(panel + k * nr + ncols, nr - ncols);
+    }
+  }
+};
+
+// B(k, j) = src[k*rs + jbase + j]: a dense row-major matrix with a task column offset.
+template <typename T>
+inline StridedB<T> dense_b(const T* src, i64 rs, i64 jbase) {
+  return StridedB<T>(src + jbase, rs, 1);
+}
+
+// ---------------------------------------------------------------- task partitions
+
+// Splits `cols` columns into chunks (multiples of `align`, at least `min_cols` wide where
+// possible) so that items * chunks spreads evenly over `threads`.
+struct Split {
+  i64 chunk, count;
+};
+Split column_split(i64 items, i64 cols, int threads, i64 align, i64 min_cols) {
+  i64 want = 1;
+  if (threads > 1 && items % threads != 0 && items < 8 * threads) want = threads;
+  want = std::min(want, std::max<i64>(1, cols / std::max<i64>(min_cols, 1)));
+  i64 chunk = round_up(ceil_div(std::max<i64>(cols, 1), want), align);
+  return Split{chunk, ceil_div(std::max<i64>(cols, 1), chunk)};
+}
+
+int gemm_nr(std::size_t elem) {
+  return elem == sizeof(float) ? gemm_blocking<float>().nr : gemm_blocking<double>().nr;
+}
+
+std::size_t gemm_ws(std::size_t elem, i64 M, i64 N, i64 K) {
+  return elem == sizeof(float) ? gemm_workspace_elems<float>(M, N, K, 1)
+                               : gemm_workspace_elems<double>(M, N, K, 1);
+}
+
+// Per-thread workspace, rounded to whole cache lines.
+std::size_t per_thread(std::size_t elems, std::size_t elem) {
+  std::size_t per_line = 64 / elem;
+  return (elems + per_line - 1) / per_line * per_line;
+}
+
+constexpr i64 kTileElems = 131072;  // col2im tile target (512 KiB of float)
+constexpr i64 kTileCols = 256;      // widest col2im tile before channels are split
+constexpr i64 kMinCols = 64;       // narrowest GEMM column chunk worth a task
+constexpr i64 kSmallPlane = 256;   // output planes below this batch images in the forward GEMM
+constexpr i64 kBatchCols = 512;    // target GEMM width when batching images
+
+// Geometry shared by the forward and the backward GEMM drivers.
+struct Plan {
+  i64 Mg, Cg, K, Np;
+  Split fwd;       // forward / pointwise grad input: (image, group) x column chunks
+  Split wcols;     // grad weight: group x unfolded-column chunks
+  i64 ci_chunk;    // generic grad input: (image, group) x input-channel chunks
+  i64 ci_count;
+  i64 fwd_nb;      // generic forward on small planes: images per GEMM (1 = per image)
+  i64 tile;        // generic grad input: columns per col2im tile
+  i64 ci_sub;      // generic grad input: input channels per col2im tile
+  int threads;
+};
+
+Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
+  Plan pl{};
+  const i64 nr = gemm_nr(elem);
+  pl.threads = std::max(threads, 1);
+  pl.Mg = p.cout_g();
+  pl.Cg = p.cin_g();
+  pl.K = checked_mul(checked_mul(pl.Cg, p.h.kernel, "kernel"), p.w.kernel, "kernel");
+  pl.Np = checked_mul(p.h.out, p.w.out, "output plane");
+  const i64 items = checked_mul(p.n, p.groups, "tasks");
+  pl.fwd = column_split(items, pl.Np, pl.threads, nr, kMinCols);
+  // Small planes: several images side by side in one GEMM (wider N, weights packed once
+  // per batch of images), as long as every thread still gets a batch.
+  pl.fwd_nb = 1;
+  if (pl.Np < kSmallPlane && p.n > 1)
+    pl.fwd_nb = std::max<i64>(1, std::min(ceil_div(kBatchCols, pl.Np), ceil_div(p.n, pl.threads)));
+  i64 wtasks_want = pl.threads > 1 && p.groups % pl.threads != 0 && p.groups < 8 * pl.threads
+                        ? pl.threads : 1;
+  i64 wchunk = round_up(ceil_div(pl.K, std::min(wtasks_want, std::max<i64>(1, pl.K / nr))), nr);
+  pl.wcols = Split{wchunk, ceil_div(pl.K, wchunk)};
+  i64 ci_want = (pl.threads > 1 && items % pl.threads != 0 && items < 8 * pl.threads) ? pl.threads : 1;
+  ci_want = std::min(ci_want, pl.Cg);
+  pl.ci_chunk = ceil_div(pl.Cg, ci_want);
+  pl.ci_count = ceil_div(pl.Cg, pl.ci_chunk);
+  // col2im tile: up to kTileCols columns, then as many of the task's channels as fit
+  // in kTileElems; with all channels in, widen the columns to fill the budget.
+  const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
+  const i64 np_r = round_up(pl.Np, nr);
+  pl.tile = std::min(np_r, kTileCols);
+  pl.ci_sub = std::min(pl.ci_chunk, std::max<i64>(1, kTileElems / checked_mul(KK, pl.tile, "col2im tile")));
+  if (pl.ci_sub == pl.ci_chunk)
+    pl.tile = std::min(np_r, std::max(pl.tile, kTileElems / checked_mul(KK, pl.ci_chunk, "col2im tile") / nr * nr));
+  return pl;
+}
+
+// ---------------------------------------------------------------- candidates
+
+bool supports_pointwise(const ConvParams& p) {
+  return p.h.kernel == 1 && p.w.kernel == 1 && p.h.stride == 1 && p.w.stride == 1 &&
+         p.h.pad_lo == 0 && p.h.pad_hi == 0 && p.w.pad_lo == 0 && p.w.pad_hi == 0;
+}
+// groups > 1: with a single group and one input channel (e.g. an MNIST first layer) the
+// implicit GEMM measured faster (5x5 1->32 28px b64: 56 vs 39 GF/s forward, 38 vs 9
+// backward), since all output channels then share one input plane.
+bool supports_depthwise(const ConvParams& p) { return p.groups > 1 && p.cin_g() == 1; }
+bool supports_generic(const ConvParams&) { return true; }
+
+struct Candidate {
+  ConvPath id;
+  const char* name;
+  bool (*supports)(const ConvParams&);
+};
+// Ordered: most specialised first, generic last. The order was set by measurement
+// (bench/conv.py): each specialised path beats the generic one on its shapes.
+constexpr Candidate kCandidates[] = {
+    {ConvPath::pointwise, "pointwise", supports_pointwise},
+    {ConvPath::depthwise, "depthwise", supports_depthwise},
+    {ConvPath::generic, "generic", supports_generic},
+};
+
+// ---------------------------------------------------------------- forward
+
+// Shared driver of the pointwise and generic forward: tasks = (image, group, column
+// chunk); each runs one single-threaded GEMM into its own slice of y.
+// Generic forward with fwd_nb images per GEMM: tasks = (batch of images, group); the
+// product goes to a per-thread M x (nb*Np) buffer, then is copied into each image.
+template <typename T>
+void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const T* w, const T* bias, T* y) {
+  const i64 nb = pl.fwd_nb, nbatch = ceil_div(p.n, nb), tasks = nbatch * p.groups;
+  const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
+  const i64 Nb = nb * pl.Np;
+  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.Mg, Nb, pl.K), sizeof(T));
+  const std::size_t ws_per = gemm_part + per_thread(static_cast<std::size_t>(pl.Mg * Nb), sizeof(T));
+  T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
+  const TapRanges tr(p);
+  const i64 in_plane = p.h.in * p.w.in;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 b = t / p.groups, g = t % p.groups;
+    const i64 n0 = b * nb, cnt = std::min(nb, p.n - n0), N = cnt * pl.Np;
+    T* wsp = ws + ws_per * thread_id();
+    T* tmp = wsp + gemm_part;
+    if (bias)
+      for (i64 i = 0; i < pl.Mg; ++i) std::fill(tmp + i * N, tmp + (i + 1) * N, bias[g * pl.Mg + i]);
+    UnfoldB<T> src(p, tr, x + (n0 * p.c_in + g * pl.Cg) * in_plane, 0, p.c_in * in_plane);
+    gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
+    for (i64 im = 0; im < cnt; ++im)
+      for (i64 i = 0; i < pl.Mg; ++i)
+        std::memcpy(y + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np, tmp + i * N + im * pl.Np,
+                    static_cast<std::size_t>(pl.Np) * sizeof(T));
+  }
+}
+
+template <typename T, bool kPointwise>
+void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  const Plan pl = make_plan(p, sizeof(T), num_threads());
+  if (!kPointwise && pl.fwd_nb > 1) {
+    forward_gemm_batched<T>(p, pl, x, w, bias, y);
+    return;
+  }
+  const i64 tasks = p.n * p.groups * pl.fwd.count;
+  if (tasks == 0) return;
+  const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
+  const std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.fwd.chunk, pl.K), sizeof(T));
+  T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
+  const TapRanges tr(p);
+  const i64 in_plane = p.h.in * p.w.in;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 item = t / pl.fwd.count, s = t % pl.fwd.count;
+    const i64 n = item / p.groups, g = item % p.groups;
+    const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
+    T* yc = y + (n * p.c_out + g * pl.Mg) * pl.Np + j0;
+    if (bias)
+      for (i64 i = 0; i < pl.Mg; ++i) std::fill(yc + i * pl.Np, yc + i * pl.Np + jn, bias[g * pl.Mg + i]);
+    const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
+    T* wsp = ws + ws_per * thread_id();
+    if (kPointwise) {
+      StridedB<T> src = dense_b(xg, in_plane, j0);
+      gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+    } else {
+      UnfoldB<T> src(p, tr, xg, j0, in_plane);
+      gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+    }
+  }
+}
+
+template <typename T>
+void dw_forward_plane_scalar(const ConvParams& p, const T* x, const T* wk, T bias, T* y,
+                             const i64* lo, const i64* hi) {
+  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride;
+  for (i64 oh = 0; oh < p.h.out; ++oh) {
+    T* yr = y + oh * Wo;
+    for (i64 ow = 0; ow < Wo; ++ow) yr[ow] = bias;
+    for (i64 kh = 0; kh < p.h.kernel; ++kh) {
+      const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+      if (ih < 0 || ih >= p.h.in) continue;
+      const T* xr = x + ih * W;
+      for (i64 kw = 0; kw < p.w.kernel; ++kw) {
+        const T wv = wk[kh * p.w.kernel + kw];
+        const T* xs = xr + kw * p.w.dilation - p.w.pad_lo;
+        for (i64 ow = lo[kw]; ow < hi[kw]; ++ow) yr[ow] += wv * xs[ow * sw];
+      }
+    }
+  }
+}
+
+template <typename T>
+void dw_backward_input_plane_scalar(const ConvParams& p, const T* dy, const T* wk, T* dx,
+                                    const i64* lo, const i64* hi) {
+  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride;
+  for (i64 oh = 0; oh < p.h.out; ++oh) {
+    const T* dyr = dy + oh * Wo;
+    for (i64 kh = 0; kh < p.h.kernel; ++kh) {
+      const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+      if (ih < 0 || ih >= p.h.in) continue;
+      T* dxr = dx + ih * W;
+      for (i64 kw = 0; kw < p.w.kernel; ++kw) {
+        const T wv = wk[kh * p.w.kernel + kw];
+        T* ds = dxr + kw * p.w.dilation - p.w.pad_lo;
+        for (i64 ow = lo[kw]; ow < hi[kw]; ++ow) ds[ow * sw] += wv * dyr[ow];
+      }
+    }
+  }
+}
+
+template <typename T>
+void dw_backward_weight_plane_scalar(const ConvParams& p, const T* dy, const T* x, double* acc,
+                                     const i64* lo, const i64* hi) {
+  const i64 W = p.w.in, Wo = p.w.out, sw = p.w.stride;
+  for (i64 oh = 0; oh < p.h.out; ++oh) {
+    const T* dyr = dy + oh * Wo;
+    for (i64 kh = 0; kh < p.h.kernel; ++kh) {
+      const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+      if (ih < 0 || ih >= p.h.in) continue;
+      const T* xr = x + ih * W;
+      for (i64 kw = 0; kw < p.w.kernel; ++kw) {
+        const T* xs = xr + kw * p.w.dilation - p.w.pad_lo;
+        double s = 0;
+        for (i64 ow = lo[kw]; ow < hi[kw]; ++ow) s += double(dyr[ow]) * double(xs[ow * sw]);
+        acc[kh * p.w.kernel + kw] += s;
+      }
+    }
+  }
+}
+
+template <typename T>
+void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  const TapRanges tr(p);
+  const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
+  const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
+  const i64 tasks = p.n * p.c_out;
+  const bool vec = active_isa() != Isa::scalar;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), tasks)));
+  T* bufs = nullptr;
+  std::size_t buf_per = 0;
+  if (vec && p.w.stride == 1) {
+    buf_per = per_thread(static_cast<std::size_t>(dw_forward_buffer_elems(p, 32 / sizeof(T))), sizeof(T));
+    bufs = static_cast<T*>(scratch(kScratchOp1, buf_per * threads * sizeof(T)));
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 n = t / p.c_out, co = t % p.c_out, g = co / mult;
+    const T* xp = x + (n * p.c_in + g) * in_plane;
+    T* yp = y + t * out_plane;
+    const T b = bias ? bias[co] : T(0);
+    if (vec)
+      avx2::dw_forward_plane<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data(),
+                                bufs ? bufs + buf_per * thread_id() : nullptr);
+    else
+      dw_forward_plane_scalar<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data());
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+// grad bias: per channel, a double sum over images then pixels, in that fixed order.
+template <typename T>
+void bias_grad(const ConvParams& p, const T* dy, T* db) {
+  const i64 Np = p.h.out * p.w.out;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), p.c_out)));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 co = 0; co < p.c_out; ++co) {
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 interleaved partial sums, fixed order
+    for (i64 n = 0; n < p.n; ++n) {
+      const T* d = dy + (n * p.c_out + co) * Np;
+      i64 j = 0;
+      for (; j + 8 <= Np; j += 8)
+        for (int u = 0; u < 8; ++u) s[u] += d[j + u];
+      for (; j < Np; ++j) s[j % 8] += d[j];
+    }
+    db[co] = static_cast<T>(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
+  }
+}
+
+// grad weight for pointwise and generic: tasks = (group, unfolded-column chunk), each
+// summing over all images in order into its own slice of dw (deterministic for any
+// thread count).
+template <typename T, bool kPointwise>
+void weight_grad_gemm(const ConvParams& p, const Plan& pl, const T* dy, const T* x, T* dw, T* ws,
+                      std::size_t ws_per, const TapRanges& tr) {
+  const i64 tasks = p.groups * pl.wcols.count;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
+  const i64 in_plane = p.h.in * p.w.in;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 g = t / pl.wcols.count, s = t % pl.wcols.count;
+    const i64 c0 = s * pl.wcols.chunk, cn = std::min(pl.wcols.chunk, pl.K - c0);
+    T* dwc = dw + g * pl.Mg * pl.K + c0;
+    T* wsp = ws + ws_per * thread_id();
+    if (p.n == 0)
+      for (i64 i = 0; i < pl.Mg; ++i) fill_zero(dwc + i * pl.K, cn);
+    for (i64 n = 0; n < p.n; ++n) {
+      const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
+      const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
+      if (kPointwise) {
+        StridedB<T> src(xg + c0 * in_plane, 1, in_plane);  // B(pixel, ci) = x[ci][pixel]
+        gemm<T>(pl.Mg, cn, pl.Np, dyg, pl.Np, 1, src, dwc, pl.K, 1, n > 0, 1, wsp);
+      } else {
+        UnfoldTB<T> src(p, tr, xg, c0);
+        gemm<T>(pl.Mg, cn, pl.Np, dyg, pl.Np, 1, src, dwc, pl.K, 1, n > 0, 1, wsp);
+      }
+    }
+  }
+}
+
+// Pointwise grad input: dx plane = W_g^T dY_g, straight into dx.
+template <typename T>
+void input_grad_pointwise(const ConvParams& p, const Plan& pl, const T* dy, const T* w, T* dx,
+                          T* ws, std::size_t ws_per) {
+  const i64 tasks = p.n * p.groups * pl.fwd.count;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 item = t / pl.fwd.count, s = t % pl.fwd.count;
+    const i64 n = item / p.groups, g = item % p.groups;
+    const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
+    StridedB<T> src = dense_b(dy + (n * p.c_out + g * pl.Mg) * pl.Np, pl.Np, j0);
+    T* dxc = dx + (n * p.c_in + g * pl.Cg) * pl.Np + j0;
+    gemm<T>(pl.Cg, jn, pl.Mg, w + g * pl.Mg * pl.Cg, 1, pl.Cg, src, dxc, pl.Np, 1, false, 1,
+            ws + ws_per * thread_id());
+  }
+}
+
+// Adds a col2im tile (rows (ci, kh, kw) for ci in [0, nci), columns = output pixels
+// j0 .. j0+jn) into the input-gradient planes dxp (channel 0 = the tile's first).
+template <typename T>
+void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nci, i64 j0,
+                 i64 jn, T* dxp) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in, sw = p.w.stride;
+  const i64 plane = p.h.in * W;
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 kh = 0; kh < kH; ++kh)
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const T* row = tile + ((ci * kH + kh) * kW + kw) * jn;
+        T* xp = dxp + ci * plane;
+        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr.lo[kw], hi = tr.hi[kw];
+        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
+        while (at < jn) {
+          const i64 len = std::min(jn - at, Wo - ow);
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih >= 0 && ih < p.h.in) {
+            const i64 a = std::min(std::max(lo - ow, i64(0)), len);
+            const i64 b = std::min(std::max(hi - ow, a), len);
+            T* dst = xp + ih * W + ow * sw + iwk;
+            const T* src = row + at;
+            if (sw == 1)
+              for (i64 i = a; i < b; ++i) dst[i] += src[i];
+            else
+              for (i64 i = a; i < b; ++i) dst[i * sw] += src[i];
+          }
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+}
+
+// Generic grad input: tasks = (image, group, input-channel chunk); each computes
+// W^T dY for its channels in column tiles and scatters them into its own dx planes.
+template <typename T>
+void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const T* w, T* dx,
+                        T* ws, std::size_t ws_per, const TapRanges& tr) {
+  const i64 KK = p.h.kernel * p.w.kernel;
+  const i64 tasks = p.n * p.groups * pl.ci_count;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
+  const i64 in_plane = p.h.in * p.w.in;
+  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 item = t / pl.ci_count, s = t % pl.ci_count;
+    const i64 n = item / p.groups, g = item % p.groups;
+    const i64 ca = s * pl.ci_chunk, nci = std::min(pl.ci_chunk, pl.Cg - ca);
+    T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
+    fill_zero(dxp, nci * in_plane);
+    T* wsp = ws + ws_per * thread_id();
+    T* tile = wsp + gemm_part;
+    const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
+    for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
+      const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
+      const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
+      for (i64 j0 = 0; j0 < pl.Np; j0 += pl.tile) {
+        const i64 jn = std::min(pl.tile, pl.Np - j0);
+        StridedB<T> src = dense_b(dyg, pl.Np, j0);
+        gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
+        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane);
+      }
+    }
+  }
+}
+
+template <typename T>
+void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw) {
+  const TapRanges tr(p);
+  const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
+  const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
+  const bool vec = active_isa() != Isa::scalar;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), std::max(p.n * p.c_in, p.c_out))));
+  // Per thread: the zero-padded plane copy of the AVX2 kernels, then KK double sums.
+  const std::size_t buf_per = vec ? per_thread(static_cast<std::size_t>(dw_forward_buffer_elems(p, 32 / sizeof(T))), sizeof(T)) : 0;
+  const std::size_t acc_per = per_thread(static_cast<std::size_t>(KK) * sizeof(double), 1);
+  const std::size_t per = buf_per * sizeof(T) + acc_per;
+  char* ws = static_cast<char*>(scratch(kScratchOp1, per * threads));
+  if (dx) {
+    const i64 tasks = p.n * p.c_in;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i64 t = 0; t < tasks; ++t) {
+      const i64 n = t / p.c_in, g = t % p.c_in;
+      T* dxp = dx + t * in_plane;
+      T* buf = vec ? reinterpret_cast<T*>(ws + per * thread_id()) : nullptr;
+      fill_zero(dxp, in_plane);
+      for (i64 m = 0; m < mult; ++m) {
+        const i64 co = g * mult + m;
+        const T* dyp = dy + (n * p.c_out + co) * out_plane;
+        if (vec)
+          avx2::dw_backward_input_plane<T>(p, dyp, w + co * KK, dxp, tr.lo.data(), tr.hi.data(), buf);
+        else
+          dw_backward_input_plane_scalar<T>(p, dyp, w + co * KK, dxp, tr.lo.data(), tr.hi.data());
+      }
+    }
+  }
+  if (dw) {
+    const i64 tasks = p.c_out;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i64 co = 0; co < tasks; ++co) {
+      char* mine = ws + per * thread_id();
+      T* buf = vec ? reinterpret_cast<T*>(mine) : nullptr;
+      double* acc = reinterpret_cast<double*>(mine + buf_per * sizeof(T));
+      for (i64 i = 0; i < KK; ++i) acc[i] = 0;
+      const i64 g = co / mult;
+      for (i64 n = 0; n < p.n; ++n) {
+        const T* dyp = dy + (n * p.c_out + co) * out_plane;
+        const T* xp = x + (n * p.c_in + g) * in_plane;
+        if (vec)
+          avx2::dw_backward_weight_plane<T>(p, dyp, xp, acc, tr.lo.data(), tr.hi.data(), buf);
+        else
+          dw_backward_weight_plane_scalar<T>(p, dyp, xp, acc, tr.lo.data(), tr.hi.data());
+      }
+      for (i64 i = 0; i < KK; ++i) dw[co * KK + i] = static_cast<T>(acc[i]);
+    }
+  }
+}
+
+template <typename T>
+void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x, const T* w,
+                   T* dx, T* dw) {
+  const Plan pl = make_plan(p, sizeof(T), num_threads());
+  const TapRanges tr(p);
+  const i64 KK = p.h.kernel * p.w.kernel;
+  // One workspace sized for the largest of the GEMM calls below.
+  std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, pl.Np), sizeof(T));
+  if (dx) {
+    if (pointwise)
+      ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Cg, pl.fwd.chunk, pl.Mg), sizeof(T)));
+    else
+      ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T)) +
+                                    per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)));
+  }
+  T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * pl.threads * sizeof(T)));
+  if (dx && p.n > 0) {
+    if (pointwise)
+      input_grad_pointwise<T>(p, pl, dy, w, dx, ws, ws_per);
+    else
+      input_grad_generic<T>(p, pl, dy, w, dx, ws, ws_per, tr);
+  }
+  if (dw) {
+    if (pointwise)
+      weight_grad_gemm<T, true>(p, pl, dy, x, dw, ws, ws_per, tr);
+    else
+      weight_grad_gemm<T, false>(p, pl, dy, x, dw, ws, ws_per, tr);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- public entry points
+
+i64 dw_forward_buffer_elems(const ConvParams& p, int lanes) {
+  const i64 wp = checked_add(round_up(std::max(p.w.out, p.w.in), lanes),
+                             checked_mul(p.w.kernel - 1, p.w.dilation, "dilated kernel"), "padded row");
+  const i64 hp = checked_add(checked_mul(p.h.out - 1, p.h.stride, "padded rows"),
+                             checked_mul(p.h.kernel - 1, p.h.dilation, "padded rows") + 1, "padded rows");
+  return checked_mul(std::max<i64>(hp, p.h.in + p.h.kernel * p.h.dilation), wp, "depthwise buffer");
+}
+
+ConvPath conv_path_from_name(const char* name) {
+  std::string s(name);
+  if (s == "auto") return ConvPath::automatic;
+  for (const Candidate& c : kCandidates)
+    if (s == c.name) return c.id;
+  throw std::invalid_argument("path must be 'auto', 'pointwise', 'depthwise' or 'generic', got '" + s + "'");
+}
+
+const char* conv_path_name(ConvPath path) {
+  for (const Candidate& c : kCandidates)
+    if (c.id == path) return c.name;
+  return "auto";
+}
+
+bool conv_path_supports(ConvPath path, const ConvParams& p) {
+  if (path == ConvPath::automatic) return true;
+  for (const Candidate& c : kCandidates)
+    if (c.id == path) return c.supports(p);
+  return false;
+}
+
+ConvPath conv_choose_path(const ConvParams& p) {
+  for (const Candidate& c : kCandidates)
+    if (c.supports(p)) return c.id;
+  return ConvPath::generic;
+}
+
+static void check_window(Window& d, const char* dim) {
+  auto bad = [&](const std::string& what) {
+    throw std::invalid_argument(std::string(dim) + ": " + what);
+  };
+  if (d.in < 0) bad("input size must be >= 0, got " + std::to_string(d.in));
+  if (d.kernel < 1) bad("kernel size must be >= 1, got " + std::to_string(d.kernel));
+  if (d.stride < 1) bad("stride must be >= 1, got " + std::to_string(d.stride));
+  if (d.dilation < 1) bad("dilation must be >= 1, got " + std::to_string(d.dilation));
+  if (d.pad_lo < 0 || d.pad_hi < 0)
+    bad("padding must be >= 0, got (" + std::to_string(d.pad_lo) + ", " + std::to_string(d.pad_hi) + ")");
+  // Keep every index computation far from int64 overflow.
+  const i64 limit = i64(1) << 60;
+  i64 padded = checked_add(checked_add(d.in, d.pad_lo, "padded size"), d.pad_hi, "padded size");
+  i64 span = checked_add(checked_mul(d.dilation, d.kernel - 1, "dilated kernel"), 1, "dilated kernel");
+  if (padded > limit || span > limit) throw std::overflow_error(std::string(dim) + ": sizes too large");
+  const i64 diff = padded - span;
+  const i64 out = (diff >= 0 ? diff / d.stride : -((-diff + d.stride - 1) / d.stride)) + 1;
+  if (out <= 0)
+    bad("output size would be " + std::to_string(out) +
+        ": (" + std::to_string(d.in) + " + " + std::to_string(d.pad_lo) + " + " +
+        std::to_string(d.pad_hi) + " - " + std::to_string(d.dilation) + "*(" +
+        std::to_string(d.kernel) + "-1) - 1)//" + std::to_string(d.stride) +
+        " + 1 (the kernel is larger than the padded input)");
+  d.out = out;
+}
+
+void conv_validate(ConvParams& p) {
+  if (p.n < 0) throw std::invalid_argument("batch size must be >= 0");
+  if (p.groups < 1) throw std::invalid_argument("groups must be >= 1, got " + std::to_string(p.groups));
+  if (p.c_in < 1) throw std::invalid_argument("input must have at least one channel");
+  if (p.c_out < 1) throw std::invalid_argument("weight must have at least one output channel");
+  if (p.c_in % p.groups != 0)
+    throw std::invalid_argument("groups=" + std::to_string(p.groups) + " must divide the input channels " +
+                                std::to_string(p.c_in));
+  if (p.c_out % p.groups != 0)
+    throw std::invalid_argument("groups=" + std::to_string(p.groups) +
+                                " must divide the output channels " + std::to_string(p.c_out));
+  check_window(p.h, "height");
+  check_window(p.w, "width");
+  i64 in = checked_mul(checked_mul(checked_mul(p.n, p.c_in, "input"), p.h.in, "input"), p.w.in, "input");
+  i64 out = checked_mul(checked_mul(checked_mul(p.n, p.c_out, "output"), p.h.out, "output"), p.w.out, "output");
+  i64 wt = checked_mul(checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), p.h.kernel, "weight"), p.w.kernel, "weight");
+  checked_mul(std::max({in, out, wt}), 8, "bytes");
+  conv_workspace_bytes(p, sizeof(double), true, num_threads());
+}
+
+std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
+  const Plan pl = make_plan(p, elem, threads);
+  const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
+  i64 per = static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K));
+  if (pl.fwd_nb > 1) {
+    const i64 nb_cols = checked_mul(pl.fwd_nb, pl.Np, "batched columns");
+    per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, nb_cols, pl.K)) + 16,
+                                    checked_mul(pl.Mg, nb_cols, "batched output"), "workspace"));
+  }
+  if (backward) {
+    per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np)));
+    per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Cg, pl.fwd.chunk, pl.Mg)));
+    i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
+    per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
+                                    checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
+  }
+  // depthwise: padded plane copy plus (backward) KK double accumulators
+  per = std::max(per, checked_add(dw_forward_buffer_elems(p, 4), backward ? KK + 8 : 0, "workspace"));
+  per = checked_add(per, 64, "workspace");
+  i64 total = checked_mul(checked_mul(per, std::max(threads, 1), "workspace"), 8, "workspace bytes");
+  return static_cast<std::size_t>(total);
+}
+
+template <typename T>
+void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y, ConvPath path) {
+  if (path == ConvPath::automatic) path = conv_choose_path(p);
+  if (p.n == 0) return;
+  switch (path) {
+    case ConvPath::pointwise: forward_gemm<T, true>(p, x, w, bias, y); break;
+    case ConvPath::depthwise: depthwise_forward<T>(p, x, w, bias, y); break;
+    default: forward_gemm<T, false>(p, x, w, bias, y); break;
+  }
+}
+
+template <typename T>
+void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                     T* db, ConvPath path) {
+  if (path == ConvPath::automatic) path = conv_choose_path(p);
+  if (db) bias_grad<T>(p, dy, db);
+  if (!dx && !dw) return;
+  if (path == ConvPath::depthwise) {
+    depthwise_backward<T>(p, dy, x, w, dx, dw);
+  } else {
+    backward_gemm<T>(p, path == ConvPath::pointwise, dy, x, w, dx, dw);
+  }
+}
+
+template void conv2d_forward<float>(const ConvParams&, const float*, const float*, const float*, float*, ConvPath);
+template void conv2d_forward<double>(const ConvParams&, const double*, const double*, const double*, double*, ConvPath);
+template void conv2d_backward<float>(const ConvParams&, const float*, const float*, const float*, float*, float*, float*, ConvPath);
+template void conv2d_backward<double>(const ConvParams&, const double*, const double*, const double*, double*, double*, double*, ConvPath);
+
+}  // namespace pyconv

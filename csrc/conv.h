@@ -1,2 +1,74 @@
+// 2D convolution forward and backward (1D runs through the same code with H = 1).
+//
+// Layout NCHW, weight (C_out, C_in/groups, kH, kW), cross-correlation. The lowering is an
+// ordered candidate list, most specialised first (see conv.cpp):
+//   pointwise  1x1, stride 1, no padding: the input plane is the GEMM's B matrix as is;
+//   depthwise  C_in/groups == 1 with groups > 1: direct kernels vectorised along W;
+//   generic    implicit GEMM per (image, group) with the unfolding fused into B packing;
+//              backward input = W^T dY in bounded column tiles + col2im scatter,
+//              backward weight = dY x unfold(X)^T with a transposing unfold packer.
+// Every entry point expects parameters already validated (bindings.cpp does it with
+// conv_validate()); nothing here throws inside a parallel region.
 #pragma once
+#include <cstddef>
+
 #include "params.h"
+
+namespace pyconv {
+
+enum class ConvPath : int { automatic = -1, pointwise = 0, depthwise = 1, generic = 2 };
+
+// "auto", "pointwise", "depthwise", "generic"; throws std::invalid_argument otherwise.
+ConvPath conv_path_from_name(const char* name);
+const char* conv_path_name(ConvPath path);
+bool conv_path_supports(ConvPath path, const ConvParams& p);
+// First candidate of the ordered list whose supports() accepts p.
+ConvPath conv_choose_path(const ConvParams& p);
+
+// Checks every field of p (sizes >= 0 or >= 1 as required, groups divide the channels,
+// output size > 0), sets p.h.out and p.w.out from the size formula, and checks that every
+// element count and workspace size fits in int64. Throws std::invalid_argument /
+// std::overflow_error.
+void conv_validate(ConvParams& p);
+
+// Extra memory (bytes) a forward or backward call may take beyond its outputs, for the
+// given thread count: per-thread GEMM packing buffers plus, for grad input, one col2im
+// tile per thread; all of it from pyconv::scratch(), reused across calls.
+std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem_size, bool backward,
+                                 int threads);
+
+// y (N, C_out, Ho, Wo) = conv(x, w) + bias; bias may be null.
+template <typename T>
+void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y,
+                    ConvPath path = ConvPath::automatic);
+
+// Any of dx (N, C_in, H, W), dw (C_out, C_in/g, kH, kW), db (C_out) may be null (not
+// wanted). x is needed only for dw, w only for dx.
+template <typename T>
+void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw,
+                     T* db, ConvPath path = ConvPath::automatic);
+
+// AVX2+FMA depthwise plane kernels (csrc/ukernels/conv_avx2.cpp); reached only when
+// active_isa() says AVX2 is usable. `kw_lo/kw_hi[kw]` is the valid output-column range
+// of tap kw: ow with 0 <= ow*sw + kw*dw - pw < W.
+// Elements of the zero-padded plane copy the AVX2 depthwise kernels use (stride 1 along
+// W): max((Ho-1)*sH + (kH-1)*dH + 1, H + kH*dH) rows of round_up(max(W, Wo), lanes) +
+// (kW-1)*dW columns.
+i64 dw_forward_buffer_elems(const ConvParams& p, int lanes);
+
+namespace avx2 {
+// buf: dw_forward_buffer_elems(p, lanes) elements of per-thread scratch (stride-1 path).
+template <typename T>
+void dw_forward_plane(const ConvParams& p, const T* x, const T* wk, T bias, T* y,
+                      const i64* kw_lo, const i64* kw_hi, T* buf);
+// dx accumulates (the caller zeroes it); buf as for dw_forward_plane.
+template <typename T>
+void dw_backward_input_plane(const ConvParams& p, const T* dy, const T* wk, T* dx,
+                             const i64* kw_lo, const i64* kw_hi, T* buf);
+// acc[kh*kW + kw] += the plane's contribution to the weight gradient.
+template <typename T>
+void dw_backward_weight_plane(const ConvParams& p, const T* dy, const T* x, double* acc,
+                              const i64* kw_lo, const i64* kw_hi, T* buf);
+}  // namespace avx2
+
+}  // namespace pyconv

@@ -54,8 +54,9 @@ struct Blocks {
 // Packed A for all of K is kept when it fits comfortably in L2 next to the B block.
 constexpr i64 kWholeABytes = 256 * 1024;
 // N block when A is packed whole: the B block is swept by a single row block, so it is
-// kept small enough to stay in L2 between its packing and its use.
-constexpr i64 kSmallMNcBytes = 512 * 1024;
+// kept small enough to stay in L2 (512 KiB on Zen 3, 1 MiB on Zen 4) next to the packed
+// A between its packing and its use. 128 KiB to 1 MiB measured alike on Zen 4.
+constexpr i64 kSmallMNcBytes = 256 * 1024;
 
 template <typename T>
 Blocks make_blocks(const GemmBlocking& g, i64 M, i64 K) {
@@ -63,7 +64,8 @@ Blocks make_blocks(const GemmBlocking& g, i64 M, i64 K) {
   const i64 kblocks = K > 0 ? ceil_div(K, g.kc) : 1;
   bl.kc = K > 0 ? ceil_div(K, kblocks) : 1;
   const i64 m_round = round_up(M, g.mr);
-  bl.a_whole = m_round <= g.mc && m_round * std::max<i64>(K, 1) * static_cast<i64>(sizeof(T)) <= kWholeABytes;
+  bl.a_whole = m_round > 0 && m_round <= g.mc &&
+               std::max<i64>(K, 1) <= kWholeABytes / (m_round * static_cast<i64>(sizeof(T)));
   bl.nc = g.nc;
   if (bl.a_whole) {
     i64 nc = kSmallMNcBytes / (bl.kc * static_cast<i64>(sizeof(T)));
@@ -147,8 +149,28 @@ void pack_a_mr(T* dst, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 k0, i
   }
 }
 
+// AVX2 transposing packers where they apply (same packed values as the portable ones).
+inline void avx2_pack_a(float* dst, const float* a, i64 a_rs, i64 i0, i64 mc, i64 k0, i64 kc) {
+  gemm_detail::avx2_pack_a_f32(dst, a, a_rs, i0, mc, k0, kc);
+}
+inline void avx2_pack_a(double* dst, const double* a, i64 a_rs, i64 i0, i64 mc, i64 k0, i64 kc) {
+  gemm_detail::avx2_pack_a_f64(dst, a, a_rs, i0, mc, k0, kc);
+}
+inline void avx2_pack_b_t(float* dst, const float* p, i64 cs, i64 k0, i64 kc, i64 j0, i64 nc) {
+  gemm_detail::avx2_pack_b_t_f32(dst, p, cs, k0, kc, j0, nc);
+}
+inline void avx2_pack_b_t(double* dst, const double* p, i64 cs, i64 k0, i64 kc, i64 j0, i64 nc) {
+  gemm_detail::avx2_pack_b_t_f64(dst, p, cs, k0, kc, j0, nc);
+}
+template <typename T>
+constexpr int avx2_nr() { return sizeof(T) == 4 ? 16 : 8; }
+
 template <typename T>
 void pack_a(T* dst, int mr, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 k0, i64 kc) {
+  if (mr == 6 && a_cs == 1 && active_isa() != Isa::scalar) {
+    avx2_pack_a(dst, a, a_rs, i0, mc, k0, kc);
+    return;
+  }
   switch (mr) {
     case 6: pack_a_mr<T, 6>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
     case 4: pack_a_mr<T, 4>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
@@ -193,10 +215,12 @@ void gemm_part(const GemmKernel<T>& kern, const Blocks& bl, i64 m0, i64 m1, i64 
         for (i64 jr = 0; jr < nc; jr += nr) {
           const int n = static_cast<int>(std::min<i64>(nr, nc - jr));
           const T* bp = bbuf + jr * kc;
+          const gemm_detail::MicroKernel<T> run =
+              n <= kern.narrow_n && kern.run_narrow ? kern.run_narrow : kern.run;
           T* cj = c + ic * c_rs + (jc + jr) * c_cs;
           for (i64 ir = 0; ir < mc; ir += mr) {
             const int m = static_cast<int>(std::min<i64>(mr, mc - ir));
-            kern.run(kc, ablk + ir * kc, bp, cj + ir * c_rs, c_rs, c_cs, m, n, acc);
+            run(kc, ablk + ir * kc, bp, cj + ir * c_rs, c_rs, c_cs, m, n, acc);
           }
         }
       }
@@ -204,32 +228,42 @@ void gemm_part(const GemmKernel<T>& kern, const Blocks& bl, i64 m0, i64 m1, i64 
   }
 }
 
-// Rows ahead that the B packer prefetches (hides the latency of B rows coming from L3 or
-// memory; 1 to 6 measured alike on Zen 3).
-constexpr i64 kPackPrefetchRows = 4;
-// Rows of B are contiguous (cs == 1): walk each row of the block once, left to right, and
-// deal its NR-wide pieces out to the panels. The reads stream (prefetcher friendly, one
-// page at a time); the writes land in the packed block, which stays in cache.
+// Rows ahead that the B packer prefetches: one band (below), so each piece read pulls in
+// the same piece of the next band. 0 to 16 measured within noise on Zen 4.
+constexpr i64 kPackPrefetchRows = 8;
+// Rows of B are contiguous (cs == 1). The block is walked in bands of kPackRowBand rows:
+// for each panel, the band's NR-wide pieces are copied down the panel, so the reads are
+// kPackRowBand sequential streams moving right (prefetcher friendly, plus an explicit
+// prefetch kPackPrefetchRows rows ahead) and the writes fill whole runs of consecutive
+// cache lines of the packed panel. Measured on Zen 4 against one row at a time across
+// all panels (1 line written per panel): up to 30% faster when M is small (M = 6).
+constexpr i64 kPackRowBand = 8;
 template <typename T, int NR>
 void pack_b_rows(T* dst, const T* p, i64 rs, i64 k0, i64 kc, i64 j0, i64 nc) {
   const i64 full = nc / NR;
   const i64 w = nc - full * NR;  // width of the ragged last panel
   const i64 panel_stride = kc * NR;
   const i64 pf = kPackPrefetchRows * rs;
-  for (i64 k = 0; k < kc; ++k) {
-    const T* s = p + (k0 + k) * rs + j0;
-    T* d = dst + k * NR;
-    const bool prefetch = k + kPackPrefetchRows < kc;
+  for (i64 kb = 0; kb < kc; kb += kPackRowBand) {
+    const i64 ke = std::min(kc, kb + kPackRowBand);
+    const bool prefetch = ke + kPackPrefetchRows <= kc;
     for (i64 q = 0; q < full; ++q) {
-      if (prefetch) __builtin_prefetch(s + pf, 0, 3);
-      std::memcpy(d, s, NR * sizeof(T));
-      s += NR;
-      d += panel_stride;
+      const T* s = p + (k0 + kb) * rs + j0 + q * NR;
+      T* d = dst + q * panel_stride + kb * NR;
+      for (i64 k = kb; k < ke; ++k) {
+        if (prefetch) __builtin_prefetch(s + pf, 0, 3);
+        std::memcpy(d, s, NR * sizeof(T));
+        s += rs;
+        d += NR;
+      }
     }
-    if (w) {
-      for (i64 r = 0; r < w; ++r) d[r] = s[r];
-      for (i64 r = w; r < NR; ++r) d[r] = T(0);
-    }
+    if (w)
+      for (i64 k = kb; k < ke; ++k) {
+        const T* s = p + (k0 + k) * rs + j0 + full * NR;
+        T* d = dst + full * panel_stride + k * NR;
+        for (i64 r = 0; r < w; ++r) d[r] = s[r];
+        for (i64 r = w; r < NR; ++r) d[r] = T(0);
+      }
   }
 }
 
@@ -244,6 +278,10 @@ void StridedB<T>::pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
       case 4: pack_b_rows<T, 4>(dst, p, rs, k0, kc, j0, nc); return;
       default: break;
     }
+  }
+  if (rs == 1 && nr == avx2_nr<T>() && active_isa() != Isa::scalar) {
+    avx2_pack_b_t(dst, p, cs, k0, kc, j0, nc);
+    return;
   }
   for (i64 p0 = 0; p0 < nc; p0 += nr) {
     T* panel = dst + (p0 / nr) * kc * nr;

@@ -1,1 +1,362 @@
+// Max-pool forward with switches, backward (scatter-add) and unpool: validation, the
+// portable scalar kernels, the ordered candidate list of row kernels, and the drivers.
+//
+// Forward work is split into output rows (plane, oh), statically across threads. Each
+// row is cut into a left edge, an interior (every column tap of every output in bounds)
+// and a right edge. Edges always take the scalar window routine; the interior takes the
+// first candidate whose supports() accepts the parameters. All variants implement the
+// same scan rule (see pool.h), so their results are bitwise identical.
 #include "pool.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace pyconv {
+
+namespace {
+
+using pool_detail::RowTask;
+
+// floor(a / b) and ceil(a / b) for b > 0.
+inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+// Taps k in [*a, *b) of a window starting at `start` (step d, k taps) that fall in [0, n).
+inline void tap_range(i64 start, i64 n, i64 k, i64 d, i64* a, i64* b) {
+  i64 lo = start >= 0 ? 0 : ceil_div(-start, d);
+  i64 hi = (n - 1 - start) >= 0 ? std::min(k, floor_div(n - 1 - start, d) + 1) : 0;
+  if (lo > k) lo = k;
+  if (hi < lo) hi = lo;
+  *a = lo;
+  *b = hi;
+}
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+void resolve_window(Window& w, bool ceil_mode, const char* dim) {
+  const std::string d(dim);
+  if (w.kernel < 1) bad("kernel_size must be >= 1, got " + std::to_string(w.kernel) + " (" + d + ")");
+  if (w.stride < 1) bad("stride must be >= 1, got " + std::to_string(w.stride) + " (" + d + ")");
+  if (w.dilation < 1) bad("dilation must be >= 1, got " + std::to_string(w.dilation) + " (" + d + ")");
+  if (w.pad_lo < 0 || w.pad_hi < 0)
+    bad("padding must be >= 0, got " + std::to_string(std::min(w.pad_lo, w.pad_hi)) + " (" + d + ")");
+  if (w.pad_lo != w.pad_hi) bad("max-pool padding must be symmetric (" + d + ")");
+  if (w.pad_lo > w.kernel / 2)
+    bad("padding must be at most kernel_size // 2 = " + std::to_string(w.kernel / 2) +
+        ", got padding=" + std::to_string(w.pad_lo) + " (" + d + ")");
+  if (w.in < 1) bad("input size must be >= 1, got " + std::to_string(w.in) + " (" + d + ")");
+  const i64 P = w.pad_lo, S = w.stride;
+  // span = in + 2P - D*(F-1) - 1 (overflow-checked)
+  i64 reach = checked_mul(w.dilation, w.kernel - 1, "dilation*(kernel_size-1)");
+  i64 padded = checked_add(w.in, checked_mul(P, 2, "2*padding"), "input size + 2*padding");
+  i64 span = padded - reach - 1;
+  i64 out;
+  if (ceil_mode) {
+    // PyTorch: ceil, then drop a last window that would start in the right padding.
+    out = floor_div(checked_add(span, S - 1, "pool span + stride"), S) + 1;
+    if (out > 0 && (out - 1) * S >= w.in + P) --out;
+  } else {
+    out = floor_div(span, S) + 1;
+  }
+  if (out <= 0)
+    bad("output size would be " + std::to_string(out) + ": (" + std::to_string(w.in) + " + 2*" +
+        std::to_string(P) + " - " + std::to_string(w.dilation) + "*(" + std::to_string(w.kernel) +
+        "-1) - 1)/" + std::to_string(S) + " + 1 (" + d + ")");
+  // Every window must cover an input element. Windows starting inside the input do
+  // (tap 0); a window starting at or past the end covers nothing; windows starting in
+  // the left padding are checked one by one (there are at most ceil(P/S) of them).
+  i64 last_start = (out - 1) * S - P;
+  if (last_start >= w.in)
+    bad("the last pooling window starts at " + std::to_string(last_start) +
+        ", past the input size " + std::to_string(w.in) + " (" + d + ")");
+  for (i64 o = 0; o < out && o * S - P < 0; ++o) {
+    i64 a, b;
+    tap_range(o * S - P, w.in, w.kernel, w.dilation, &a, &b);
+    if (a >= b)
+      bad("pooling window " + std::to_string(o) + " covers no input element (size " +
+          std::to_string(w.in) + ", kernel " + std::to_string(w.kernel) + ", padding " +
+          std::to_string(P) + ", dilation " + std::to_string(w.dilation) + ") (" + d + ")");
+  }
+  w.out = out;
+  // A single tap never steps: normalise its dilation so no offset arithmetic can
+  // overflow on an arbitrary (valid) dilation value.
+  if (w.kernel == 1) w.dilation = 1;
+}
+
+// ------------------------------------------------------------------ scalar kernels
+
+// One window: tap rows [kh_a, kh_b) (input rows ih0 + kh*dH), tap columns [kw_a, kw_b)
+// (input columns iw0 + kw*dW); both ranges non-empty and in bounds.
+template <typename T, bool IDX>
+inline void window_scalar(const T* x, i64 W, i64 ih0, i64 kh_a, i64 kh_b, i64 dH, i64 iw0,
+                          i64 kw_a, i64 kw_b, i64 dW, T* y, i64* idx) {
+  i64 ih = ih0 + kh_a * dH;
+  i64 best_i = ih * W + iw0 + kw_a * dW;
+  T best = x[best_i];
+  bool first = true;
+  for (i64 kh = kh_a; kh < kh_b; ++kh, ih += dH) {
+    const i64 row = ih * W;
+    for (i64 kw = kw_a; kw < kw_b; ++kw) {
+      const i64 i = row + iw0 + kw * dW;
+      const T v = x[i];
+      if (first) {
+        first = false;
+      } else if (v > best || v != v) {
+        best = v;
+        best_i = i;
+      }
+    }
+  }
+  *y = best;
+  if (IDX) *idx = best_i;
+}
+
+template <typename T, bool IDX>
+void columns_scalar(const T* x, const PoolParams& p, i64 ih0, i64 kh_a, i64 kh_b, i64 ow_a,
+                    i64 ow_b, T* y, i64* idx) {
+  const i64 W = p.w.in;
+  for (i64 ow = ow_a; ow < ow_b; ++ow) {
+    const i64 iw0 = ow * p.w.stride - p.w.pad_lo;
+    i64 kw_a, kw_b;
+    tap_range(iw0, W, p.w.kernel, p.w.dilation, &kw_a, &kw_b);
+    window_scalar<T, IDX>(x, W, ih0, kh_a, kh_b, p.h.dilation, iw0, kw_a, kw_b, p.w.dilation,
+                          y + ow, IDX ? idx + ow : nullptr);
+  }
+}
+
+// The portable interior kernel: the scalar window routine over [ow_a, ow_b).
+template <typename T>
+void row_scalar(const RowTask<T>& t, bool want_idx) {
+  for (i64 ow = t.ow_a; ow < t.ow_b; ++ow) {
+    const i64 iw0 = ow * t.sW - t.pW;
+    if (want_idx)
+      window_scalar<T, true>(t.x, t.W, t.row0, 0, t.nrows, t.dH, iw0, 0, t.kW, t.dW, t.y + ow,
+                             t.idx + ow);
+    else
+      window_scalar<T, false>(t.x, t.W, t.row0, 0, t.nrows, t.dH, iw0, 0, t.kW, t.dW, t.y + ow,
+                              nullptr);
+  }
+}
+
+// ------------------------------------------------------------------ candidate list
+
+template <typename T>
+using RowFn = void (*)(const RowTask<T>&, bool);
+
+template <typename T>
+struct Candidate {
+  const char* name;
+  bool (*supports)(const PoolParams&);
+  RowFn<T> fn;
+  i64 lanes;  // the interior must be at least this wide to use fn
+};
+
+bool has_avx2() { return static_cast<int>(active_isa()) >= static_cast<int>(Isa::avx2); }
+
+// Tap offsets (kH-1)*dH*W + (kW-1)*dW fit the kernels' int32 offsets; the window fits
+// the vector kernels' tap table.
+bool vector_ok(const PoolParams& p, bool int32_offsets) {
+  if (!has_avx2()) return false;
+  if (p.h.kernel > pool_detail::kMaxVectorTaps || p.w.kernel > pool_detail::kMaxVectorTaps ||
+      p.h.kernel * p.w.kernel > pool_detail::kMaxVectorTaps)
+    return false;
+  __int128 span = static_cast<__int128>(p.h.kernel - 1) * p.h.dilation * p.w.in +
+                  static_cast<__int128>(p.w.kernel - 1) * p.w.dilation;
+  __int128 lim = int32_offsets ? std::numeric_limits<std::int32_t>::max()
+                               : std::numeric_limits<i64>::max() / 4;
+  return span <= lim;
+}
+
+template <bool I32>
+bool sup_s2_2x2(const PoolParams& p) {
+  return vector_ok(p, I32) && p.w.stride == 2 && p.w.kernel == 2 && p.w.dilation == 1 &&
+         p.h.kernel == 2;
+}
+template <bool I32>
+bool sup_s2_3x3(const PoolParams& p) {
+  return vector_ok(p, I32) && p.w.stride == 2 && p.w.kernel == 3 && p.w.dilation == 1 &&
+         p.h.kernel == 3;
+}
+template <bool I32>
+bool sup_s2(const PoolParams& p) { return vector_ok(p, I32) && p.w.stride == 2; }
+template <bool I32>
+bool sup_s1(const PoolParams& p) { return vector_ok(p, I32) && p.w.stride == 1; }
+bool sup_all(const PoolParams&) { return true; }
+
+// Most specialised first; the scalar kernel accepts everything.
+const Candidate<float> kCandidatesF32[] = {
+    {"avx2_s2_2x2", sup_s2_2x2<true>, pool_avx2::row_s2_f32_taps4, 8},
+    {"avx2_s2_3x3", sup_s2_3x3<true>, pool_avx2::row_s2_f32_taps9, 8},
+    {"avx2_s2", sup_s2<true>, pool_avx2::row_s2_f32, 8},
+    {"avx2_s1", sup_s1<true>, pool_avx2::row_s1_f32, 8},
+    {"scalar", sup_all, row_scalar<float>, 1},
+};
+const Candidate<double> kCandidatesF64[] = {
+    {"avx2_s2_2x2", sup_s2_2x2<false>, pool_avx2::row_s2_f64_taps4, 4},
+    {"avx2_s2_3x3", sup_s2_3x3<false>, pool_avx2::row_s2_f64_taps9, 4},
+    {"avx2_s2", sup_s2<false>, pool_avx2::row_s2_f64, 4},
+    {"avx2_s1", sup_s1<false>, pool_avx2::row_s1_f64, 4},
+    {"scalar", sup_all, row_scalar<double>, 1},
+};
+
+template <typename T, std::size_t N>
+const Candidate<T>& pick(const Candidate<T> (&list)[N], const PoolParams& p) {
+  for (std::size_t i = 0; i < N; ++i)
+    if (list[i].supports(p)) return list[i];
+  return list[N - 1];
+}
+
+const Candidate<float>& pick_for(const PoolParams& p, const float*) { return pick(kCandidatesF32, p); }
+const Candidate<double>& pick_for(const PoolParams& p, const double*) { return pick(kCandidatesF64, p); }
+
+// ------------------------------------------------------------------ forward driver
+
+template <typename T, bool IDX>
+void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
+  const i64 planes = p.n * p.c;
+  const i64 H = p.h.in, W = p.w.in, Ho = p.h.out, Wo = p.w.out;
+  if (planes == 0 || Ho == 0 || Wo == 0) return;
+  const Candidate<T>& cand = pick_for(p, x);
+  const i64 sW = p.w.stride, pW = p.w.pad_lo, dW = p.w.dilation, kW = p.w.kernel;
+  // Interior columns: ow*sW - pW >= 0 and ow*sW - pW + (kW-1)*dW <= W-1.
+  i64 ow_a = std::min(ceil_div(pW, sW), Wo);
+  i64 num = W - 1 + pW - (kW - 1) * dW;
+  i64 ow_b = num >= 0 ? floor_div(num, sW) + 1 : 0;
+  ow_b = std::max(ow_a, std::min(ow_b, Wo));
+  const bool vec_interior = (ow_b - ow_a) >= cand.lanes;
+  const i64 rows = planes * Ho;
+  const double work = static_cast<double>(rows) * Wo * p.h.kernel * kW;
+  const int nthreads = work < 32768.0 ? 1 : num_threads();
+  const i64 HW = H * W, OHW = Ho * Wo;
+
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (i64 r = 0; r < rows; ++r) {
+    const i64 plane = r / Ho, oh = r % Ho;
+    const T* xp = x + plane * HW;
+    T* yr = y + plane * OHW + oh * Wo;
+    i64* ir = IDX ? idx + plane * OHW + oh * Wo : nullptr;
+    const i64 ih0 = oh * p.h.stride - p.h.pad_lo;
+    i64 kh_a, kh_b;
+    tap_range(ih0, H, p.h.kernel, p.h.dilation, &kh_a, &kh_b);
+    columns_scalar<T, IDX>(xp, p, ih0, kh_a, kh_b, 0, ow_a, yr, ir);
+    if (ow_b > ow_a) {
+      if (vec_interior) {
+        RowTask<T> t;
+        t.x = xp;
+        t.W = W;
+        t.row0 = ih0 + kh_a * p.h.dilation;
+        t.nrows = kh_b - kh_a;
+        t.row_step = p.h.dilation * W;
+        t.dH = p.h.dilation;
+        t.kW = kW;
+        t.sW = sW;
+        t.dW = dW;
+        t.pW = pW;
+        t.ow_a = ow_a;
+        t.ow_b = ow_b;
+        t.y = yr;
+        t.idx = ir;
+        cand.fn(t, IDX);
+      } else {
+        columns_scalar<T, IDX>(xp, p, ih0, kh_a, kh_b, ow_a, ow_b, yr, ir);
+      }
+    }
+    columns_scalar<T, IDX>(xp, p, ih0, kh_a, kh_b, ow_b, Wo, yr, ir);
+  }
+}
+
+template <typename T>
+void forward(const PoolParams& p, const T* x, T* y, i64* idx) {
+  if (idx)
+    forward_impl<T, true>(p, x, y, idx);
+  else
+    forward_impl<T, false>(p, x, y, nullptr);
+}
+
+// ------------------------------------------------------------------ scatter kernels
+
+// First position in [0, n) whose index lies outside [0, limit), or -1.
+i64 first_bad(const i64* idx, i64 n, i64 limit) {
+  for (i64 i = 0; i < n; ++i)
+    if (static_cast<std::uint64_t>(idx[i]) >= static_cast<std::uint64_t>(limit)) return i;
+  return -1;
+}
+
+// ACCUMULATE: dst[idx] += src, else dst[idx] = src. Each plane: zero its destination,
+// then scatter in scan order, checking every index before its element is written.
+// Planes are independent (one thread each), so the result does not depend on the thread
+// count. (Assembling each plane in a cache-resident staging buffer and streaming it out
+// with non-temporal stores was measured: no faster here, the plane is in L1/L2 anyway.)
+template <typename T, bool ACCUMULATE>
+i64 scatter(i64 planes, i64 src_plane, i64 dst_plane, const T* src, const i64* idx, T* dst) {
+  if (planes == 0) return -1;
+  const double work = static_cast<double>(planes) * (src_plane + dst_plane);
+  const int nthreads = work < 65536.0 ? 1 : num_threads();
+  const std::size_t plane_bytes = sizeof(T) * static_cast<std::size_t>(dst_plane);
+  const std::uint64_t lim = static_cast<std::uint64_t>(dst_plane);
+  i64 bad_plane = planes;  // smallest plane with a bad index
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (i64 pl = 0; pl < planes; ++pl) {
+    const i64* ip = idx + pl * src_plane;
+    const T* sp = src + pl * src_plane;
+    T* dp = dst + pl * dst_plane;
+    std::memset(dp, 0, plane_bytes);
+    // Each index is checked before its element is written; a bad one stops the plane
+    // (the caller raises and discards dst).
+    for (i64 i = 0; i < src_plane; ++i) {
+      const i64 j = ip[i];
+      if (static_cast<std::uint64_t>(j) >= lim) {
+#pragma omp critical(pyconv_pool_scatter)
+        bad_plane = std::min(bad_plane, pl);
+        break;
+      }
+      if (ACCUMULATE)
+        dp[j] += sp[i];
+      else
+        dp[j] = sp[i];
+    }
+  }
+  if (bad_plane < planes)
+    return bad_plane * src_plane + first_bad(idx + bad_plane * src_plane, src_plane, dst_plane);
+  return -1;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ public
+
+void pool_resolve(PoolParams& p) {
+  if (p.n < 0 || p.c < 0) bad("batch and channel counts must be >= 0");
+  resolve_window(p.h, p.ceil_mode, "height");
+  resolve_window(p.w, p.ceil_mode, "width");
+  i64 planes = checked_mul(p.n, p.c, "batch*channels");
+  checked_mul(checked_mul(planes, p.h.out, "output"), p.w.out, "output");
+  checked_mul(checked_mul(planes, p.h.in, "input"), p.w.in, "input");
+}
+
+void max_pool2d_forward(const PoolParams& p, const float* x, float* y, i64* idx) { forward(p, x, y, idx); }
+void max_pool2d_forward(const PoolParams& p, const double* x, double* y, i64* idx) { forward(p, x, y, idx); }
+
+i64 max_pool_backward(i64 planes, i64 sp, i64 dp, const float* s, const i64* i, float* d) {
+  return scatter<float, true>(planes, sp, dp, s, i, d);
+}
+i64 max_pool_backward(i64 planes, i64 sp, i64 dp, const double* s, const i64* i, double* d) {
+  return scatter<double, true>(planes, sp, dp, s, i, d);
+}
+i64 max_unpool(i64 planes, i64 sp, i64 dp, const float* s, const i64* i, float* d) {
+  return scatter<float, false>(planes, sp, dp, s, i, d);
+}
+i64 max_unpool(i64 planes, i64 sp, i64 dp, const double* s, const i64* i, double* d) {
+  return scatter<double, false>(planes, sp, dp, s, i, d);
+}
+
+const char* max_pool2d_variant(const PoolParams& p, bool is_double, bool want_indices) {
+  (void)want_indices;
+  return is_double ? pick(kCandidatesF64, p).name : pick(kCandidatesF32, p).name;
+}
+
+}  // namespace pyconv

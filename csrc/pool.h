@@ -1,2 +1,87 @@
+// Max-pooling with switches (argmax indices), its backward (scatter-add through the
+// indices) and max-unpooling, over NCHW planes. 1D ops run through these with H = 1.
+//
+// Semantics (shared by every kernel variant, so all variants are bitwise identical):
+//   * windows scan their in-bounds taps in row-major order; implicit padding is -inf;
+//   * a tap replaces the running maximum when `v > max || isnan(v)`, so ties keep the
+//     first tap and a NaN window reports its last NaN; the running maximum starts at the
+//     first in-bounds tap, so an all -inf window reports its first in-bounds element;
+//   * indices are int64, flat h*W + w within each (n, c) plane of the unpadded input.
 #pragma once
+#include <cstdint>
+
+#include "cpu.h"
 #include "params.h"
+
+namespace pyconv {
+
+// Fills p.h.out / p.w.out from the sizes, kernel, stride, padding, dilation and ceil_mode
+// (PyTorch's rule) after checking every value; std::invalid_argument on any bad value,
+// including a configuration in which some window covers no input element.
+void pool_resolve(PoolParams& p);
+
+// Forward. x: n*c planes of h.in*w.in; y: n*c planes of h.out*w.out; idx may be null
+// (no indices wanted). p must have been through pool_resolve.
+void max_pool2d_forward(const PoolParams& p, const float* x, float* y, i64* idx);
+void max_pool2d_forward(const PoolParams& p, const double* x, double* y, i64* idx);
+
+// Scatter kernels over `planes` planes: src planes of src_plane elements, dst planes of
+// dst_plane elements. dst is fully overwritten (zeroed, then scattered).
+// backward: dst[idx] += src (sequential order within a plane);
+// unpool:   dst[idx]  = src (the last write in scan order wins).
+// Every index is checked against [0, dst_plane) before its element is written. Returns
+// -1 on success, else the flat position (into idx) of the first out-of-range index; dst
+// is then unspecified (the callers discard it: dst is always a fresh array, so nothing
+// the caller can see has been written).
+i64 max_pool_backward(i64 planes, i64 src_plane, i64 dst_plane, const float* src,
+                      const i64* idx, float* dst);
+i64 max_pool_backward(i64 planes, i64 src_plane, i64 dst_plane, const double* src,
+                      const i64* idx, double* dst);
+i64 max_unpool(i64 planes, i64 src_plane, i64 dst_plane, const float* src, const i64* idx,
+               float* dst);
+i64 max_unpool(i64 planes, i64 src_plane, i64 dst_plane, const double* src, const i64* idx,
+               double* dst);
+
+// Name of the forward variant the candidate list picks for these params and dtype
+// (tests and benchmarks report it).
+const char* max_pool2d_variant(const PoolParams& p, bool is_double, bool want_indices);
+
+namespace pool_detail {
+
+// One output row's interior: outputs [ow_a, ow_b) whose every column tap is in bounds,
+// over the in-bounds tap rows. Offsets are in elements of the input plane.
+template <typename T>
+struct RowTask {
+  const T* x;       // input plane
+  i64 W;            // input width
+  i64 row0;         // first in-bounds tap row (input row index)
+  i64 nrows;        // in-bounds tap rows
+  i64 row_step;     // elements between consecutive tap rows (dilation_h * W)
+  i64 dH;           // dilation_h
+  i64 kW, sW, dW, pW;
+  i64 ow_a, ow_b;   // interior output columns
+  T* y;             // output row
+  i64* idx;         // output index row, or null
+};
+
+// Max taps the vector kernels take (kH*kW); larger windows use the scalar path.
+constexpr i64 kMaxVectorTaps = 256;
+
+}  // namespace pool_detail
+
+// AVX2 row kernels (csrc/ukernels/pool_avx2.cpp). Each handles [ow_a, ow_b) of one row;
+// the caller guarantees ow_b - ow_a >= the vector width (8 floats / 4 doubles).
+namespace pool_avx2 {
+using pool_detail::RowTask;
+// sW == 2, any kW/dW; NT > 0: specialised for a fixed number of taps (rows*kW).
+void row_s2_f32_taps4(const RowTask<float>& t, bool want_idx);
+void row_s2_f32_taps9(const RowTask<float>& t, bool want_idx);
+void row_s2_f32(const RowTask<float>& t, bool want_idx);
+void row_s1_f32(const RowTask<float>& t, bool want_idx);
+void row_s2_f64_taps4(const RowTask<double>& t, bool want_idx);
+void row_s2_f64_taps9(const RowTask<double>& t, bool want_idx);
+void row_s2_f64(const RowTask<double>& t, bool want_idx);
+void row_s1_f64(const RowTask<double>& t, bool want_idx);
+}  // namespace pool_avx2
+
+}  // namespace pyconv

@@ -66,53 +66,285 @@ def get_num_threads() -> int:
 # ============================== conv ==============================
 
 
+def _conv_args(input, weight, bias, stride, padding, dilation, groups, nd, name):
+    """Checks and normalises a conv call. Returns (x4, w4, bias, params, out_shape4, batched)
+    with x4/w4 the 4D NCHW views (1D: H = 1) and params the 9 normalised ints after the
+    arrays in _core's signature (sh, sw, ph_lo, ph_hi, pw_lo, pw_hi, dh, dw, groups)."""
+    _check_array(input, "input")
+    _check_array(weight, "weight")
+    _check_same_dtype(input, weight=weight, bias=bias)
+    _check_ndim(input, "input", nd + 1, nd + 2)
+    _check_ndim(weight, "weight", nd + 2)
+    if bias is not None:
+        _check_ndim(bias, "bias", 1)
+    if not _shapes._is_int(groups):
+        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    batched = input.ndim == nd + 2
+    x = input if batched else input[None]
+    cin, cout = x.shape[1], weight.shape[0]
+    if cin % groups or cout % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({cin}) and the output channels ({cout})")
+    if weight.shape[1] != cin // groups:
+        raise ValueError(f"weight.shape[1] must be input channels / groups = {cin // groups}, "
+                         f"got weight of shape {weight.shape}")
+    if bias is not None and bias.shape[0] != cout:
+        raise ValueError(f"bias must have shape ({cout},), got {bias.shape}")
+    s = _shapes.ntuple(stride, nd, "stride", minimum=1)
+    d = _shapes.ntuple(dilation, nd, "dilation", minimum=1)
+    k = tuple(weight.shape[2:])
+    for kk in k:
+        if kk < 1:
+            raise ValueError(f"kernel_size must be >= 1, got weight of shape {weight.shape}")
+    sizes = tuple(x.shape[2:])
+    pads = _shapes.resolve_conv_padding(padding, sizes, k, s, d)
+    out = _shapes.conv_output_size(sizes, k, s, pads, d)
+    if nd == 1:
+        x = x[:, :, None, :]
+        weight = weight[:, :, None, :]
+        s, d, pads, out = (1,) + s, (1,) + d, [(0, 0)] + list(pads), (1,) + tuple(out)
+    params = (s[0], s[1], pads[0][0], pads[0][1], pads[1][0], pads[1][1], d[0], d[1], groups)
+    return x, weight, params, (x.shape[0], cout) + tuple(out), batched
+
+
+def _conv_forward(input, weight, bias, stride, padding, dilation, groups, nd, name):
+    x, w, params, out_shape, batched = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                  groups, nd, name)
+    y = _check_output(_core.conv2d_forward(x, w, bias, *params), out_shape, name)
+    if nd == 1:
+        y = y[:, :, 0, :]
+    return y if batched else y[0]
+
+
+def _conv_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask, nd, name):
+    x, w, params, out_shape, batched = _conv_args(input, weight, None, stride, padding, dilation,
+                                                  groups, nd, name)
+    _check_array(grad_output, "grad_output")
+    _check_same_dtype(input, grad_output=grad_output)
+    mask = tuple(bool(m) for m in output_mask)
+    if len(mask) != 3:
+        raise ValueError(f"output_mask must have 3 entries, got {output_mask!r}")
+    want = out_shape if batched else out_shape[1:]
+    if nd == 1:
+        want = want[:-2] + want[-1:]
+    if tuple(grad_output.shape) != tuple(want):
+        raise ValueError(f"grad_output must have shape {tuple(want)}, got {grad_output.shape}")
+    dy = grad_output if batched else grad_output[None]
+    if nd == 1:
+        dy = dy[:, :, None, :]
+    gi, gw, gb = _core.conv2d_backward(dy, x, w, *params, *mask)
+    if gi is not None:
+        gi = _check_output(gi, x.shape, name + " grad_input")
+        if nd == 1:
+            gi = gi[:, :, 0, :]
+        if not batched:
+            gi = gi[0]
+    if gw is not None:
+        gw = _check_output(gw, w.shape, name + " grad_weight")
+        if nd == 1:
+            gw = gw[:, :, 0, :]
+    if gb is not None:
+        gb = _check_output(gb, (w.shape[0],), name + " grad_bias")
+    return gi, gw, gb
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    raise NotImplementedError("conv2d")
+    """2D convolution (cross-correlation) of NCHW or CHW input with weight
+    (C_out, C_in/groups, kH, kW). padding: int, (ph, pw), ((top, bottom), (left, right)),
+    'valid' or 'same'."""
+    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    raise NotImplementedError("conv1d")
+    """1D convolution of NCL or CL input with weight (C_out, C_in/groups, k). padding: int,
+    (p,), (lo, hi), ((lo, hi),), 'valid', 'same' or 'causal'."""
+    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
 
 
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True)):
-    raise NotImplementedError("conv2d_backward")
+    """(grad_input, grad_weight, grad_bias) of conv2d; slots whose mask is False are None."""
+    return _conv_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                          output_mask, 2, "conv2d_backward")
 
 
 def conv1d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
                     output_mask=(True, True, True)):
-    raise NotImplementedError("conv1d_backward")
+    """(grad_input, grad_weight, grad_bias) of conv1d; slots whose mask is False are None."""
+    return _conv_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                          output_mask, 1, "conv1d_backward")
 
 
 # ============================ end conv ============================
 
 # ============================== pool ==============================
+# 1D pooling runs through the 2D kernels with H = 1; unbatched inputs get a batch of 1.
+
+
+def _pool_params(nd, kernel_size, stride, padding, dilation):
+    k = _shapes.ntuple(kernel_size, nd, "kernel_size")
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = _shapes.ntuple(stride, nd, "stride")
+    p = _shapes.resolve_pool_padding(padding, nd)
+    d = _shapes.ntuple(dilation, nd, "dilation")
+    for name, vals in (("kernel_size", k), ("stride", s), ("dilation", d)):
+        for v in vals:
+            if v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+    return k, s, p, d
+
+
+def _to_nchw(x, nd, name):
+    """(N, C, H, W) view of a batched or unbatched input, and whether it was unbatched."""
+    _check_ndim(x, name, nd + 1, nd + 2)
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x[None]
+    if nd == 1:
+        x = x[:, :, None, :]
+    return x, unbatched
+
+
+def _from_nchw(y, nd, unbatched):
+    if nd == 1:
+        y = y[:, :, 0, :]
+    return y[0] if unbatched else y
+
+
+def _check_indices(indices, values, name="indices"):
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of int64, got {type(indices).__name__}")
+    if indices.dtype != np.int64:
+        raise TypeError(f"{name} must have dtype int64, got {indices.dtype}")
+    if indices.shape != values.shape:
+        raise ValueError(f"{name} must have the shape of the values {values.shape}, got {indices.shape}")
+
+
+def _max_pool(input, nd, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    _check_array(input, "input")
+    x, unbatched = _to_nchw(input, nd, "input")
+    k, s, p, d = _pool_params(nd, kernel_size, stride, padding, dilation)
+    sizes = x.shape[4 - nd:]
+    out_sp = tuple(_shapes.pool_output_size(sizes[i], k[i], s[i], p[i], d[i], bool(ceil_mode))
+                   for i in range(nd))
+    if nd == 1:
+        k, s, p, d, out_sp = (1,) + k, (1,) + s, (0,) + p, (1,) + d, (1,) + out_sp
+    out, idx = _core.max_pool2d(x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+                                bool(ceil_mode), bool(return_indices))
+    expected = x.shape[:2] + out_sp
+    out = _from_nchw(_check_output(out, expected, "max_pool"), nd, unbatched)
+    if not return_indices:
+        return out
+    idx = _from_nchw(_check_output(idx, expected, "max_pool indices"), nd, unbatched)
+    return out, idx
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    raise NotImplementedError("max_pool2d")
+    """Max-pool over (N, C, H, W) or (C, H, W). With return_indices, also the int64
+    argmax switches, flat h*W + w within each plane (ties: first; NaN: last NaN)."""
+    return _max_pool(input, 2, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    raise NotImplementedError("max_pool1d")
+    """Max-pool over (N, C, L) or (C, L); indices are positions l within each row."""
+    return _max_pool(input, 1, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def _as_shape(shape, name):
+    if isinstance(shape, np.ndarray):
+        shape = shape.tolist()
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of ints, got {type(shape).__name__}")
+    return tuple(_shapes._as_int(v, name) for v in shape)
+
+
+def _max_pool_backward(grad_output, indices, input_shape, nd):
+    _check_array(grad_output, "grad_output")
+    _check_ndim(grad_output, "grad_output", nd + 1, nd + 2)
+    _check_indices(indices, grad_output)
+    shape = _as_shape(input_shape, "input_shape")
+    if len(shape) != grad_output.ndim or shape[:-nd] != grad_output.shape[:-nd]:
+        raise ValueError(f"input_shape {shape} must be the full input shape matching grad_output "
+                         f"{grad_output.shape} in every non-spatial dimension")
+    if any(v < 1 for v in shape[-nd:]):
+        raise ValueError(f"input_shape {shape} must have spatial sizes >= 1")
+    g, unbatched = _to_nchw(grad_output, nd, "grad_output")
+    i, _ = _to_nchw(indices, nd, "indices")
+    H, W = (1, shape[-1]) if nd == 1 else shape[-2:]
+    gi = _core.max_pool2d_backward(g, i, H, W)
+    return _from_nchw(_check_output(gi, g.shape[:2] + (H, W), "max_pool backward"), nd, unbatched)
 
 
 def max_pool2d_backward(grad_output, indices, input_shape):
-    raise NotImplementedError("max_pool2d_backward")
+    """Gradient of max_pool2d: grad_output scatter-added through the indices into a zero
+    array of input_shape (the full input shape, batched or not)."""
+    return _max_pool_backward(grad_output, indices, input_shape, 2)
 
 
 def max_pool1d_backward(grad_output, indices, input_shape):
-    raise NotImplementedError("max_pool1d_backward")
+    """Gradient of max_pool1d (see max_pool2d_backward)."""
+    return _max_pool_backward(grad_output, indices, input_shape, 1)
+
+
+def _unpool_size(x_shape, nd, k, s, p, output_size):
+    """Default (L-1)*S - 2*P + F per dim; an explicit output_size (spatial, or the full
+    shape) must lie strictly within one stride of the default, as in PyTorch."""
+    spatial = x_shape[-nd:]
+    default = tuple((spatial[i] - 1) * s[i] - 2 * p[i] + k[i] for i in range(nd))
+    if output_size is None:
+        size = default
+    else:
+        size = (_shapes._as_int(output_size, "output_size"),) if _shapes._is_int(output_size) \
+            else _as_shape(output_size, "output_size")
+        if len(size) == len(x_shape) and len(size) != nd:
+            if size[:-nd] != tuple(x_shape[:-nd]):
+                raise ValueError(f"output_size {tuple(size)} must match the input {tuple(x_shape)} "
+                                 "in every non-spatial dimension")
+            size = size[-nd:]
+        if len(size) != nd:
+            raise ValueError(f"output_size must have {nd} (spatial) or {len(x_shape)} (full shape) "
+                             f"entries, got {output_size!r}")
+        for i in range(nd):
+            if not default[i] - s[i] < size[i] < default[i] + s[i]:
+                raise ValueError(
+                    f"output_size {tuple(size)}: entry {i} must be strictly between "
+                    f"{default[i] - s[i]} and {default[i] + s[i]} (default {default[i]} "
+                    f"= ({spatial[i]}-1)*{s[i]} - 2*{p[i]} + {k[i]}, +- stride)")
+    if any(v < 1 for v in size):
+        raise ValueError(f"unpool output size would be {tuple(size)}: every entry must be >= 1 "
+                         f"(default (L-1)*S - 2*P + F = {default})")
+    return tuple(size)
+
+
+def _max_unpool(input, indices, nd, kernel_size, stride, padding, output_size):
+    _check_array(input, "input")
+    _check_ndim(input, "input", nd + 1, nd + 2)
+    _check_indices(indices, input)
+    k, s, p, _ = _pool_params(nd, kernel_size, stride, padding, 1)
+    size = _unpool_size(input.shape, nd, k, s, p, output_size)
+    x, unbatched = _to_nchw(input, nd, "input")
+    i, _ = _to_nchw(indices, nd, "indices")
+    H, W = (1, size[0]) if nd == 1 else size
+    out = _core.max_unpool2d(x, i, H, W)
+    return _from_nchw(_check_output(out, x.shape[:2] + (H, W), "max_unpool"), nd, unbatched)
 
 
 def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
-    raise NotImplementedError("max_unpool2d")
+    """Partial inverse of max_pool2d: a zero array with out[plane][indices] = input
+    (duplicate indices: the last in scan order wins). output_size is the spatial size
+    or the full shape, within one stride of the default (H-1)*S - 2*P + F."""
+    return _max_unpool(input, indices, 2, kernel_size, stride, padding, output_size)
 
 
 def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_size=None):
-    raise NotImplementedError("max_unpool1d")
+    """1D max_unpool2d over (N, C, L) or (C, L)."""
+    return _max_unpool(input, indices, 1, kernel_size, stride, padding, output_size)
 
 
 # ============================ end pool ============================

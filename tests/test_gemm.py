@@ -113,6 +113,35 @@ def test_nan_and_inf_propagate(isa):
     np.testing.assert_array_equal(c[~np.isnan(c)], ref[~np.isnan(ref)].astype(np.float32))
 
 
+@per_isa
+@given(m=dims_mn, n=dims_mn, k=dims_k, extra_m=st.integers(0, 20), extra_n=st.integers(0, 40),
+       seed=st.integers(0, 2**32 - 1))
+def test_result_independent_of_tile_position(isa, m, n, k, extra_m, extra_n, seed):
+    """Each C element gets the same arithmetic whether its tile is full, ragged or narrow."""
+    rng = np.random.default_rng(seed)
+    a, b = real_inputs(rng, m + extra_m, n + extra_n, k, np.float32)
+    big = _core.matmul(a, b)
+    small = _core.matmul(a[:m], b[:, :n])
+    np.testing.assert_array_equal(small, big[:m, :n])
+
+
+@per_isa
+@given(m=dims_mn, n=dims_mn, k=dims_k, dtype=dtypes, threads=st.sampled_from([1, 2, 3]),
+       accumulate=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_explicit_workspace_and_accumulate(isa, m, n, k, dtype, threads, accumulate, seed):
+    """gemm() with a caller-provided workspace of gemm_workspace_elems (canary-guarded:
+    the hook raises if anything outside it is written) and with accumulate = true."""
+    rng = np.random.default_rng(seed)
+    a, b = int_inputs(rng, m, n, k, dtype)
+    c0 = rng.integers(-50, 50, size=(m, n)).astype(dtype) if accumulate else None
+    got = _core._gemm_checked(a, b, c0, threads)
+    want = exact(a, b) + (c0 if accumulate else 0)
+    np.testing.assert_array_equal(got, want.astype(dtype))
+    if not accumulate:
+        ar, br = real_inputs(rng, m, n, k, dtype)
+        np.testing.assert_array_equal(_core._gemm_checked(ar, br, None, threads), _core.matmul(ar, br))
+
+
 # ------------------------------------------------------------------ ISA paths
 
 

@@ -32,6 +32,11 @@ template <typename T>
 struct GemmKernel {
   MicroKernel<T> run;
   GemmBlocking blk;
+  // Optional narrow variant for ragged last panels: same contract and same panels (NR
+  // wide), but only valid for n <= narrow_n; it computes just those columns, with the
+  // same per-element arithmetic as `run`, so results do not depend on which one ran.
+  MicroKernel<T> run_narrow = nullptr;
+  int narrow_n = 0;
 };
 
 // Portable kernels (gemm_scalar.cpp, baseline flags).
@@ -43,6 +48,13 @@ double scalar_peak_gflops(int threads, double seconds);
 // AVX2 + FMA kernels (gemm_avx2.cpp, -mavx2 -mfma). Call only when the CPU has them.
 GemmKernel<float> avx2_kernel_f32();
 GemmKernel<double> avx2_kernel_f64();
+// AVX2 packers (pure copies: the packed data are identical to the portable packers').
+// B(k, j) = p[k + j*cs] (a transposed B, rows strided) into NR = 16 (f32) / 8 (f64) panels.
+void avx2_pack_b_t_f32(float* dst, const float* p, i64 cs, i64 k0, i64 kc, i64 j0, i64 nc);
+void avx2_pack_b_t_f64(double* dst, const double* p, i64 cs, i64 k0, i64 kc, i64 j0, i64 nc);
+// Row-major A (a_cs == 1) rows i0 .. i0+mc-1, columns k0 .. k0+kc-1 into MR = 6 panels.
+void avx2_pack_a_f32(float* dst, const float* a, i64 a_rs, i64 i0, i64 mc, i64 k0, i64 kc);
+void avx2_pack_a_f64(double* dst, const double* a, i64 a_rs, i64 i0, i64 mc, i64 k0, i64 kc);
 // FP32 FMA peak: 12 independent 256-bit FMA chains per thread, GFLOP/s over all threads.
 double avx2_fma_peak_gflops(int threads, double seconds);
 
