@@ -34,7 +34,7 @@ import types
 import numpy as np
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_FAMILIES = ("gemm", "conv", "pool", "batchnorm")
+DEFAULT_FAMILIES = ("gemm", "conv", "pool", "batchnorm", "nn")
 IMPLS = ("pyconv", "reference", "torch")
 NOMINAL_FMA_GFLOPS_PER_CORE = 95.0  # ANCHORS.md, used only when it cannot be measured
 MEMORY_TAG = "PYCONV_BENCH_MEMORY "

@@ -18,6 +18,8 @@ from .functional import (
     set_num_threads,
 )
 from .shapes import conv_output_size, pool_output_size
+from . import nn, optim
+from .nn import summary
 
 __version__ = kernel_info()["version"]
 
@@ -37,8 +39,11 @@ __all__ = [
     "max_pool2d_backward",
     "max_unpool1d",
     "max_unpool2d",
+    "nn",
+    "optim",
     "pool_output_size",
     "reference",
     "set_num_threads",
     "shapes",
+    "summary",
 ]

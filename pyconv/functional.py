@@ -201,20 +201,6 @@ def _pool_params(nd, kernel_size, stride, padding, dilation):
     return k, s, p, d
 
 
-def _check_pool_windows(size, k, s, p, d, out):
-    """Every window must cover an input element (windows starting in the left padding
-    are the only ones pool_output_size does not already guarantee)."""
-    o = 0
-    while o < out and o * s - p < 0:
-        start = o * s - p
-        first = -(start // d)  # first tap at or right of 0: ceil(-start / d)
-        if first >= k or start + first * d >= size:
-            raise ValueError(
-                f"pooling window {o} covers no input element (size {size}, kernel_size {k}, "
-                f"padding {p}, dilation {d})")
-        o += 1
-
-
 def _to_nchw(x, nd, name):
     """(N, C, H, W) view of a batched or unbatched input, and whether it was unbatched."""
     _check_ndim(x, name, nd + 1, nd + 2)
@@ -248,8 +234,6 @@ def _max_pool(input, nd, kernel_size, stride, padding, dilation, ceil_mode, retu
     sizes = x.shape[4 - nd:]
     out_sp = tuple(_shapes.pool_output_size(sizes[i], k[i], s[i], p[i], d[i], bool(ceil_mode))
                    for i in range(nd))
-    for i in range(nd):
-        _check_pool_windows(sizes[i], k[i], s[i], p[i], d[i], out_sp[i])
     if nd == 1:
         k, s, p, d, out_sp = (1,) + k, (1,) + s, (0,) + p, (1,) + d, (1,) + out_sp
     out, idx = _core.max_pool2d(x, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],

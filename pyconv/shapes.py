@@ -26,6 +26,8 @@ IntOrTuple = Union[int, Sequence[int]]
 
 
 def _is_int(v) -> bool:
+    if type(v) is int:  # the common case, without the slower ABC check
+        return True
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
@@ -158,14 +160,30 @@ def pool_output_size(size, kernel_size, stride=None, padding=0, dilation=1, ceil
             f"output size would be {out}: "
             + formula_text(size, kernel, stride, pad, pad, dilation, out, ceil_mode)
         )
-    # A window must cover at least one real input element (else its max is -inf).
+    # Every window must cover at least one real input element (else its max is -inf).
     last_start = (out - 1) * stride - pad
     if last_start >= size:
         raise ValueError(
             f"the last pooling window starts at {last_start}, past the input size {size}; "
             "every window must cover at least one input element"
         )
+    _check_left_windows(size, kernel, stride, pad, dilation, out)
     return out
+
+
+def _check_left_windows(size, k, s, p, d, out):
+    """Windows starting in the left padding may, with dilation, step over the whole
+    input. Where a window lands depends only on its start modulo d, and its first
+    in-bounds tap index is largest for the leftmost window, so min(count, d) windows
+    decide it."""
+    count = min(out, -(-p // s))
+    for o in range(min(count, d)):
+        start = o * s - p
+        first = -(start // d)  # first tap at or right of 0: ceil(-start / d)
+        if first >= k or start + first * d >= size:
+            raise ValueError(
+                f"pooling window {o} covers no input element (size {size}, kernel_size {k}, "
+                f"padding {p}, dilation {d})")
 
 
 def resolve_conv_padding(padding, sizes: Sequence[int], kernels: Sequence[int],

@@ -82,3 +82,28 @@ def test_size_counts_windows(n, f, s, d, lo, hi):
             conv_output_size(n, f, s, (lo, hi), d)
     else:
         assert conv_output_size(n, f, s, (lo, hi), d) == count
+
+
+def test_pool_window_in_left_padding_that_skips_the_input():
+    # taps at -1 and 2 around an input of size 2: the window covers no element
+    with pytest.raises(ValueError, match="covers no input element"):
+        pool_output_size(2, 2, 1, 1, dilation=3)
+    assert pool_output_size(3, 2, 1, 1, dilation=3) == 2  # taps -1, 2 reach element 2
+
+
+@given(n=st.integers(1, 40), k=st.integers(1, 6), s=st.integers(1, 4), d=st.integers(1, 4),
+       ceil=st.booleans(), data=st.data())
+def test_pool_size_matches_brute_force_windows(n, k, s, d, ceil, data):
+    """pool_output_size either returns the number of windows, each covering an input
+    element, or raises ValueError exactly when some window would cover none."""
+    p = data.draw(st.integers(0, k // 2))
+    span = n + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and out > 0 and (out - 1) * s >= n + p:
+        out -= 1
+    ok = out > 0 and all(any(0 <= o * s - p + t * d < n for t in range(k)) for o in range(out))
+    if ok:
+        assert pool_output_size(n, k, s, p, d, ceil) == out
+    else:
+        with pytest.raises(ValueError):
+            pool_output_size(n, k, s, p, d, ceil)
