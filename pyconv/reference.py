@@ -326,7 +326,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     axes, bshape = _bn_axes(x)
     if training:
         n = x.size // c if c else 0
-        if n < 2:
+        if c and n < 2:  # with no channels there is no statistic to compute
             raise ValueError("expected more than 1 value per channel when training")
         mean = x.mean(axis=axes)
         var = ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)
@@ -369,7 +369,7 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     gw = (dy * xhat).sum(axis=axes)
     a = (w * invstd).reshape(bshape)
     if training:
-        n = x.size // c
+        n = max(x.size // c, 1) if c else 1  # C == 0: dx is empty either way
         dx = a * (dy - (gb / n).reshape(bshape) - xhat * (gw / n).reshape(bshape))
     else:
         dx = a * dy

@@ -661,3 +661,13 @@ def test_concurrent_calls_from_python_threads():
         t.join()
     for g, w in zip(got, want):
         assert np.array_equal(g, w)
+
+
+def test_zero_channels_match_reference():
+    """C == 0: no statistic to compute; kernel and reference both return empty arrays."""
+    x = np.zeros((2, 0), np.float64)
+    assert pyconv.batch_norm(x, None, None, training=True).shape == (2, 0)
+    assert ref.batch_norm(x, None, None, training=True).shape == (2, 0)
+    gx, gw, gb = pyconv.batch_norm_backward(x, x)
+    rx, rw, rb = ref.batch_norm_backward(x, x)
+    assert gx.shape == rx.shape == (2, 0) and gw is rw is None and gb is rb is None
