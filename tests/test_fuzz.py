@@ -101,7 +101,7 @@ def conv_call(draw, dims):
     x = draw(array([n, cin] + sp, base))
     # NaN/Inf only in the input: a non-finite weight (or grad_output, for grad weight)
     # meets the implicit zero padding, where the reference computes 0 * NaN = NaN and
-    # the kernels skip the padded taps (documented in RELIABILITY.md)
+    # the kernels skip the padded taps (documented in the README, Reliability)
     w = draw(array([cout, cin_g] + ks, base, fill=draw(st.sampled_from(["int", "normal"]))))
     b = draw(st.one_of(st.just(py(None)), array([cout], base, fill="int"), array([cout + 1], base, fill="int")))
     if draw(st.integers(0, 24)) == 0:
