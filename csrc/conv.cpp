@@ -113,12 +113,23 @@ struct UnfoldB final : BPanelSource<T> {
       : p(p_), tr(tr_), x(x_), jbase(jb), img(img_stride) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    if (p.w.stride == 1 && nr * static_cast<int>(sizeof(T)) == 64 && active_isa() == Isa::avx512) {
+      avx512_pack(dst, k0, kc, j0, nc);
+      return;
+    }
     switch (nr) {  // the register widths in use get a compile-time panel width
       case 16: pack_panels<16>(dst, k0, kc, j0, nc, nr); break;
       case 8: pack_panels<8>(dst, k0, kc, j0, nc, nr); break;
       case 4: pack_panels<4>(dst, k0, kc, j0, nc, nr); break;
       default: pack_panels<0>(dst, k0, kc, j0, nc, nr); break;
     }
+  }
+
+  void avx512_pack(float* dst, i64 k0, i64 kc, i64 j0, i64 nc) const {
+    avx512::unfold_pack_f32(p, tr.lo.data(), tr.hi.data(), x, jbase, img, dst, k0, kc, j0, nc);
+  }
+  void avx512_pack(double* dst, i64 k0, i64 kc, i64 j0, i64 nc) const {
+    avx512::unfold_pack_f64(p, tr.lo.data(), tr.hi.data(), x, jbase, img, dst, k0, kc, j0, nc);
   }
 
   // NR > 0: the panel width known at compile time (== nr); 0: any nr. Panels are taken
