@@ -663,3 +663,36 @@ def test_avx512_random_geometry_bitwise_equals_avx2(case):
     finally:
         _core._set_isa(before)
     np.testing.assert_array_equal(out["avx512"], out["avx2"])
+
+
+# Stride-1 grad input routed through the forward GEMM (mirrored padding, flipped and
+# transposed weights): at least 8 input channels per group and n*H*W >= 256.
+# (n, cin, cout, H, W, kH, kW, pads (top, bottom, left, right), dilation, groups)
+DX_FORWARD_CASES = [
+    (1, 8, 16, 16, 16, 3, 3, (1, 1, 1, 1), (1, 1), 1),
+    (2, 9, 5, 13, 11, 3, 2, (0, 2, 1, 0), (1, 1), 1),
+    (1, 16, 12, 20, 18, 5, 3, (2, 1, 0, 2), (2, 3), 2),
+    (3, 10, 7, 1, 100, 1, 4, (0, 0, 3, 0), (1, 2), 1),      # 1D causal-like
+    (1, 24, 6, 17, 19, 3, 3, (0, 0, 0, 0), (1, 1), 3),      # valid padding, groups
+    (4, 8, 8, 9, 9, 7, 7, (6, 6, 6, 6), (1, 1), 1),         # padding = (k-1)*d: no mirror pad
+]
+
+
+@pytest.mark.parametrize("case", DX_FORWARD_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_grad_via_forward(case, dtype, isa):
+    n, cin, cout, H, W, kH, kW, pads, d, g = case
+    rng = np.random.default_rng(31)
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    kw = dict(stride=1, padding=padding, dilation=d, groups=g)
+    xi = _ints(rng, (n, cin, H, W), dtype)
+    wi = _ints(rng, (cout, cin // g, kH, kW), dtype)
+    y = pyconv.conv2d(xi, wi, None, **kw)
+    dyi = _ints(rng, y.shape, dtype)
+    for a, r in zip(pyconv.conv2d_backward(dyi, xi, wi, **kw), ref.conv2d_backward(dyi, xi, wi, **kw)):
+        np.testing.assert_array_equal(a, r)
+    x, w = rng.standard_normal(xi.shape).astype(dtype), rng.standard_normal(wi.shape).astype(dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    dx = pyconv.conv2d_backward(dy, x, w, output_mask=(True, False, False), **kw)[0]
+    np.testing.assert_allclose(dx, ref.conv2d_backward(dy, x, w, **kw)[0], **tol)
