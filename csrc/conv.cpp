@@ -225,6 +225,11 @@ struct UnfoldTB final : BPanelSource<T> {
       : p(p_), tr(tr_), x(x_), cbase(cb) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    if (sizeof(T) == 4 && nr == 16 && p.w.stride == 1 && active_isa() == Isa::avx512) {
+      avx512::unfold_t_pack_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(x), cbase,
+                                reinterpret_cast<float*>(dst), k0, kc, j0, nc);
+      return;
+    }
     const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
     const i64 plane = p.h.in * p.w.in;
     for (i64 pb = 0; pb < nc; pb += nr) {

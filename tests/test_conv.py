@@ -696,3 +696,33 @@ def test_input_grad_via_forward(case, dtype, isa):
     tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
     dx = pyconv.conv2d_backward(dy, x, w, output_mask=(True, False, False), **kw)[0]
     np.testing.assert_allclose(dx, ref.conv2d_backward(dy, x, w, **kw)[0], **tol)
+
+
+@pytest.mark.skipif(not _HAS_AVX512, reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("case", AVX512_CASES)
+def test_avx512_weight_grad_packer(case):
+    """Grad weight under avx512 (its transposing unfold packer, float32) is exact on
+    integer data and equals the avx2 result bit for bit where both sum the pixels in one
+    K block (n*Ho*Wo <= 256)."""
+    n, cin, cout, H, W, kH, kW, s, pads, d, g = case
+    dtype = np.float32
+    rng = np.random.default_rng(41)
+    xi, wi = _ints(rng, (n, cin, H, W), dtype), _ints(rng, (cout, cin // g, kH, kW), dtype)
+    y = _fwd_core(xi, wi, None, s, pads, d, g, "generic")
+    dyi = _ints(rng, y.shape, dtype)
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    kw = dict(stride=s, padding=padding, dilation=d, groups=g)
+    before = pyconv.kernel_info()["isa"]
+    out = {}
+    x, dy = rng.standard_normal(xi.shape).astype(dtype), rng.standard_normal(y.shape).astype(dtype)
+    try:
+        for name in ("avx2", "avx512"):
+            _core._set_isa(name)
+            out[name] = (_bwd_core(dyi, xi, wi, s, pads, d, g, "generic")[1],
+                         _bwd_core(dy, x, wi, s, pads, d, g, "generic")[1])
+    finally:
+        _core._set_isa(before)
+    np.testing.assert_array_equal(out["avx512"][0], ref.conv2d_backward(dyi, xi, wi, **kw)[1])
+    np.testing.assert_allclose(out["avx512"][1], out["avx2"][1], rtol=1e-4, atol=1e-4)
+    if y.shape[2] * y.shape[3] <= 256:
+        np.testing.assert_array_equal(out["avx512"][1], out["avx2"][1])
