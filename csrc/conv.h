@@ -71,4 +71,17 @@ void dw_backward_weight_plane(const ConvParams& p, const T* dy, const T* x, doub
                               const i64* kw_lo, const i64* kw_hi, T* buf);
 }  // namespace avx2
 
+// AVX-512 forward unfolding packer (csrc/ukernels/conv_avx512.cpp), reached only when
+// active_isa() is avx512: the same panels as the generic path's B packer (UnfoldB in
+// conv.cpp) for stride 1 along W and a panel width of 16 floats / 8 doubles.
+namespace avx512 {
+void unfold_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
+                     i64 jbase, i64 img, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const double* x,
+                     i64 jbase, i64 img, double* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 along W.
+void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
+                       i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+}  // namespace avx512
+
 }  // namespace pyconv

@@ -24,6 +24,10 @@ Isa detected_isa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   // libgcc's checks include the OS's XSAVE support for the wider registers.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return Isa::avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
   return Isa::scalar;

@@ -33,10 +33,12 @@ template <typename T>
 GemmKernel<T> kernel_for(Isa isa);
 template <>
 GemmKernel<float> kernel_for<float>(Isa isa) {
+  if (isa == Isa::avx512) return gemm_detail::avx512_kernel_f32();
   return isa == Isa::scalar ? gemm_detail::scalar_kernel_f32() : gemm_detail::avx2_kernel_f32();
 }
 template <>
 GemmKernel<double> kernel_for<double>(Isa isa) {
+  if (isa == Isa::avx512) return gemm_detail::avx512_kernel_f64();
   return isa == Isa::scalar ? gemm_detail::scalar_kernel_f64() : gemm_detail::avx2_kernel_f64();
 }
 
@@ -175,6 +177,7 @@ void pack_a(T* dst, int mr, const T* a, i64 a_rs, i64 a_cs, i64 i0, i64 mc, i64 
     case 6: pack_a_mr<T, 6>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
     case 4: pack_a_mr<T, 4>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
     case 8: pack_a_mr<T, 8>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
+    case 16: pack_a_mr<T, 16>(dst, a, a_rs, a_cs, i0, mc, k0, kc); break;
     default: {
       for (i64 ir = 0; ir < mc; ir += mr) {
         const i64 m = std::min<i64>(mr, mc - ir);
@@ -308,8 +311,8 @@ std::size_t gemm_workspace_elems(i64 M, i64 N, i64 K, int threads) {
   if (threads < 1) threads = 1;
   // Large enough for whichever kernel is active when gemm() runs.
   i64 per_thread = 0;
-  for (Isa isa : {Isa::scalar, Isa::avx2}) {
-    if (isa == Isa::avx2 && detected_isa() == Isa::scalar) continue;
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (static_cast<int>(isa) > static_cast<int>(detected_isa())) continue;
     GemmBlocking g = kernel_for<T>(isa).blk;
     i64 ae, be;
     buffer_elems<T>(g, make_blocks<T>(g, M, K), M, N, K, &ae, &be);

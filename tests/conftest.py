@@ -11,7 +11,8 @@ settings.register_profile("dev", max_examples=25, deadline=None)
 settings.register_profile("long", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-ISAS = ["scalar"] + (["avx2"] if pyconv.kernel_info()["detected_isa"] in ("avx2", "avx512") else [])
+_DETECTED = pyconv.kernel_info()["detected_isa"]
+ISAS = ["scalar"] + (["avx2"] if _DETECTED in ("avx2", "avx512") else []) + (["avx512"] if _DETECTED == "avx512" else [])
 
 
 @pytest.fixture(params=ISAS)

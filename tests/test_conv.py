@@ -593,3 +593,136 @@ def test_concurrent_calls_from_python_threads():
     for t in threads:
         t.join()
     assert errors == []
+
+
+# ----------------------------------------------------------------------------- AVX-512
+
+
+_HAS_AVX512 = pyconv.kernel_info()["detected_isa"] == "avx512"
+
+# Generic-path geometries for the AVX-512 unfolding packer (stride 1 along W): planes wider
+# and narrower than a panel (16 floats / 8 doubles), panels spanning output rows and
+# images, left/right/top/bottom padding, dilation, stride along H only, groups.
+# (n, cin, cout, H, W, kH, kW, stride, pads (top, bottom, left, right), dilation, groups)
+AVX512_CASES = [
+    (1, 16, 20, 56, 56, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (2, 12, 9, 14, 14, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (3, 8, 17, 7, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (2, 5, 7, 9, 33, 5, 3, (1, 1), (2, 0, 0, 3), (1, 2), 1),
+    (1, 6, 6, 19, 23, 3, 3, (2, 1), (1, 1, 1, 1), (1, 1), 2),
+    (4, 3, 5, 1, 3, 1, 2, (1, 1), (0, 0, 1, 2), (1, 1), 1),
+    (2, 4, 33, 20, 17, 4, 4, (1, 1), (3, 3, 3, 3), (2, 3), 1),
+    (1, 28, 16, 10, 40, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+]
+
+
+@pytest.mark.skipif(not _HAS_AVX512, reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("case", AVX512_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avx512_generic_forward_bitwise_equals_avx2(case, dtype):
+    """Real-valued data, K <= 256 (one K block for both kernels): the AVX-512 packer and
+    micro-kernel give the AVX2 results bit for bit (same FMA sequence per element), and
+    both agree with the reference; integer data are exact."""
+    n, cin, cout, H, W, kH, kW, s, pads, d, g = case
+    assert cin // g * kH * kW <= 256
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((n, cin, H, W)).astype(dtype)
+    w = rng.standard_normal((cout, cin // g, kH, kW)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    xi, wi = _ints(rng, x.shape, dtype), _ints(rng, w.shape, dtype)
+    before = pyconv.kernel_info()["isa"]
+    out = {}
+    try:
+        for name in ("avx2", "avx512"):
+            _core._set_isa(name)
+            out[name] = (_fwd_core(x, w, b, s, pads, d, g, "generic"),
+                         _fwd_core(xi, wi, None, s, pads, d, g, "generic"))
+    finally:
+        _core._set_isa(before)
+    np.testing.assert_array_equal(out["avx512"][0], out["avx2"][0])
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    kw = dict(stride=s, padding=padding, dilation=d, groups=g)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out["avx512"][0], ref.conv2d(x, w, b, **kw), **tol)
+    np.testing.assert_array_equal(out["avx512"][1], ref.conv2d(xi, wi, None, **kw))
+
+
+@pytest.mark.skipif(not _HAS_AVX512, reason="this CPU has no AVX-512")
+@given(case=conv_cases(depthwise=False))
+def test_avx512_random_geometry_bitwise_equals_avx2(case):
+    """Any geometry (every stride, dilation and padding form): the forward under avx512
+    equals avx2 bit for bit on real data (K here is at most 80, one K block)."""
+    nd = case["nd"]
+    x, w, b = _arrays(case, ints=False)
+    before = pyconv.kernel_info()["isa"]
+    out = {}
+    try:
+        for name in ("avx2", "avx512"):
+            _core._set_isa(name)
+            out[name] = _call(nd, "fwd", x, w, b, **_kw(case))
+    finally:
+        _core._set_isa(before)
+    np.testing.assert_array_equal(out["avx512"], out["avx2"])
+
+
+# Stride-1 grad input routed through the forward GEMM (mirrored padding, flipped and
+# transposed weights): at least 8 input channels per group and n*H*W >= 256.
+# (n, cin, cout, H, W, kH, kW, pads (top, bottom, left, right), dilation, groups)
+DX_FORWARD_CASES = [
+    (1, 8, 16, 16, 16, 3, 3, (1, 1, 1, 1), (1, 1), 1),
+    (2, 9, 5, 13, 11, 3, 2, (0, 2, 1, 0), (1, 1), 1),
+    (1, 16, 12, 20, 18, 5, 3, (2, 1, 0, 2), (2, 3), 2),
+    (3, 10, 7, 1, 100, 1, 4, (0, 0, 3, 0), (1, 2), 1),      # 1D causal-like
+    (1, 24, 6, 17, 19, 3, 3, (0, 0, 0, 0), (1, 1), 3),      # valid padding, groups
+    (4, 8, 8, 9, 9, 7, 7, (6, 6, 6, 6), (1, 1), 1),         # padding = (k-1)*d: no mirror pad
+]
+
+
+@pytest.mark.parametrize("case", DX_FORWARD_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_grad_via_forward(case, dtype, isa):
+    n, cin, cout, H, W, kH, kW, pads, d, g = case
+    rng = np.random.default_rng(31)
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    kw = dict(stride=1, padding=padding, dilation=d, groups=g)
+    xi = _ints(rng, (n, cin, H, W), dtype)
+    wi = _ints(rng, (cout, cin // g, kH, kW), dtype)
+    y = pyconv.conv2d(xi, wi, None, **kw)
+    dyi = _ints(rng, y.shape, dtype)
+    for a, r in zip(pyconv.conv2d_backward(dyi, xi, wi, **kw), ref.conv2d_backward(dyi, xi, wi, **kw)):
+        np.testing.assert_array_equal(a, r)
+    x, w = rng.standard_normal(xi.shape).astype(dtype), rng.standard_normal(wi.shape).astype(dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    dx = pyconv.conv2d_backward(dy, x, w, output_mask=(True, False, False), **kw)[0]
+    np.testing.assert_allclose(dx, ref.conv2d_backward(dy, x, w, **kw)[0], **tol)
+
+
+@pytest.mark.skipif(not _HAS_AVX512, reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("case", AVX512_CASES)
+def test_avx512_weight_grad_packer(case):
+    """Grad weight under avx512 (its transposing unfold packer, float32) is exact on
+    integer data and equals the avx2 result bit for bit where both sum the pixels in one
+    K block (n*Ho*Wo <= 256)."""
+    n, cin, cout, H, W, kH, kW, s, pads, d, g = case
+    dtype = np.float32
+    rng = np.random.default_rng(41)
+    xi, wi = _ints(rng, (n, cin, H, W), dtype), _ints(rng, (cout, cin // g, kH, kW), dtype)
+    y = _fwd_core(xi, wi, None, s, pads, d, g, "generic")
+    dyi = _ints(rng, y.shape, dtype)
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    kw = dict(stride=s, padding=padding, dilation=d, groups=g)
+    before = pyconv.kernel_info()["isa"]
+    out = {}
+    x, dy = rng.standard_normal(xi.shape).astype(dtype), rng.standard_normal(y.shape).astype(dtype)
+    try:
+        for name in ("avx2", "avx512"):
+            _core._set_isa(name)
+            out[name] = (_bwd_core(dyi, xi, wi, s, pads, d, g, "generic")[1],
+                         _bwd_core(dy, x, wi, s, pads, d, g, "generic")[1])
+    finally:
+        _core._set_isa(before)
+    np.testing.assert_array_equal(out["avx512"][0], ref.conv2d_backward(dyi, xi, wi, **kw)[1])
+    np.testing.assert_allclose(out["avx512"][1], out["avx2"][1], rtol=1e-4, atol=1e-4)
+    if y.shape[2] * y.shape[3] <= 256:
+        np.testing.assert_array_equal(out["avx512"][1], out["avx2"][1])

@@ -21,7 +21,8 @@ dims_k = st.one_of(st.sampled_from(EDGE_K), st.integers(0, 600))
 dtypes = st.sampled_from([np.float32, np.float64])
 # The isa fixture holds one ISA for all of a test's examples, which is what we want.
 per_isa = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-ISAS = ["scalar"] + (["avx2"] if _core.kernel_info()["detected_isa"] in ("avx2", "avx512") else [])
+_DETECTED = _core.kernel_info()["detected_isa"]
+ISAS = ["scalar"] + (["avx2"] if _DETECTED in ("avx2", "avx512") else []) + (["avx512"] if _DETECTED == "avx512" else [])
 
 
 def exact(a, b):
@@ -83,7 +84,9 @@ def test_real_valued_close(isa, m, n, k, dtype, seed):
     [(145, 4081, 257),   # one past MC, NC and KC of the AVX2 float32 kernel
      (73, 2049, 513),    # one past the float64 / scalar blocks, two K blocks + 1
      (64, 3136, 576),    # conv-shaped: 3x3 over 64 channels, 56x56 output
-     (6, 16, 1), (5, 15, 2), (7, 17, 3), (1, 4097, 1), (4097, 1, 3)],
+     (6, 16, 1), (5, 15, 2), (7, 17, 3), (1, 4097, 1), (4097, 1, 3),
+     # AVX-512 kernel: MR = 16 tiles (full, ragged by one each way), one past its KC
+     (16, 16, 1), (15, 15, 2), (17, 33, 385), (161, 47, 769)],
 )
 def test_named_shapes_exact(isa, m, n, k, dtype):
     rng = np.random.default_rng(m * 7 + n * 3 + k)

@@ -58,5 +58,10 @@ void avx2_pack_a_f64(double* dst, const double* a, i64 a_rs, i64 i0, i64 mc, i64
 // FP32 FMA peak: 12 independent 256-bit FMA chains per thread, GFLOP/s over all threads.
 double avx2_fma_peak_gflops(int threads, double seconds);
 
+// AVX-512 kernels (gemm_avx512.cpp, AVX-512 F/VL/BW/DQ flags). Call only when the CPU
+// and OS have them. Same NR as the AVX2 kernels, MR = 16.
+GemmKernel<float> avx512_kernel_f32();
+GemmKernel<double> avx512_kernel_f64();
+
 }  // namespace gemm_detail
 }  // namespace pyconv
