@@ -128,7 +128,7 @@ void register_common(py::module_& m) {
     } catch (const std::invalid_argument& e) {
       value_error(e.what());
     }
-  }, "Test hook: force the kernel ISA ('scalar', 'avx2') for this process.");
+  }, "Test hook: force the kernel ISA ('scalar', 'avx2', 'avx512') for this process.");
 }
 
 // ============================== gemm ==============================
