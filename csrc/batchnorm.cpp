@@ -9,10 +9,6 @@
 #include <cstring>
 #include <cstdlib>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pyconv {
 namespace {
 
@@ -657,13 +653,6 @@ State<T> make_state(i64 C, const Plan& p) {
   return st;
 }
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 }  // namespace
 
@@ -716,7 +705,7 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
     for (i64 u = 0; u < units; ++u) {
       i64 c0, c1, e0, e1;
       unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-      ColWork<T> cw = st.work(thread_id());
+      ColWork<T> cw = st.work(thread_index());
       if (training) {
         unit_stats<T>(k, cw, c0, c1, e0, e1, st.mom + c0);
         for (i64 c = c0; c < c1; ++c) finalize(c);
@@ -730,7 +719,7 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
   for (i64 u = 0; u < units; ++u) {
     i64 c0, c1, e0, e1;
     unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-    unit_stats<T>(k, st.work(thread_id()), c0, c1, e0, e1, st.partial + u);
+    unit_stats<T>(k, st.work(thread_index()), c0, c1, e0, e1, st.partial + u);
   }
   for (i64 c = 0; c < C; ++c) {
     st.mom[c] = Mom{0, 0, 0, 0, 0};
@@ -741,7 +730,7 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
   for (i64 u = 0; u < units; ++u) {
     i64 c0, c1, e0, e1;
     unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-    unit_elementwise<T>(k, st.work(thread_id()), Pass::norm, c0, c1, e0, e1, true);
+    unit_elementwise<T>(k, st.work(thread_index()), Pass::norm, c0, c1, e0, e1, true);
   }
 }
 
@@ -818,7 +807,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
     for (i64 u = 0; u < units; ++u) {
       i64 c0, c1, e0, e1;
       unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-      unit_elementwise<T>(k, st.work(thread_id()), pass, c0, c1, e0, e1, true);
+      unit_elementwise<T>(k, st.work(thread_index()), pass, c0, c1, e0, e1, true);
     }
     return;
   }
@@ -827,7 +816,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
     for (i64 u = 0; u < units; ++u) {
       i64 c0, c1, e0, e1;
       unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-      ColWork<T> cw = st.work(thread_id());
+      ColWork<T> cw = st.work(thread_index());
       reduce(cw, c0, c1, e0, e1, st.mom + c0);
       for (i64 c = c0; c < c1; ++c) finalize(c);
       unit_elementwise<T>(k, cw, pass, c0, c1, e0, e1, false);
@@ -838,7 +827,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
   for (i64 u = 0; u < units; ++u) {
     i64 c0, c1, e0, e1;
     unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-    reduce(st.work(thread_id()), c0, c1, e0, e1, st.partial + u);
+    reduce(st.work(thread_index()), c0, c1, e0, e1, st.partial + u);
   }
   for (i64 c = 0; c < C; ++c) {
     Mom& m = st.mom[c];
@@ -859,7 +848,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
   for (i64 u = 0; u < units; ++u) {
     i64 c0, c1, e0, e1;
     unit_range(plan, N, C, S, u, c0, c1, e0, e1);
-    unit_elementwise<T>(k, st.work(thread_id()), pass, c0, c1, e0, e1, true);
+    unit_elementwise<T>(k, st.work(thread_index()), pass, c0, c1, e0, e1, true);
   }
 }
 

@@ -25,10 +25,6 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "cpu.h"
 #include "gemm.h"
 
@@ -36,16 +32,20 @@ namespace pyconv {
 
 namespace {
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
+
+// Threads for one call: a thread gets at least kConvGrainFlops of forward work, so small
+// convolutions (tiny planes, few channels) skip the fork/join. Every path splits its work
+// into pieces whose results do not depend on the thread count.
+constexpr double kConvGrainFlops = 1 << 20;
+int conv_threads(const ConvParams& p) {
+  const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
+                       static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
+                       static_cast<double>(p.cin_g()) * static_cast<double>(p.h.kernel) *
+                       static_cast<double>(p.w.kernel);
+  return threads_for_work(flops, kConvGrainFlops);
+}
 
 // Output positions o in [0, out) whose input index o*stride + off lies in [0, in).
 inline void tap_range(i64 in, i64 out, i64 stride, i64 off, i64* lo, i64* hi) {
@@ -389,7 +389,7 @@ void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const
   for (i64 t = 0; t < tasks; ++t) {
     const i64 b = t / p.groups, g = t % p.groups;
     const i64 n0 = b * nb, cnt = std::min(nb, p.n - n0), N = cnt * pl.Np;
-    T* wsp = ws + ws_per * thread_id();
+    T* wsp = ws + ws_per * thread_index();
     T* tmp = wsp + gemm_part;
     if (bias)
       for (i64 i = 0; i < pl.Mg; ++i) std::fill(tmp + i * N, tmp + (i + 1) * N, bias[g * pl.Mg + i]);
@@ -404,7 +404,7 @@ void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const
 
 template <typename T, bool kPointwise>
 void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
-  const Plan pl = make_plan(p, sizeof(T), num_threads());
+  const Plan pl = make_plan(p, sizeof(T), conv_threads(p));
   if (!kPointwise && pl.fwd_nb > 1) {
     forward_gemm_batched<T>(p, pl, x, w, bias, y);
     return;
@@ -425,7 +425,7 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
     if (bias)
       for (i64 i = 0; i < pl.Mg; ++i) std::fill(yc + i * pl.Np, yc + i * pl.Np + jn, bias[g * pl.Mg + i]);
     const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
-    T* wsp = ws + ws_per * thread_id();
+    T* wsp = ws + ws_per * thread_index();
     if (kPointwise) {
       StridedB<T> src = dense_b(xg, in_plane, j0);
       gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
@@ -502,7 +502,7 @@ void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bia
   const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
   const i64 tasks = p.n * p.c_out;
   const bool vec = active_isa() != Isa::scalar;
-  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), tasks)));
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(conv_threads(p), tasks)));
   T* bufs = nullptr;
   std::size_t buf_per = 0;
   if (vec && p.w.stride == 1) {
@@ -517,7 +517,7 @@ void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bia
     const T b = bias ? bias[co] : T(0);
     if (vec)
       avx2::dw_forward_plane<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data(),
-                                bufs ? bufs + buf_per * thread_id() : nullptr);
+                                bufs ? bufs + buf_per * thread_index() : nullptr);
     else
       dw_forward_plane_scalar<T>(p, xp, w + co * KK, b, yp, tr.lo.data(), tr.hi.data());
   }
@@ -529,7 +529,7 @@ void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bia
 template <typename T>
 void bias_grad(const ConvParams& p, const T* dy, T* db) {
   const i64 Np = p.h.out * p.w.out;
-  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), p.c_out)));
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(conv_threads(p), p.c_out)));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 co = 0; co < p.c_out; ++co) {
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 interleaved partial sums, fixed order
@@ -558,7 +558,7 @@ void weight_grad_gemm(const ConvParams& p, const Plan& pl, const T* dy, const T*
     const i64 g = t / pl.wcols.count, s = t % pl.wcols.count;
     const i64 c0 = s * pl.wcols.chunk, cn = std::min(pl.wcols.chunk, pl.K - c0);
     T* dwc = dw + g * pl.Mg * pl.K + c0;
-    T* wsp = ws + ws_per * thread_id();
+    T* wsp = ws + ws_per * thread_index();
     if (p.n == 0)
       for (i64 i = 0; i < pl.Mg; ++i) fill_zero(dwc + i * pl.K, cn);
     for (i64 n = 0; n < p.n; ++n) {
@@ -589,7 +589,7 @@ void input_grad_pointwise(const ConvParams& p, const Plan& pl, const T* dy, cons
     StridedB<T> src = dense_b(dy + (n * p.c_out + g * pl.Mg) * pl.Np, pl.Np, j0);
     T* dxc = dx + (n * p.c_in + g * pl.Cg) * pl.Np + j0;
     gemm<T>(pl.Cg, jn, pl.Mg, w + g * pl.Mg * pl.Cg, 1, pl.Cg, src, dxc, pl.Np, 1, false, 1,
-            ws + ws_per * thread_id());
+            ws + ws_per * thread_index());
   }
 }
 
@@ -644,7 +644,7 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
     const i64 ca = s * pl.ci_chunk, nci = std::min(pl.ci_chunk, pl.Cg - ca);
     T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
     fill_zero(dxp, nci * in_plane);
-    T* wsp = ws + ws_per * thread_id();
+    T* wsp = ws + ws_per * thread_index();
     T* tile = wsp + gemm_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
     for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
@@ -666,7 +666,7 @@ void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w
   const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
   const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
   const bool vec = active_isa() != Isa::scalar;
-  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), std::max(p.n * p.c_in, p.c_out))));
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(conv_threads(p), std::max(p.n * p.c_in, p.c_out))));
   // Per thread: the zero-padded plane copy of the AVX2 kernels, then KK double sums.
   const std::size_t buf_per = vec ? per_thread(static_cast<std::size_t>(dw_forward_buffer_elems(p, 32 / sizeof(T))), sizeof(T)) : 0;
   const std::size_t acc_per = per_thread(static_cast<std::size_t>(KK) * sizeof(double), 1);
@@ -678,7 +678,7 @@ void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w
     for (i64 t = 0; t < tasks; ++t) {
       const i64 n = t / p.c_in, g = t % p.c_in;
       T* dxp = dx + t * in_plane;
-      T* buf = vec ? reinterpret_cast<T*>(ws + per * thread_id()) : nullptr;
+      T* buf = vec ? reinterpret_cast<T*>(ws + per * thread_index()) : nullptr;
       fill_zero(dxp, in_plane);
       for (i64 m = 0; m < mult; ++m) {
         const i64 co = g * mult + m;
@@ -694,7 +694,7 @@ void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w
     const i64 tasks = p.c_out;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (i64 co = 0; co < tasks; ++co) {
-      char* mine = ws + per * thread_id();
+      char* mine = ws + per * thread_index();
       T* buf = vec ? reinterpret_cast<T*>(mine) : nullptr;
       double* acc = reinterpret_cast<double*>(mine + buf_per * sizeof(T));
       for (i64 i = 0; i < KK; ++i) acc[i] = 0;
@@ -715,7 +715,7 @@ void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w
 template <typename T>
 void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x, const T* w,
                    T* dx, T* dw) {
-  const Plan pl = make_plan(p, sizeof(T), num_threads());
+  const Plan pl = make_plan(p, sizeof(T), conv_threads(p));
   const TapRanges tr(p);
   const i64 KK = p.h.kernel * p.w.kernel;
   // One workspace sized for the largest of the GEMM calls below.

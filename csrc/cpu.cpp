@@ -102,6 +102,21 @@ void set_num_threads(int n) {
 #endif
 }
 
+int threads_for_work(double work, double grain) {
+  const int all = num_threads();
+  if (!(work >= grain) || all <= 1) return 1;
+  const double useful = work / grain;
+  return useful >= all ? all : static_cast<int>(useful);
+}
+
+int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 namespace {
 struct ScratchBuffers {
   void* ptr[kScratchSlots] = {};

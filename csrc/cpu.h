@@ -20,6 +20,13 @@ bool openmp_enabled();
 // Threads each kernel's parallel regions use (num_threads clause); >= 1.
 int num_threads();
 void set_num_threads(int n);  // n >= 1, else std::invalid_argument
+// Threads worth waking for `work` units when one thread should get at least `grain`
+// units: 1 below one grain (a fork/join costs more than it saves), else at most
+// num_threads(). Kernels whose results must not depend on it only use it for work split
+// into independent pieces.
+int threads_for_work(double work, double grain);
+// Index of the calling thread in the innermost OpenMP team (0 outside one).
+int thread_index();
 
 // Scratch memory owned by the calling thread, 64-byte aligned, grown on demand and
 // reused by later calls from the same thread. Distinct slots never alias, so a kernel

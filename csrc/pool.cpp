@@ -231,7 +231,7 @@ void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
   const bool vec_interior = (ow_b - ow_a) >= cand.lanes;
   const i64 rows = planes * Ho;
   const double work = static_cast<double>(rows) * Wo * p.h.kernel * kW;
-  const int nthreads = work < 32768.0 ? 1 : num_threads();
+  const int nthreads = threads_for_work(work, 32768.0);
   const i64 HW = H * W, OHW = Ho * Wo;
 
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -296,7 +296,7 @@ template <typename T, bool ACCUMULATE>
 i64 scatter(i64 planes, i64 src_plane, i64 dst_plane, const T* src, const i64* idx, T* dst) {
   if (planes == 0) return -1;
   const double work = static_cast<double>(planes) * (src_plane + dst_plane);
-  const int nthreads = work < 65536.0 ? 1 : num_threads();
+  const int nthreads = threads_for_work(work, 65536.0);
   const std::size_t plane_bytes = sizeof(T) * static_cast<std::size_t>(dst_plane);
   const std::uint64_t lim = static_cast<std::uint64_t>(dst_plane);
   i64 bad_plane = planes;  // smallest plane with a bad index
