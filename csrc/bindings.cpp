@@ -504,6 +504,48 @@ i64 pool_int_arg(const py::handle& v, const char* name) {
                         ") for " + what);
 }
 
+// Shared body of max_pool2d_backward (backward: scatter-add into the input's shape) and
+// max_unpool2d (assignment into the output's shape): src and its int64 indices are
+// (N, C, h, w); the destination is a zero (N, C, H, W). A bad index is an IndexError and
+// the fresh destination is dropped, so the caller never sees a partial write.
+py::object pool_scatter(py::object src, py::object indices, py::object h_obj, py::object w_obj,
+                        bool backward) {
+  const char* src_name = backward ? "grad_output" : "input";
+  const char* size_name = backward ? "input_shape" : "output_size";
+  Dtype dt = float_dtype(src, src_name);
+  require_ndim(src, src_name, {4});
+  std::vector<i64> s = shape_of(src);
+  pool_require_indices(indices, "indices", s);
+  i64 H = pool_int_arg(h_obj, backward ? "input height" : "output height");
+  i64 W = pool_int_arg(w_obj, backward ? "input width" : "output width");
+  if (H < 1 || W < 1)
+    value_error(std::string(size_name) + ": spatial sizes must be >= 1, got (" + std::to_string(H) +
+                ", " + std::to_string(W) + ")");
+  i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
+  i64 src_plane = pyconv::checked_mul(s[2], s[3], backward ? "grad_output plane" : "input plane");
+  i64 dst_plane = pyconv::checked_mul(H, W, backward ? "input plane" : "output plane");
+  return dispatch_float(dt, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    auto sc = contiguous<T>(src);
+    auto ic = contiguous<int64_t>(indices);
+    auto dst = new_array<T>({s[0], s[1], H, W});
+    const T* sp = sc.data();
+    const i64* ip = ic.data();
+    T* dp = dst.mutable_data();
+    i64 bad;
+    {
+      py::gil_scoped_release release;
+      bad = backward ? pyconv::max_pool_backward(planes, src_plane, dst_plane, sp, ip, dp)
+                     : pyconv::max_unpool(planes, src_plane, dst_plane, sp, ip, dp);
+    }
+    if (bad >= 0)
+      pool_index_error(s, ip, bad, dst_plane,
+                       backward ? "an input plane of input_shape's H*W elements"
+                                : "an output plane of H*W elements");
+    return dst;
+  });
+}
+
 void register_pool(py::module_& m) {
   m.def(
       "max_pool2d",
@@ -560,33 +602,7 @@ void register_pool(py::module_& m) {
   m.def(
       "max_pool2d_backward",
       [](py::object grad_output, py::object indices, py::object in_h, py::object in_w) {
-        Dtype dt = float_dtype(grad_output, "grad_output");
-        require_ndim(grad_output, "grad_output", {4});
-        std::vector<i64> s = shape_of(grad_output);
-        pool_require_indices(indices, "indices", s);
-        i64 H = pool_int_arg(in_h, "input height"), W = pool_int_arg(in_w, "input width");
-        if (H < 1 || W < 1)
-          value_error("input_shape: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
-                      std::to_string(W) + ")");
-        i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
-        i64 src_plane = pyconv::checked_mul(s[2], s[3], "grad_output plane");
-        i64 dst_plane = pyconv::checked_mul(H, W, "input plane");
-        return dispatch_float(dt, [&](auto tag) -> py::object {
-          using T = decltype(tag);
-          auto go = contiguous<T>(grad_output);
-          auto ic = contiguous<int64_t>(indices);
-          auto gi = new_array<T>({s[0], s[1], H, W});
-          const T* gp = go.data();
-          const i64* ip = ic.data();
-          T* op = gi.mutable_data();
-          i64 bad;
-          {
-            py::gil_scoped_release release;
-            bad = pyconv::max_pool_backward(planes, src_plane, dst_plane, gp, ip, op);
-          }
-          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an input plane of input_shape's H*W elements");
-          return gi;
-        });
+        return pool_scatter(grad_output, indices, in_h, in_w, true);
       },
       py::arg("grad_output"), py::arg("indices"), py::arg("in_h"), py::arg("in_w"),
       "Scatter-add grad_output through indices into a zero (N, C, in_h, in_w) grad_input.");
@@ -595,33 +611,7 @@ void register_pool(py::module_& m) {
   m.def(
       "max_unpool2d",
       [](py::object x, py::object indices, py::object out_h, py::object out_w) {
-        Dtype dt = float_dtype(x, "input");
-        require_ndim(x, "input", {4});
-        std::vector<i64> s = shape_of(x);
-        pool_require_indices(indices, "indices", s);
-        i64 H = pool_int_arg(out_h, "output height"), W = pool_int_arg(out_w, "output width");
-        if (H < 1 || W < 1)
-          value_error("output_size: spatial sizes must be >= 1, got (" + std::to_string(H) + ", " +
-                      std::to_string(W) + ")");
-        i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
-        i64 src_plane = pyconv::checked_mul(s[2], s[3], "input plane");
-        i64 dst_plane = pyconv::checked_mul(H, W, "output plane");
-        return dispatch_float(dt, [&](auto tag) -> py::object {
-          using T = decltype(tag);
-          auto xc = contiguous<T>(x);
-          auto ic = contiguous<int64_t>(indices);
-          auto out = new_array<T>({s[0], s[1], H, W});
-          const T* xp = xc.data();
-          const i64* ip = ic.data();
-          T* op = out.mutable_data();
-          i64 bad;
-          {
-            py::gil_scoped_release release;
-            bad = pyconv::max_unpool(planes, src_plane, dst_plane, xp, ip, op);
-          }
-          if (bad >= 0) pool_index_error(s, ip, bad, dst_plane, "an output plane of H*W elements");
-          return out;
-        });
+        return pool_scatter(x, indices, out_h, out_w, false);
       },
       py::arg("input"), py::arg("indices"), py::arg("out_h"), py::arg("out_w"),
       "Zero (N, C, out_h, out_w) output with out[plane][indices] = input (last write wins).");
