@@ -142,12 +142,16 @@ class ThreadControl:
     def set(self, t: int) -> None:
         if self.pyconv is not None:
             self.pyconv.set_num_threads(t)
-        torch = sys.modules.get("torch")  # only when a workload imported it
-        if torch is not None:
-            torch.set_num_threads(t)
         if self.threadpoolctl is not None:
             self.restore()
             self._limiter = self.threadpoolctl.threadpool_limits(limits=t, user_api="blas")
+        # torch last: restoring or limiting the BLAS pools (torch's MKL among them, on the
+        # GNU OpenMP layer) resets the shared OpenMP thread count torch reads.
+        torch = sys.modules.get("torch")  # only when a workload imported it
+        if torch is not None:
+            torch.set_num_threads(t)
+            if torch.get_num_threads() != t:
+                raise RuntimeError(f"torch.set_num_threads({t}) did not take: {torch.get_num_threads()}")
 
     def restore(self) -> None:
         if self._limiter is not None:

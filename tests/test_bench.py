@@ -200,3 +200,25 @@ def test_plot(famdir, tmp_path):
         assert "matplotlib is not available" in p.stderr and not png.exists()
         return
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_thread_control_gives_torch_the_requested_threads():
+    """Limiting/restoring the BLAS pools must not undo torch.set_num_threads (torch's MKL
+    shares the OpenMP thread count): after set(1) then set(2) torch runs on 2 threads."""
+    pytest.importorskip("torch")
+    pytest.importorskip("threadpoolctl")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.join(ROOT, 'bench')!r})
+        import run, pyconv, torch
+        tc = run.ThreadControl(pyconv, [])
+        seen = []
+        for t in (1, 2, 1, 2):
+            tc.set(t)
+            seen.append((torch.get_num_threads(), pyconv.get_num_threads()))
+        tc.restore()
+        print(seen)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(1, 1), (2, 2), (1, 1), (2, 2)]"
