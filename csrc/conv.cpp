@@ -310,6 +310,70 @@ struct PaddedB final : BPanelSource<T> {
   }
 };
 
+// Grad weight B on tiny planes, from the same zero-padded batch copy as PaddedB, read
+// transposed: B(k = (image, oh, ow), j = (ci, kh, kw)). Each panel precomputes its
+// columns' tap offsets; every row (pixel) is then a gather of nr values.
+template <typename T>
+struct PaddedTB final : BPanelSource<T> {
+  const ConvParams& p;
+  const T* xp;
+  i64 Wp, planeP, imgP, cbase;
+  PaddedTB(const ConvParams& p_, const T* xp_, i64 wp, i64 plane, i64 img, i64 cb)
+      : p(p_), xp(xp_), Wp(wp), planeP(plane), imgP(img), cbase(cb) {}
+
+  void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    switch (nr) {
+      case 16: pack_nr<16>(dst, k0, kc, j0, nc, nr); break;
+      case 8: pack_nr<8>(dst, k0, kc, j0, nc, nr); break;
+      default: pack_nr<0>(dst, k0, kc, j0, nc, nr); break;
+    }
+  }
+
+  template <int NR>
+  void pack_nr(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
+    const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out, Ho = p.h.out, Np = Ho * Wo;
+    const i64 sh = p.h.stride * Wp, sw = p.w.stride, dh = p.h.dilation * Wp, dw = p.w.dilation;
+    i64 off[kPaddedMaxNr];
+    for (i64 pb = 0; pb < nc; pb += nr) {
+      const i64 n = std::min<i64>(nr, nc - pb);
+      for (i64 c = 0; c < n; ++c) {
+        const i64 kf = cbase + j0 + pb + c, ci = kf / KK, r = kf % KK;
+        off[c] = ci * planeP + (r / kW) * dh + (r % kW) * dw;
+      }
+      T* d = dst + (pb / nr) * kc * nr;
+      i64 im = k0 / Np, oh = (k0 % Np) / Wo, ow = k0 % Wo;
+      for (i64 t = 0; t < kc; ++t, d += nr) {
+        const T* px = xp + im * imgP + oh * sh + ow * sw;
+        if (NR > 0 && n == NR) {
+          for (int c = 0; c < NR; ++c) d[c] = px[off[c]];
+        } else {
+          for (i64 c = 0; c < n; ++c) d[c] = px[off[c]];
+          for (i64 c = n; c < nr; ++c) d[c] = T(0);
+        }
+        if (++ow == Wo) {
+          ow = 0;
+          if (++oh == Ho) { oh = 0; ++im; }
+        }
+      }
+    }
+  }
+};
+
+// Zero-padded copy of images n0 .. n0+cnt-1, channels of group g, into xp
+// (cnt x Cg x Hp x Wp).
+template <typename T>
+void pad_batch(const ConvParams& p, i64 Cg, i64 Hp, i64 Wp, const T* x, i64 n0, i64 cnt, i64 g, T* xp) {
+  const i64 planeP = Hp * Wp, imgP = Cg * planeP, in_plane = p.h.in * p.w.in;
+  fill_zero(xp, cnt * imgP);
+  for (i64 im = 0; im < cnt; ++im)
+    for (i64 ci = 0; ci < Cg; ++ci) {
+      const T* s = x + ((n0 + im) * p.c_in + g * Cg + ci) * in_plane;
+      T* d = xp + im * imgP + ci * planeP + p.h.pad_lo * Wp + p.w.pad_lo;
+      for (i64 ih = 0; ih < p.h.in; ++ih)
+        std::memcpy(d + ih * Wp, s + ih * p.w.in, static_cast<std::size_t>(p.w.in) * sizeof(T));
+    }
+}
+
 // B(k, j) = src[k*rs + jbase + j]: a dense row-major matrix with a task column offset.
 template <typename T>
 inline StridedB<T> dense_b(const T* src, i64 rs, i64 jbase) {
@@ -363,6 +427,8 @@ struct Plan {
   i64 fwd_nb;      // generic forward on small planes: images per GEMM (1 = per image)
   i64 pad_elems;   // batched forward through PaddedB: padded planes per task (0 = not used)
   i64 Hp, Wp;
+  i64 wgt_nb;      // grad weight on tiny planes: images per GEMM depth via PaddedTB (1 = per image)
+  i64 wgt_pad;     // its padded batch copy, elements
   i64 tile;        // generic grad input: columns per col2im tile
   i64 ci_sub;      // generic grad input: input channels per col2im tile
   int threads;
@@ -397,6 +463,23 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
                         ? pl.threads : 1;
   i64 wchunk = round_up(ceil_div(pl.K, std::min(wtasks_want, std::max<i64>(1, pl.K / nr))), nr);
   pl.wcols = Split{wchunk, ceil_div(pl.K, wchunk)};
+  // Grad weight on tiny planes: nb images' pixels form one GEMM depth (K = nb*Np) and B is
+  // gathered from a zero-padded batch copy, instead of one K = Np GEMM per image
+  // (measured faster under AVX2 and AVX-512 alike: 4x4 planes c16->32 b32 ~1.5x).
+  pl.wgt_nb = 1;
+  pl.wgt_pad = 0;
+  if (pl.Np < kSmallPlane && p.n > 1 && nr <= kPaddedMaxNr) {
+    const i64 nb = std::min(ceil_div(kBatchCols, pl.Np), p.n);
+    const i64 hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
+    const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded plane"), p.w.pad_hi, "padded plane");
+    const i64 elems = checked_mul(checked_mul(checked_mul(nb, pl.Cg, "padded batch"), hp, "padded batch"), wp, "padded batch");
+    if (elems <= kPadMaxElems) {
+      pl.wgt_nb = nb;
+      pl.wgt_pad = elems;
+      pl.Hp = hp;
+      pl.Wp = wp;
+    }
+  }
   i64 ci_want = (pl.threads > 1 && items % pl.threads != 0 && items < 8 * pl.threads) ? pl.threads : 1;
   ci_want = std::min(ci_want, pl.Cg);
   pl.ci_chunk = ceil_div(pl.Cg, ci_want);
@@ -465,14 +548,7 @@ void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const
       for (i64 i = 0; i < pl.Mg; ++i) std::fill(tmp + i * N, tmp + (i + 1) * N, bias[g * pl.Mg + i]);
     if (pl.pad_elems > 0) {
       T* xp = tmp + tmp_part;
-      fill_zero(xp, cnt * imgP);
-      for (i64 im = 0; im < cnt; ++im)
-        for (i64 ci = 0; ci < pl.Cg; ++ci) {
-          const T* s = x + ((n0 + im) * p.c_in + g * pl.Cg + ci) * in_plane;
-          T* d = xp + im * imgP + ci * planeP + p.h.pad_lo * pl.Wp + p.w.pad_lo;
-          for (i64 ih = 0; ih < p.h.in; ++ih)
-            std::memcpy(d + ih * pl.Wp, s + ih * p.w.in, static_cast<std::size_t>(p.w.in) * sizeof(T));
-        }
+      pad_batch(p, pl.Cg, pl.Hp, pl.Wp, x, n0, cnt, g, xp);
       PaddedB<T> src(p, xp, pl.Wp, planeP, imgP);
       gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
     } else {
@@ -645,6 +721,23 @@ void weight_grad_gemm(const ConvParams& p, const Plan& pl, const T* dy, const T*
     T* wsp = ws + ws_per * thread_index();
     if (p.n == 0)
       for (i64 i = 0; i < pl.Mg; ++i) fill_zero(dwc + i * pl.K, cn);
+    if (!kPointwise && pl.wgt_nb > 1) {
+      // A = dY of nb images side by side (Mg x nb*Np), then the padded batch copy.
+      const i64 nb = pl.wgt_nb, Kb = nb * pl.Np, planeP = pl.Hp * pl.Wp, imgP = pl.Cg * planeP;
+      T* abuf = wsp + per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, Kb), sizeof(T));
+      T* xp = abuf + per_thread(static_cast<std::size_t>(pl.Mg * Kb), sizeof(T));
+      for (i64 n0 = 0; n0 < p.n; n0 += nb) {
+        const i64 cnt = std::min(nb, p.n - n0);
+        for (i64 im = 0; im < cnt; ++im)
+          for (i64 i = 0; i < pl.Mg; ++i)
+            std::memcpy(abuf + i * Kb + im * pl.Np, dy + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np,
+                        static_cast<std::size_t>(pl.Np) * sizeof(T));
+        pad_batch(p, pl.Cg, pl.Hp, pl.Wp, x, n0, cnt, g, xp);
+        PaddedTB<T> src(p, xp, pl.Wp, planeP, imgP, c0);
+        gemm<T>(pl.Mg, cn, cnt * pl.Np, abuf, Kb, 1, src, dwc, pl.K, 1, n0 > 0, 1, wsp);
+      }
+      continue;
+    }
     for (i64 n = 0; n < p.n; ++n) {
       const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
       const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
@@ -804,6 +897,12 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
   const i64 KK = p.h.kernel * p.w.kernel;
   // One workspace sized for the largest of the GEMM calls below.
   std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, pl.Np), sizeof(T));
+  if (dw && !pointwise && pl.wgt_nb > 1) {
+    const i64 Kb = pl.wgt_nb * pl.Np;
+    ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, Kb), sizeof(T)) +
+                                  per_thread(static_cast<std::size_t>(pl.Mg * Kb), sizeof(T)) +
+                                  per_thread(static_cast<std::size_t>(pl.wgt_pad), sizeof(T)));
+  }
   if (dx) {
     if (pointwise)
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Cg, pl.fwd.chunk, pl.Mg), sizeof(T)));
@@ -956,6 +1055,12 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
   }
   if (backward) {
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np)));
+    if (pl.wgt_nb > 1) {
+      const i64 kb = checked_mul(pl.wgt_nb, pl.Np, "batched pixels");
+      per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, kb)) + 32,
+                                                  checked_mul(pl.Mg, kb, "batched grad output"), "workspace"),
+                                      pl.wgt_pad, "workspace"));
+    }
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Cg, pl.fwd.chunk, pl.Mg)));
     i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
     per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
