@@ -272,10 +272,43 @@ struct PaddedB final : BPanelSource<T> {
       : p(p_), xp(xp_), Wp(wp), planeP(plane), imgP(img) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    const i64 Wo = p.w.out;
+    if (p.w.stride == 1 && j0 % nr == 0 && nc % nr == 0) {  // whole panels of whole output rows
+      if (nr == 16 && Wo == 8) return pack_runs<16, 8>(dst, k0, kc, j0, nc);
+      if (nr == 16 && Wo == 4) return pack_runs<16, 4>(dst, k0, kc, j0, nc);
+      if (nr == 8 && Wo == 4) return pack_runs<8, 4>(dst, k0, kc, j0, nc);
+    }
     switch (nr) {
       case 16: pack_nr<16>(dst, k0, kc, j0, nc, nr); break;
       case 8: pack_nr<8>(dst, k0, kc, j0, nc, nr); break;
       default: pack_nr<0>(dst, k0, kc, j0, nc, nr); break;
+    }
+  }
+
+  // Stride 1, Wo dividing NR, panels aligned: a panel row is NR/WO runs of WO contiguous
+  // values of the padded copy (one output row each; Np is a multiple of WO, so no run
+  // crosses an image).
+  template <int NR, int WO>
+  void pack_runs(T* dst, i64 k0, i64 kc, i64 j0, i64 nc) const {
+    constexpr int R = NR / WO;
+    const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Np = p.h.out * WO;
+    const i64 sh = p.h.stride * Wp, dh = p.h.dilation * Wp, dw = p.w.dilation;
+    for (i64 pb = 0; pb < nc; pb += NR) {
+      i64 off[R];
+      for (int s = 0; s < R; ++s) {
+        const i64 j = j0 + pb + s * WO, im = j / Np, r = j % Np;
+        off[s] = im * imgP + (r / WO) * sh;
+      }
+      T* d = dst + (pb / NR) * kc * NR;
+      i64 ci = k0 / KK, rr = k0 % KK, kh = rr / kW, kw = rr % kW;
+      for (i64 t = 0; t < kc; ++t, d += NR) {
+        const T* row = xp + ci * planeP + kh * dh + kw * dw;
+        for (int s = 0; s < R; ++s) std::memcpy(d + s * WO, row + off[s], WO * sizeof(T));
+        if (++kw == kW) {
+          kw = 0;
+          if (++kh == p.h.kernel) { kh = 0; ++ci; }
+        }
+      }
     }
   }
 
@@ -452,7 +485,7 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   // Panels spanning several output rows: pack from a zero-padded copy of the batch.
   pl.pad_elems = 0;
   // (The AVX-512 packer handles such panels itself and measured faster than PaddedB.)
-  if (pl.fwd_nb > 1 && p.w.out < nr && nr <= kPaddedMaxNr && active_isa() != Isa::avx512) {
+  if (pl.fwd_nb > 1 && p.w.out < nr && nr <= kPaddedMaxNr) {
     pl.Hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
     pl.Wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded plane"), p.w.pad_hi, "padded plane");
     pl.pad_elems = checked_mul(checked_mul(checked_mul(pl.fwd_nb, pl.Cg, "padded batch"), pl.Hp, "padded batch"),

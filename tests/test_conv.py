@@ -739,6 +739,9 @@ TINY_PLANE_CASES = [
     (7, 6, 10, 7, 6, 3, 3, (2, 1), (1, 1, 1, 1), (1, 2), 2),     # stride, dilation, groups
     (40, 9, 8, 3, 3, 2, 2, (1, 1), (0, 1, 1, 0), (1, 1), 1),     # ragged last batch of images
     (5, 16, 16, 2, 2, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),    # 2x2 planes
+    (32, 16, 16, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),   # 8-wide rows: two runs per panel
+    (5, 4, 6, 3, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # Wo = 4, ragged last panel
+    (37, 3, 5, 4, 4, 3, 3, (1, 1), (1, 1, 1, 1), (2, 2), 1),     # Wo = 4 with dilation, odd batch
 ]
 
 
