@@ -726,3 +726,48 @@ def test_avx512_weight_grad_packer(case):
     np.testing.assert_allclose(out["avx512"][1], out["avx2"][1], rtol=1e-4, atol=1e-4)
     if y.shape[2] * y.shape[3] <= 256:
         np.testing.assert_array_equal(out["avx512"][1], out["avx2"][1])
+
+
+# Tiny planes with a batch: the forward (and the stride-1 grad input run as a forward)
+# puts several images side by side in one GEMM; with Wo below the register width the
+# panels span output rows and are packed from a zero-padded copy of the batch.
+TINY_PLANE_CASES = [
+    # n, cin, cout, H, W, kH, kW, stride, pads (t, b, l, r), dilation, groups
+    (32, 16, 32, 4, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),   # the digits net, layer 2
+    (32, 1, 16, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),    # the digits net, layer 1
+    (9, 8, 12, 5, 3, 3, 2, (1, 1), (2, 0, 1, 0), (1, 1), 1),     # asymmetric padding, odd plane
+    (7, 6, 10, 7, 6, 3, 3, (2, 1), (1, 1, 1, 1), (1, 2), 2),     # stride, dilation, groups
+    (40, 9, 8, 3, 3, 2, 2, (1, 1), (0, 1, 1, 0), (1, 1), 1),     # ragged last batch of images
+    (5, 16, 16, 2, 2, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),    # 2x2 planes
+    (32, 16, 16, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),   # 8-wide rows: two runs per panel
+    (5, 4, 6, 3, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # Wo = 4, ragged last panel
+    (37, 3, 5, 4, 4, 3, 3, (1, 1), (1, 1, 1, 1), (2, 2), 1),     # Wo = 4 with dilation, odd batch
+]
+
+
+@pytest.mark.parametrize("case", TINY_PLANE_CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiny_planes_batched(case, dtype, isa):
+    n, cin, cout, H, W, kH, kW, s, pads, d, g = case
+    rng = np.random.default_rng(53)
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    kw = dict(stride=s, padding=padding, dilation=d, groups=g)
+    xi = _ints(rng, (n, cin, H, W), dtype)
+    wi = _ints(rng, (cout, cin // g, kH, kW), dtype)
+    bi = _ints(rng, (cout,), dtype)
+    y = pyconv.conv2d(xi, wi, bi, **kw)
+    np.testing.assert_array_equal(y, ref.conv2d(xi, wi, bi, **kw))
+    dyi = _ints(rng, y.shape, dtype)
+    for a, r in zip(pyconv.conv2d_backward(dyi, xi, wi, **kw), ref.conv2d_backward(dyi, xi, wi, **kw)):
+        np.testing.assert_array_equal(a, r)
+    x, w = rng.standard_normal(xi.shape).astype(dtype), rng.standard_normal(wi.shape).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    y = pyconv.conv2d(x, w, b, **kw)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, b, **kw), **tol)
+    # Batching changes which columns share a GEMM, never a value's summation order.
+    for i in (0, n - 1):
+        np.testing.assert_array_equal(y[i:i + 1], pyconv.conv2d(x[i:i + 1], w, b, **kw))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for a, r in zip(pyconv.conv2d_backward(dy, x, w, **kw), ref.conv2d_backward(dy, x, w, **kw)):
+        np.testing.assert_allclose(a, r, **tol)
