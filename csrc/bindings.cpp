@@ -91,6 +91,11 @@ py::array_t<T> new_array(const std::vector<i64>& shape) {
     count = pyconv::checked_mul(count, d, "output");
   }
   pyconv::checked_mul(count, static_cast<i64>(sizeof(T)), "output bytes");
+  // The C strides (itemsize times the trailing extents, formed from the last dim even
+  // when an earlier one is 0) must fit too: (0, 2**62) has no elements but a stride of
+  // itemsize * 2**62.
+  i64 stride = static_cast<i64>(sizeof(T));
+  for (std::size_t i = shape.size(); i > 1; --i) stride = pyconv::checked_mul(stride, shape[i - 1], "output strides");
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
   return py::array_t<T>(s);
 }

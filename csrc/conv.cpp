@@ -257,6 +257,13 @@ struct UnfoldTB final : BPanelSource<T> {
 
 constexpr i64 kPaddedMaxNr = 64;  // widest register tile PaddedB handles
 
+// Offset step of a stride or dilation in a padded copy whose rows are `scale` apart. With
+// a single position (count <= 1) the step never multiplies a nonzero index, and a
+// caller-supplied stride or dilation may be as large as int64 allows: return 0 rather
+// than form the product. With count > 1 the output-size formula bounds step*(count-1) by
+// the padded extent, so the product fits.
+inline i64 padded_step(i64 count, i64 step, i64 scale) { return count > 1 ? step * scale : 0; }
+
 // Forward B on tiny planes, read from a zero-padded copy of the batch's planes (Hp x Wp
 // each, images imgP apart): B(k = (ci, kh, kw), j = (image, oh, ow)) =
 // xp[image][ci][oh*sh + kh*dh][ow*sw + kw*dw], no bounds checks. Each panel precomputes
@@ -292,7 +299,8 @@ struct PaddedB final : BPanelSource<T> {
   void pack_runs(T* dst, i64 k0, i64 kc, i64 j0, i64 nc) const {
     constexpr int R = NR / WO;
     const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Np = p.h.out * WO;
-    const i64 sh = p.h.stride * Wp, dh = p.h.dilation * Wp, dw = p.w.dilation;
+    const i64 sh = padded_step(p.h.out, p.h.stride, Wp), dh = padded_step(p.h.kernel, p.h.dilation, Wp);
+    const i64 dw = padded_step(p.w.kernel, p.w.dilation, 1);
     for (i64 pb = 0; pb < nc; pb += NR) {
       i64 off[R];
       for (int s = 0; s < R; ++s) {
@@ -315,7 +323,8 @@ struct PaddedB final : BPanelSource<T> {
   template <int NR>
   void pack_nr(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
     const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out, Np = p.h.out * Wo;
-    const i64 sh = p.h.stride * Wp, sw = p.w.stride, dh = p.h.dilation * Wp, dw = p.w.dilation;
+    const i64 sh = padded_step(p.h.out, p.h.stride, Wp), sw = padded_step(p.w.out, p.w.stride, 1);
+    const i64 dh = padded_step(p.h.kernel, p.h.dilation, Wp), dw = padded_step(p.w.kernel, p.w.dilation, 1);
     i64 off[kPaddedMaxNr];
     for (i64 pb = 0; pb < nc; pb += nr) {
       const i64 n = std::min<i64>(nr, nc - pb);
@@ -365,7 +374,8 @@ struct PaddedTB final : BPanelSource<T> {
   template <int NR>
   void pack_nr(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
     const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out, Ho = p.h.out, Np = Ho * Wo;
-    const i64 sh = p.h.stride * Wp, sw = p.w.stride, dh = p.h.dilation * Wp, dw = p.w.dilation;
+    const i64 sh = padded_step(p.h.out, p.h.stride, Wp), sw = padded_step(p.w.out, p.w.stride, 1);
+    const i64 dh = padded_step(p.h.kernel, p.h.dilation, Wp), dw = padded_step(p.w.kernel, p.w.dilation, 1);
     i64 off[kPaddedMaxNr];
     for (i64 pb = 0; pb < nc; pb += nr) {
       const i64 n = std::min<i64>(nr, nc - pb);

@@ -6,8 +6,10 @@ from hypothesis import settings
 
 import pyconv
 
-settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True)
-settings.register_profile("dev", max_examples=25, deadline=None)
+# 'ci' and 'dev' are derandomized: every run draws the same examples, so CI checks exactly
+# what was run before submitting. 'long' draws fresh random examples for fuzzing campaigns.
+settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True, derandomize=True)
+settings.register_profile("dev", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("long", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

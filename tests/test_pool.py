@@ -596,3 +596,13 @@ def test_core_never_crashes_on_arbitrary_parameters(params, h, w, ceil):
     want, widx = ref.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil, return_indices=True)
     same(out, want)
     same(idx, widx)
+
+
+def test_empty_output_with_overflowing_strides_is_rejected():
+    """(0, 0, 2**62) holds no elements, but its C strides (itemsize * 2**62) overflow
+    int64: an OverflowError, not a sanitizer report or a wrapped stride (found by fuzzing)."""
+    g = np.zeros((0, 0, 1), np.float32)
+    i = np.zeros((0, 0, 1), np.int64)
+    with pytest.raises(OverflowError):
+        pyconv.max_pool1d_backward(g, i, (0, 0, 2**62))
+    assert pyconv.max_pool1d_backward(g, i, (0, 0, 4)).shape == (0, 0, 4)
