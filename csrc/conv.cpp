@@ -264,19 +264,60 @@ constexpr i64 kPaddedMaxNr = 64;  // widest register tile PaddedB handles
 // the padded extent, so the product fits.
 inline i64 padded_step(i64 count, i64 step, i64 scale) { return count > 1 ? step * scale : 0; }
 
-// Forward B on tiny planes, read from a zero-padded copy of the batch's planes (Hp x Wp
-// each, images imgP apart): B(k = (ci, kh, kw), j = (image, oh, ow)) =
-// xp[image][ci][oh*sh + kh*dh][ow*sw + kw*dw], no bounds checks. Each panel precomputes
-// its columns' offsets once, then every unfolded row is a gather of nr values. Used when
-// a panel spans several output rows (Wo < nr), where the row-run packer falls back to
-// short segments. Packs exactly the values UnfoldB packs.
+// What the tiny-plane packers share: the zero-padded copy of a batch's planes (Hp x Wp
+// each, planes planeP apart, images imgP apart), its stride and dilation steps in
+// elements (computed once per source), the gather of one packed row and the dispatch on
+// the panel width.
 template <typename T>
-struct PaddedB final : BPanelSource<T> {
+struct PaddedCopy {
   const ConvParams& p;
   const T* xp;
   i64 Wp, planeP, imgP;
-  PaddedB(const ConvParams& p_, const T* xp_, i64 wp, i64 plane, i64 img)
-      : p(p_), xp(xp_), Wp(wp), planeP(plane), imgP(img) {}
+  i64 sh, sw, dh, dw;  // element steps of one output row / column / kernel row / tap
+  PaddedCopy(const ConvParams& p_, const T* xp_, i64 wp, i64 plane, i64 img)
+      : p(p_), xp(xp_), Wp(wp), planeP(plane), imgP(img),
+        sh(padded_step(p_.h.out, p_.h.stride, wp)), sw(padded_step(p_.w.out, p_.w.stride, 1)),
+        dh(padded_step(p_.h.kernel, p_.h.dilation, wp)), dw(padded_step(p_.w.kernel, p_.w.dilation, 1)) {}
+
+  // One packed row: d[c] = src[off[c]] for the n valid columns, zeros up to nr. NR > 0 is
+  // the panel width known at compile time, so a full panel's loop unrolls.
+  template <int NR>
+  static void gather_row(T* d, const T* src, const i64* off, i64 n, int nr) {
+    if (NR > 0 && n == NR) {
+      for (int c = 0; c < NR; ++c) d[c] = src[off[c]];
+      return;
+    }
+    for (i64 c = 0; c < n; ++c) d[c] = src[off[c]];
+    for (i64 c = n; c < nr; ++c) d[c] = T(0);
+  }
+
+  // Calls s.pack_nr<NR> with the common register-tile widths as compile-time constants.
+  template <class S>
+  static void pack_by_width(const S& s, T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) {
+    switch (nr) {
+      case 16: s.template pack_nr<16>(dst, k0, kc, j0, nc, nr); break;
+      case 8: s.template pack_nr<8>(dst, k0, kc, j0, nc, nr); break;
+      default: s.template pack_nr<0>(dst, k0, kc, j0, nc, nr); break;
+    }
+  }
+};
+
+// Forward B on tiny planes, read from the zero-padded copy: B(k = (ci, kh, kw),
+// j = (image, oh, ow)) = xp[image][ci][oh*sh + kh*dh][ow*sw + kw*dw], no bounds checks.
+// Each panel precomputes its columns' offsets once, then every unfolded row is a gather
+// of nr values. Used when a panel spans several output rows (Wo < nr), where the row-run
+// packer falls back to short segments. Packs exactly the values UnfoldB packs.
+template <typename T>
+struct PaddedB final : BPanelSource<T>, PaddedCopy<T> {
+  using PaddedCopy<T>::PaddedCopy;
+  using PaddedCopy<T>::p;
+  using PaddedCopy<T>::xp;
+  using PaddedCopy<T>::planeP;
+  using PaddedCopy<T>::imgP;
+  using PaddedCopy<T>::sh;
+  using PaddedCopy<T>::sw;
+  using PaddedCopy<T>::dh;
+  using PaddedCopy<T>::dw;
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
     const i64 Wo = p.w.out;
@@ -285,11 +326,7 @@ struct PaddedB final : BPanelSource<T> {
       if (nr == 16 && Wo == 4) return pack_runs<16, 4>(dst, k0, kc, j0, nc);
       if (nr == 8 && Wo == 4) return pack_runs<8, 4>(dst, k0, kc, j0, nc);
     }
-    switch (nr) {
-      case 16: pack_nr<16>(dst, k0, kc, j0, nc, nr); break;
-      case 8: pack_nr<8>(dst, k0, kc, j0, nc, nr); break;
-      default: pack_nr<0>(dst, k0, kc, j0, nc, nr); break;
-    }
+    this->pack_by_width(*this, dst, k0, kc, j0, nc, nr);
   }
 
   // Stride 1, Wo dividing NR, panels aligned: a panel row is NR/WO runs of WO contiguous
@@ -299,8 +336,6 @@ struct PaddedB final : BPanelSource<T> {
   void pack_runs(T* dst, i64 k0, i64 kc, i64 j0, i64 nc) const {
     constexpr int R = NR / WO;
     const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Np = p.h.out * WO;
-    const i64 sh = padded_step(p.h.out, p.h.stride, Wp), dh = padded_step(p.h.kernel, p.h.dilation, Wp);
-    const i64 dw = padded_step(p.w.kernel, p.w.dilation, 1);
     for (i64 pb = 0; pb < nc; pb += NR) {
       i64 off[R];
       for (int s = 0; s < R; ++s) {
@@ -323,8 +358,6 @@ struct PaddedB final : BPanelSource<T> {
   template <int NR>
   void pack_nr(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
     const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out, Np = p.h.out * Wo;
-    const i64 sh = padded_step(p.h.out, p.h.stride, Wp), sw = padded_step(p.w.out, p.w.stride, 1);
-    const i64 dh = padded_step(p.h.kernel, p.h.dilation, Wp), dw = padded_step(p.w.kernel, p.w.dilation, 1);
     i64 off[kPaddedMaxNr];
     for (i64 pb = 0; pb < nc; pb += nr) {
       const i64 n = std::min<i64>(nr, nc - pb);
@@ -332,17 +365,10 @@ struct PaddedB final : BPanelSource<T> {
         const i64 j = j0 + pb + c, im = j / Np, r = j % Np;
         off[c] = im * imgP + (r / Wo) * sh + (r % Wo) * sw;
       }
-      for (i64 c = n; c < nr; ++c) off[c] = -1;
       T* d = dst + (pb / nr) * kc * nr;
       i64 ci = k0 / KK, rr = k0 % KK, kh = rr / kW, kw = rr % kW;
       for (i64 t = 0; t < kc; ++t, d += nr) {
-        const T* row = xp + ci * planeP + kh * dh + kw * dw;
-        if (NR > 0 && n == NR) {
-          for (int c = 0; c < NR; ++c) d[c] = row[off[c]];
-        } else {
-          for (i64 c = 0; c < n; ++c) d[c] = row[off[c]];
-          for (i64 c = n; c < nr; ++c) d[c] = T(0);
-        }
+        this->template gather_row<NR>(d, xp + ci * planeP + kh * dh + kw * dw, off, n, nr);
         if (++kw == kW) {
           kw = 0;
           if (++kh == p.h.kernel) { kh = 0; ++ci; }
@@ -353,29 +379,30 @@ struct PaddedB final : BPanelSource<T> {
 };
 
 // Grad weight B on tiny planes, from the same zero-padded batch copy as PaddedB, read
-// transposed: B(k = (image, oh, ow), j = (ci, kh, kw)). Each panel precomputes its
-// columns' tap offsets; every row (pixel) is then a gather of nr values.
+// transposed: B(k = (image, oh, ow), j = (ci, kh, kw)), the columns starting at channel
+// offset cbase. Each panel precomputes its columns' tap offsets; every row (pixel) is
+// then a gather of nr values.
 template <typename T>
-struct PaddedTB final : BPanelSource<T> {
-  const ConvParams& p;
-  const T* xp;
-  i64 Wp, planeP, imgP, cbase;
+struct PaddedTB final : BPanelSource<T>, PaddedCopy<T> {
+  using PaddedCopy<T>::p;
+  using PaddedCopy<T>::xp;
+  using PaddedCopy<T>::planeP;
+  using PaddedCopy<T>::imgP;
+  using PaddedCopy<T>::sh;
+  using PaddedCopy<T>::sw;
+  using PaddedCopy<T>::dh;
+  using PaddedCopy<T>::dw;
+  i64 cbase;
   PaddedTB(const ConvParams& p_, const T* xp_, i64 wp, i64 plane, i64 img, i64 cb)
-      : p(p_), xp(xp_), Wp(wp), planeP(plane), imgP(img), cbase(cb) {}
+      : PaddedCopy<T>(p_, xp_, wp, plane, img), cbase(cb) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
-    switch (nr) {
-      case 16: pack_nr<16>(dst, k0, kc, j0, nc, nr); break;
-      case 8: pack_nr<8>(dst, k0, kc, j0, nc, nr); break;
-      default: pack_nr<0>(dst, k0, kc, j0, nc, nr); break;
-    }
+    this->pack_by_width(*this, dst, k0, kc, j0, nc, nr);
   }
 
   template <int NR>
   void pack_nr(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const {
     const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out, Ho = p.h.out, Np = Ho * Wo;
-    const i64 sh = padded_step(p.h.out, p.h.stride, Wp), sw = padded_step(p.w.out, p.w.stride, 1);
-    const i64 dh = padded_step(p.h.kernel, p.h.dilation, Wp), dw = padded_step(p.w.kernel, p.w.dilation, 1);
     i64 off[kPaddedMaxNr];
     for (i64 pb = 0; pb < nc; pb += nr) {
       const i64 n = std::min<i64>(nr, nc - pb);
@@ -386,13 +413,7 @@ struct PaddedTB final : BPanelSource<T> {
       T* d = dst + (pb / nr) * kc * nr;
       i64 im = k0 / Np, oh = (k0 % Np) / Wo, ow = k0 % Wo;
       for (i64 t = 0; t < kc; ++t, d += nr) {
-        const T* px = xp + im * imgP + oh * sh + ow * sw;
-        if (NR > 0 && n == NR) {
-          for (int c = 0; c < NR; ++c) d[c] = px[off[c]];
-        } else {
-          for (i64 c = 0; c < n; ++c) d[c] = px[off[c]];
-          for (i64 c = n; c < nr; ++c) d[c] = T(0);
-        }
+        this->template gather_row<NR>(d, xp + im * imgP + oh * sh + ow * sw, off, n, nr);
         if (++ow == Wo) {
           ow = 0;
           if (++oh == Ho) { oh = 0; ++im; }
