@@ -317,6 +317,17 @@ def _bn_axes(x):
     return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
+def _bn_stats(x, axes, bshape, training, running_mean, running_var):
+    """Mean and biased variance (float64) the normalisation uses: the batch's when
+    training (two-pass), else the running statistics, which are then required."""
+    if training:
+        mean = x.mean(axis=axes)
+        return mean, ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required when training=False")
+    return np.asarray(running_mean, dtype=np.float64), np.asarray(running_var, dtype=np.float64)
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """Batch norm over every axis but 1, in float64; updates running stats in place when
@@ -324,21 +335,15 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     x = np.asarray(input, dtype=np.float64)
     c = x.shape[1]
     axes, bshape = _bn_axes(x)
+    n = x.size // c if c else 0
+    if training and c and n < 2:  # with no channels there is no statistic to compute
+        raise ValueError("expected more than 1 value per channel when training")
+    mean, var = _bn_stats(x, axes, bshape, training, running_mean, running_var)
     if training:
-        n = x.size // c if c else 0
-        if c and n < 2:  # with no channels there is no statistic to compute
-            raise ValueError("expected more than 1 value per channel when training")
-        mean = x.mean(axis=axes)
-        var = ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)
         if running_mean is not None:
             running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
         if running_var is not None:
             running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var * n / (n - 1)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("running_mean and running_var are required when training=False")
-        mean = np.asarray(running_mean, dtype=np.float64)
-        var = np.asarray(running_var, dtype=np.float64)
     invstd = 1.0 / np.sqrt(var + eps)
     w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
     b = np.zeros(c) if bias is None else np.asarray(bias, dtype=np.float64)
@@ -354,14 +359,7 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     dy = np.asarray(grad_output, dtype=np.float64)
     c = x.shape[1]
     axes, bshape = _bn_axes(x)
-    if training:
-        mean = x.mean(axis=axes)
-        var = ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("running_mean and running_var are required when training=False")
-        mean = np.asarray(running_mean, dtype=np.float64)
-        var = np.asarray(running_var, dtype=np.float64)
+    mean, var = _bn_stats(x, axes, bshape, training, running_mean, running_var)
     invstd = 1.0 / np.sqrt(var + eps)
     w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
     xhat = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
