@@ -719,8 +719,45 @@ void dw_backward_weight_plane_scalar(const ConvParams& p, const T* dy, const T* 
   }
 }
 
+// The AVX-512 depthwise kernels: stride 1 in both dimensions, kernels up to kDwMaxKw
+// columns; no padded copy, no scratch beyond kH*kW double sums.
+bool dw_avx512(const ConvParams& p) {
+  return active_isa() == Isa::avx512 && p.h.stride == 1 && p.w.stride == 1 && p.w.kernel <= avx512::kDwMaxKw;
+}
+// Forward geometry (src = x, out = y); also the weight-gradient one (x against dy).
+avx512::DwGeom dw_geom_forward(const ConvParams& p) {
+  return avx512::DwGeom{p.h.in, p.w.in, p.h.out, p.w.out, p.h.kernel, p.w.kernel,
+                        p.h.dilation, p.w.dilation, p.h.pad_lo, p.w.pad_lo};
+}
+// Input gradient, stride 1: dx = dy correlated with the flipped kernel, the source
+// shifted by (k-1)*d - pad_lo (negative when the padding exceeds the dilated kernel).
+avx512::DwGeom dw_geom_input(const ConvParams& p) {
+  return avx512::DwGeom{p.h.out, p.w.out, p.h.in, p.w.in, p.h.kernel, p.w.kernel,
+                        p.h.dilation, p.w.dilation, (p.h.kernel - 1) * p.h.dilation - p.h.pad_lo,
+                        (p.w.kernel - 1) * p.w.dilation - p.w.pad_lo};
+}
+
+template <typename T>
+void depthwise_forward_avx512(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
+  const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
+  const i64 tasks = p.n * p.c_out;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(conv_threads(p), tasks)));
+  const avx512::DwGeom g = dw_geom_forward(p);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 n = t / p.c_out, co = t % p.c_out;
+    avx512::dw_corr_plane<T>(g, x + (n * p.c_in + co / mult) * in_plane, w + co * KK, bias ? bias[co] : T(0),
+                             false, y + t * out_plane);
+  }
+}
+
 template <typename T>
 void depthwise_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  if (dw_avx512(p)) {
+    depthwise_forward_avx512<T>(p, x, w, bias, y);
+    return;
+  }
   const TapRanges tr(p);
   const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
   const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
@@ -901,8 +938,63 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
   }
 }
 
+// Fused backward: a task owns one input channel g (for every image): its dx planes and
+// the weight gradients of its output channels g*mult .. g*mult+mult-1, so each dy plane
+// is read from memory once for both, and every sum has one owner and a fixed order
+// (images in order), whatever the thread count.
+template <typename T>
+void depthwise_backward_avx512(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw) {
+  const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
+  const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;
+  const i64 tasks = p.c_in;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(conv_threads(p), tasks)));
+  const avx512::DwGeom gf = dw_geom_forward(p), gi = dw_geom_input(p);
+  // Per thread: the flipped kernel (KK values) and KK double sums.
+  const std::size_t acc_per = per_thread(static_cast<std::size_t>(KK) * sizeof(double), 1);
+  const std::size_t wf_per = per_thread(static_cast<std::size_t>(KK) * sizeof(T), 1);
+  const std::size_t per = acc_per + wf_per;
+  char* ws = static_cast<char*>(scratch(kScratchOp1, per * threads));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 g = 0; g < tasks; ++g) {
+    char* mine = ws + per * thread_index();
+    double* acc = reinterpret_cast<double*>(mine);
+    T* wf = reinterpret_cast<T*>(mine + acc_per);
+    for (i64 n = 0; n < p.n; ++n) {
+      const T* xp = x + (n * p.c_in + g) * in_plane;
+      for (i64 m = 0; m < mult; ++m) {
+        const i64 co = g * mult + m;
+        const T* dyp = dy + (n * p.c_out + co) * out_plane;
+        if (dx) {
+          for (i64 r = 0; r < KK; ++r) wf[r] = w[co * KK + KK - 1 - r];
+          avx512::dw_corr_plane<T>(gi, dyp, wf, T(0), m > 0, dx + (n * p.c_in + g) * in_plane);
+        }
+        if (dw && mult == 1) {  // one output channel: its sums stay in acc across images
+          if (n == 0)
+            for (i64 r = 0; r < KK; ++r) acc[r] = 0;
+          avx512::dw_weight_plane<T>(gf, dyp, xp, acc);
+        }
+      }
+    }
+    if (dw && mult == 1) {
+      for (i64 r = 0; r < KK; ++r) dw[g * KK + r] = static_cast<T>(p.n > 0 ? acc[r] : 0.0);
+    } else if (dw) {  // a channel multiplier: one output channel at a time, images in order
+      for (i64 m = 0; m < mult; ++m) {
+        const i64 co = g * mult + m;
+        for (i64 r = 0; r < KK; ++r) acc[r] = 0;
+        for (i64 n = 0; n < p.n; ++n)
+          avx512::dw_weight_plane<T>(gf, dy + (n * p.c_out + co) * out_plane, x + (n * p.c_in + g) * in_plane, acc);
+        for (i64 r = 0; r < KK; ++r) dw[co * KK + r] = static_cast<T>(acc[r]);
+      }
+    }
+  }
+}
+
 template <typename T>
 void depthwise_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw) {
+  if (dw_avx512(p)) {
+    depthwise_backward_avx512<T>(p, dy, x, w, dx, dw);
+    return;
+  }
   const TapRanges tr(p);
   const i64 mult = p.cout_g(), KK = p.h.kernel * p.w.kernel;
   const i64 in_plane = p.h.in * p.w.in, out_plane = p.h.out * p.w.out;

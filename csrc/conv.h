@@ -82,6 +82,24 @@ void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
 // The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 along W.
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+
+// Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
+// edges (padding, the right end of a row) are masked loads and stores.
+// Geometry of one plane correlation: out (Ho x Wo) from src (Hs x Ws), tap (kh, kw)
+// reads src(oh + kh*dh - oh_off, ow + kw*dw - ow_off), zero outside src. The offsets may
+// be negative (the input gradient runs dy through it with the kernel flipped).
+// Kernels wider than this (kW > kDwMaxKw) keep the AVX2 path.
+constexpr i64 kDwMaxKw = 64;
+struct DwGeom {
+  i64 Hs, Ws, Ho, Wo, kH, kW, dh, dw, oh_off, ow_off;
+};
+// out = (accumulate ? out : init) + sum over taps of wk[kh*kW + kw] * src(...).
+template <typename T>
+void dw_corr_plane(const DwGeom& g, const T* src, const T* wk, T init, bool accumulate, T* out);
+// Weight gradient of one plane, g as for the forward (src = x, out = dy):
+// acc[kh*kW + kw] += sum over (oh, ow) of dy(oh, ow) * x(oh + kh*dh - oh_off, ow + kw*dw - ow_off).
+template <typename T>
+void dw_weight_plane(const DwGeom& g, const T* dy, const T* x, double* acc);
 }  // namespace avx512
 
 }  // namespace pyconv

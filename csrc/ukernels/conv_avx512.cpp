@@ -205,6 +205,324 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
   }
 }
 
+
+// ---------------------------------------------------------------- depthwise planes
+//
+// Stride 1 in both dimensions, no padded copy: every vector of output columns reads its
+// taps with masked loads whose masks keep the lanes inside the source row (padding lanes
+// load as zeros, nothing outside the row is touched) and inside the output row. The
+// masks depend only on the column position, so they are computed once per call for a
+// strip of columns and reused down the plane.
+
+using avx512::DwGeom;
+using avx512::kDwMaxKw;
+
+struct DwF {
+  using T = float;
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static V set1(T a) { return _mm512_set1_ps(a); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(T* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // Adds the 16 float lanes of a into two 8-lane double sums.
+  static void flush(V a, __m512d* d) {
+    d[0] = _mm512_add_pd(d[0], _mm512_cvtps_pd(_mm512_castps512_ps256(a)));
+    d[1] = _mm512_add_pd(d[1], _mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1)));
+  }
+};
+struct DwD {
+  using T = double;
+  using V = __m512d;
+  using M = __mmask8;
+  static constexpr int L = 8;
+  static V set1(T a) { return _mm512_set1_pd(a); }
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(M m, const T* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static void store(T* p, M m, V v) { _mm512_mask_storeu_pd(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static void flush(V a, __m512d* d) { d[0] = _mm512_add_pd(d[0], a); }
+};
+template <typename T> struct DwTraits;
+template <> struct DwTraits<float> { using type = DwF; };
+template <> struct DwTraits<double> { using type = DwD; };
+
+// Lanes [lo, hi) of an L-lane mask (clamped to [0, L]).
+template <class S>
+inline typename S::M lane_bits(i64 lo, i64 hi) {
+  lo = lmax(lo, 0);
+  hi = lmin(hi, S::L);
+  if (lo >= hi) return 0;
+  return static_cast<typename S::M>(((1u << (hi - lo)) - 1u) << lo);
+}
+// base + off elements, formed without pointer arithmetic (off may leave the row; only
+// the lanes a mask keeps, which are inside it, are accessed).
+template <typename T>
+inline const T* at(const T* base, i64 off) {
+  return reinterpret_cast<const T*>(reinterpret_cast<std::uintptr_t>(base) +
+                                    static_cast<std::uintptr_t>(off * static_cast<i64>(sizeof(T))));
+}
+// Mask of output vector starting at column c (lanes with c + i < Wo) for tap column
+// offset off (= kw*dw - ow_off): lanes with 0 <= c + i + off < Ws.
+template <class S>
+inline typename S::M tap_mask(i64 c, i64 off, i64 Wo, i64 Ws) {
+  return lane_bits<S>(lmax(0, -off - c), lmin(Wo - c, Ws - off - c));
+}
+
+constexpr int kDwR = 4;          // output rows per register block
+constexpr int kDwNC = 4;         // vectors per row per register block
+constexpr i64 kDwStripVecs = 64; // output vectors per column strip (masks precomputed)
+
+// R x NC register block of outputs, 3x3 taps, dilation 1: each source row is loaded once
+// per tap column and feeds every output row of the block it belongs to.
+template <class S, int R, int NC>
+inline void corr_block_k3(const DwGeom& g, const typename S::T* src, const typename S::V* wv,
+                          const typename S::M* msk, const typename S::M* om, i64 oh0, i64 c0,
+                          typename S::V init, bool accumulate, typename S::T* out) {
+  using T = typename S::T;
+  using V = typename S::V;
+  constexpr int L = S::L, KH = 3, KW = 3;
+  V acc[R][NC];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c)
+      acc[r][c] = accumulate ? S::load(om[c], out + (oh0 + r) * g.Wo + c0 + c * L) : init;
+  for (int ii = 0; ii < R + KH - 1; ++ii) {
+    const i64 ih = oh0 + ii - g.oh_off;
+    if (ih < 0 || ih >= g.Hs) continue;
+    const T* row = src + ih * g.Ws;
+    for (int kw = 0; kw < KW; ++kw) {
+      V v[NC];
+      for (int c = 0; c < NC; ++c) v[c] = S::load(msk[c * KW + kw], at(row, c0 + c * L + kw - g.ow_off));
+      for (int r = 0; r < R; ++r) {
+        const int kh = ii - r;
+        if (kh < 0 || kh >= KH) continue;
+        for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(wv[kh * KW + kw], v[c], acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c) S::store(out + (oh0 + r) * g.Wo + c0 + c * L, om[c], acc[r][c]);
+}
+
+// Any kernel size and dilation: taps in (kh, kw) order, one masked load per tap.
+template <class S, int R, int NC>
+inline void corr_block_any(const DwGeom& g, const typename S::T* src, const typename S::T* wk,
+                           const typename S::M* msk, const typename S::M* om, i64 oh0, i64 c0,
+                           typename S::V init, bool accumulate, typename S::T* out) {
+  using T = typename S::T;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  const i64 kW = g.kW;
+  V acc[R][NC];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c)
+      acc[r][c] = accumulate ? S::load(om[c], out + (oh0 + r) * g.Wo + c0 + c * L) : init;
+  for (int r = 0; r < R; ++r)
+    for (i64 kh = 0; kh < g.kH; ++kh) {
+      const i64 ih = oh0 + r + kh * g.dh - g.oh_off;
+      if (ih < 0 || ih >= g.Hs) continue;
+      const T* row = src + ih * g.Ws;
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const V w = S::set1(wk[kh * kW + kw]);
+        const i64 off = c0 + kw * g.dw - g.ow_off;
+        for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(w, S::load(msk[c * kW + kw], at(row, off + c * L)), acc[r][c]);
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c) S::store(out + (oh0 + r) * g.Wo + c0 + c * L, om[c], acc[r][c]);
+}
+
+template <class S, int R, int NC>
+inline void corr_block(bool k3, const DwGeom& g, const typename S::T* src, const typename S::T* wk,
+                       const typename S::V* wv, const typename S::M* msk, const typename S::M* om, i64 oh0,
+                       i64 c0, typename S::V init, bool accumulate, typename S::T* out) {
+  if (k3)
+    corr_block_k3<S, R, NC>(g, src, wv, msk, om, oh0, c0, init, accumulate, out);
+  else
+    corr_block_any<S, R, NC>(g, src, wk, msk, om, oh0, c0, init, accumulate, out);
+}
+
+template <class S, int R>
+inline void corr_block_nc(int nc, bool k3, const DwGeom& g, const typename S::T* src, const typename S::T* wk,
+                          const typename S::V* wv, const typename S::M* msk, const typename S::M* om, i64 oh0,
+                          i64 c0, typename S::V init, bool accumulate, typename S::T* out) {
+  switch (nc) {
+    case 4: corr_block<S, R, 4>(k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out); break;
+    case 3: corr_block<S, R, 3>(k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out); break;
+    case 2: corr_block<S, R, 2>(k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out); break;
+    default: corr_block<S, R, 1>(k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out); break;
+  }
+}
+
+template <class S>
+void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* wk, typename S::T init,
+                bool accumulate, typename S::T* out) {
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L;
+  const bool k3 = g.kH == 3 && g.kW == 3 && g.dh == 1 && g.dw == 1;
+  V wv[9];
+  if (k3)
+    for (int t = 0; t < 9; ++t) wv[t] = S::set1(wk[t]);
+  const V vi = S::set1(init);
+  const i64 kW = g.kW, nvec = (g.Wo + L - 1) / L;
+  M om[kDwStripVecs];
+  M msk[kDwStripVecs * kDwMaxKw];
+  for (i64 v0 = 0; v0 < nvec; v0 += kDwStripVecs) {  // column strips
+    const i64 nv = lmin(kDwStripVecs, nvec - v0);
+    for (i64 v = 0; v < nv; ++v) {
+      const i64 c = (v0 + v) * L;
+      om[v] = lane_bits<S>(0, g.Wo - c);
+      for (i64 kw = 0; kw < kW; ++kw) msk[v * kW + kw] = tap_mask<S>(c, kw * g.dw - g.ow_off, g.Wo, g.Ws);
+    }
+    for (i64 oh0 = 0; oh0 < g.Ho; oh0 += kDwR) {
+      const int r = static_cast<int>(lmin(kDwR, g.Ho - oh0));
+      for (i64 v = 0; v < nv; v += kDwNC) {
+        const int nc = static_cast<int>(lmin(kDwNC, nv - v));
+        const M* mk = msk + v * kW;
+        const M* o = om + v;
+        const i64 c0 = (v0 + v) * L;
+        switch (r) {
+          case 4: corr_block_nc<S, 4>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
+          case 3: corr_block_nc<S, 3>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
+          case 2: corr_block_nc<S, 2>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
+          default: corr_block_nc<S, 1>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
+        }
+      }
+    }
+  }
+}
+
+// Weight gradient of one plane for NT consecutive taps t0 .. t0+nt-1 (nt <= NT; the
+// unused slots repeat tap t0 and are discarded). KH/KW > 0: the whole 3x3 kernel at once,
+// each x row loaded once per tap column and used by every dy row it meets.
+// Float products are summed per lane in float over at most kDwFlush of them, then added
+// into double sums; the order depends only on the geometry.
+constexpr i64 kDwFlush = 64;
+
+template <class S>
+inline void reduce_into(const __m512d* d, double* out) {
+  __m512d s = d[0];
+  if (S::L == 16) s = _mm512_add_pd(s, d[1]);
+  *out += _mm512_reduce_add_pd(s);
+}
+
+template <class S>
+void weight_plane_k3(const DwGeom& g, const typename S::T* dy, const typename S::T* x, double* acc) {
+  using T = typename S::T;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, KH = 3, KW = 3, KK = 9;
+  const i64 nvec = (g.Wo + L - 1) / L;
+  __m512d dacc[KK][2];
+  for (int t = 0; t < KK; ++t) dacc[t][0] = dacc[t][1] = _mm512_setzero_pd();
+  M om[kDwStripVecs], xm[kDwStripVecs * KW];
+  for (i64 v0 = 0; v0 < nvec; v0 += kDwStripVecs) {
+    const i64 nv = lmin(kDwStripVecs, nvec - v0);
+    for (i64 v = 0; v < nv; ++v) {
+      const i64 c = (v0 + v) * L;
+      om[v] = lane_bits<S>(0, g.Wo - c);
+      for (int kw = 0; kw < KW; ++kw) xm[v * KW + kw] = tap_mask<S>(c, kw * g.dw - g.ow_off, g.Wo, g.Ws);
+    }
+    const i64 flush_rows = lmax(1, kDwFlush / nv);
+    V a[KK];
+    for (int t = 0; t < KK; ++t) a[t] = S::zero();
+    i64 rows = 0;
+    for (i64 ih = 0; ih < g.Hs; ++ih) {
+      bool ok[KH];
+      const T* dr[KH];
+      bool any = false;
+      for (int kh = 0; kh < KH; ++kh) {
+        const i64 oh = ih + g.oh_off - kh * g.dh;
+        ok[kh] = oh >= 0 && oh < g.Ho;
+        dr[kh] = ok[kh] ? dy + oh * g.Wo : dy;
+        any = any || ok[kh];
+      }
+      if (!any) continue;
+      const T* xr = x + ih * g.Ws;
+      for (i64 v = 0; v < nv; ++v) {
+        const i64 c = (v0 + v) * L;
+        V xv[KW];
+        for (int kw = 0; kw < KW; ++kw) xv[kw] = S::load(xm[v * KW + kw], at(xr, c + kw * g.dw - g.ow_off));
+        for (int kh = 0; kh < KH; ++kh) {
+          if (!ok[kh]) continue;
+          const V gv = S::load(om[v], dr[kh] + c);
+          for (int kw = 0; kw < KW; ++kw) a[kh * KW + kw] = S::fma(gv, xv[kw], a[kh * KW + kw]);
+        }
+      }
+      if (++rows % flush_rows == 0) {
+        for (int t = 0; t < KK; ++t) {
+          S::flush(a[t], dacc[t]);
+          a[t] = S::zero();
+        }
+      }
+    }
+    for (int t = 0; t < KK; ++t) S::flush(a[t], dacc[t]);
+  }
+  for (int t = 0; t < KK; ++t) reduce_into<S>(dacc[t], acc + t);
+}
+
+constexpr int kDwTaps = 8;
+
+template <class S>
+void weight_plane_any(const DwGeom& g, const typename S::T* dy, const typename S::T* x, double* acc) {
+  using T = typename S::T;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, NT = kDwTaps;
+  const i64 KK = g.kH * g.kW, nvec = (g.Wo + L - 1) / L;
+  M om[kDwStripVecs], xm[kDwStripVecs * NT];
+  for (i64 t0 = 0; t0 < KK; t0 += NT) {
+    const int nt = static_cast<int>(lmin(NT, KK - t0));
+    i64 th[NT], toff[NT];
+    for (int j = 0; j < NT; ++j) {
+      const i64 t = t0 + (j < nt ? j : 0);
+      th[j] = (t / g.kW) * g.dh - g.oh_off;
+      toff[j] = (t % g.kW) * g.dw - g.ow_off;
+    }
+    __m512d dacc[NT][2];
+    for (int j = 0; j < NT; ++j) dacc[j][0] = dacc[j][1] = _mm512_setzero_pd();
+    for (i64 v0 = 0; v0 < nvec; v0 += kDwStripVecs) {
+      const i64 nv = lmin(kDwStripVecs, nvec - v0);
+      for (i64 v = 0; v < nv; ++v) {
+        const i64 c = (v0 + v) * L;
+        om[v] = lane_bits<S>(0, g.Wo - c);
+        for (int j = 0; j < NT; ++j) xm[v * NT + j] = tap_mask<S>(c, toff[j], g.Wo, g.Ws);
+      }
+      const i64 flush_rows = lmax(1, kDwFlush / nv);
+      V a[NT];
+      for (int j = 0; j < NT; ++j) a[j] = S::zero();
+      for (i64 oh = 0; oh < g.Ho; ++oh) {
+        const T* dr = dy + oh * g.Wo;
+        const T* xr[NT];
+        M rm[NT];  // all-off for taps whose x row is outside the plane
+        for (int j = 0; j < NT; ++j) {
+          const i64 ih = oh + th[j];
+          const bool in = ih >= 0 && ih < g.Hs;
+          xr[j] = in ? x + ih * g.Ws : x;
+          rm[j] = in ? static_cast<M>(~M(0)) : M(0);
+        }
+        for (i64 v = 0; v < nv; ++v) {
+          const i64 c = (v0 + v) * L;
+          const V gv = S::load(om[v], dr + c);
+          for (int j = 0; j < NT; ++j)
+            a[j] = S::fma(gv, S::load(static_cast<M>(xm[v * NT + j] & rm[j]), at(xr[j], c + toff[j])), a[j]);
+        }
+        if ((oh + 1) % flush_rows == 0) {
+          for (int j = 0; j < NT; ++j) {
+            S::flush(a[j], dacc[j]);
+            a[j] = S::zero();
+          }
+        }
+      }
+      for (int j = 0; j < NT; ++j) S::flush(a[j], dacc[j]);
+    }
+    for (int j = 0; j < nt; ++j) reduce_into<S>(dacc[j], acc + t0 + j);
+  }
+}
+
 }  // namespace
 
 namespace avx512 {
@@ -220,6 +538,23 @@ void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
                      i64 jbase, i64 img, double* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
   pack<P64>(p, tr_lo, tr_hi, x, jbase, img, dst, k0, kc, j0, nc);
 }
+
+template <typename T>
+void dw_corr_plane(const DwGeom& g, const T* src, const T* wk, T init, bool accumulate, T* out) {
+  corr_plane<typename DwTraits<T>::type>(g, src, wk, init, accumulate, out);
+}
+template <typename T>
+void dw_weight_plane(const DwGeom& g, const T* dy, const T* x, double* acc) {
+  using S = typename DwTraits<T>::type;
+  if (g.kH == 3 && g.kW == 3)
+    weight_plane_k3<S>(g, dy, x, acc);
+  else
+    weight_plane_any<S>(g, dy, x, acc);
+}
+template void dw_corr_plane<float>(const DwGeom&, const float*, const float*, float, bool, float*);
+template void dw_corr_plane<double>(const DwGeom&, const double*, const double*, double, bool, double*);
+template void dw_weight_plane<float>(const DwGeom&, const float*, const float*, double*);
+template void dw_weight_plane<double>(const DwGeom&, const double*, const double*, double*);
 }  // namespace avx512
 
 }  // namespace pyconv
