@@ -283,27 +283,46 @@ inline void corr_block_k3(const DwGeom& g, const typename S::T* src, const typen
                           typename S::V init, bool accumulate, typename S::T* out) {
   using T = typename S::T;
   using V = typename S::V;
+  using M = typename S::M;
   constexpr int L = S::L, KH = 3, KW = 3;
+  const i64 Wo = g.Wo, Ws = g.Ws, Hs = g.Hs, ih0 = oh0 - g.oh_off, cs = c0 - g.ow_off;
+  T* o = out + oh0 * Wo + c0;
+  V w[KH * KW];
+#pragma GCC unroll 9
+  for (int t = 0; t < KH * KW; ++t) w[t] = wv[t];
+  M mk[NC * KW], mo[NC];
+#pragma GCC unroll 12
+  for (int i = 0; i < NC * KW; ++i) mk[i] = msk[i];
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) mo[c] = om[c];
   V acc[R][NC];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NC; ++c)
-      acc[r][c] = accumulate ? S::load(om[c], out + (oh0 + r) * g.Wo + c0 + c * L) : init;
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) acc[r][c] = accumulate ? S::load(mo[c], o + r * Wo + c * L) : init;
+#pragma GCC unroll 6
   for (int ii = 0; ii < R + KH - 1; ++ii) {
-    const i64 ih = oh0 + ii - g.oh_off;
-    if (ih < 0 || ih >= g.Hs) continue;
-    const T* row = src + ih * g.Ws;
+    const i64 ih = ih0 + ii;
+    if (ih < 0 || ih >= Hs) continue;
+    const T* row = src + ih * Ws;
+#pragma GCC unroll 3
     for (int kw = 0; kw < KW; ++kw) {
       V v[NC];
-      for (int c = 0; c < NC; ++c) v[c] = S::load(msk[c * KW + kw], at(row, c0 + c * L + kw - g.ow_off));
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) v[c] = S::load(mk[c * KW + kw], at(row, cs + c * L + kw));
+#pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const int kh = ii - r;
         if (kh < 0 || kh >= KH) continue;
-        for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(wv[kh * KW + kw], v[c], acc[r][c]);
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(w[kh * KW + kw], v[c], acc[r][c]);
       }
     }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NC; ++c) S::store(out + (oh0 + r) * g.Wo + c0 + c * L, om[c], acc[r][c]);
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) S::store(o + r * Wo + c * L, mo[c], acc[r][c]);
 }
 
 // Any kernel size and dilation: taps in (kh, kw) order, one masked load per tap.
@@ -430,26 +449,50 @@ void weight_plane_k3(const DwGeom& g, const typename S::T* dy, const typename S:
     V a[KK];
     for (int t = 0; t < KK; ++t) a[t] = S::zero();
     i64 rows = 0;
-    for (i64 ih = 0; ih < g.Hs; ++ih) {
+    const i64 Hs = g.Hs, Ho = g.Ho, Wo = g.Wo, Ws = g.Ws, dh = g.dh, oh_off = g.oh_off;
+    i64 xo[KW];
+#pragma GCC unroll 3
+    for (int kw = 0; kw < KW; ++kw) xo[kw] = v0 * L + kw * g.dw - g.ow_off;
+    for (i64 ih = 0; ih < Hs; ++ih) {
       bool ok[KH];
       const T* dr[KH];
       bool any = false;
+#pragma GCC unroll 3
       for (int kh = 0; kh < KH; ++kh) {
-        const i64 oh = ih + g.oh_off - kh * g.dh;
-        ok[kh] = oh >= 0 && oh < g.Ho;
-        dr[kh] = ok[kh] ? dy + oh * g.Wo : dy;
+        const i64 oh = ih + oh_off - kh * dh;
+        ok[kh] = oh >= 0 && oh < Ho;
+        dr[kh] = (ok[kh] ? dy + oh * Wo : dy) + v0 * L;
         any = any || ok[kh];
       }
       if (!any) continue;
-      const T* xr = x + ih * g.Ws;
-      for (i64 v = 0; v < nv; ++v) {
-        const i64 c = (v0 + v) * L;
-        V xv[KW];
-        for (int kw = 0; kw < KW; ++kw) xv[kw] = S::load(xm[v * KW + kw], at(xr, c + kw * g.dw - g.ow_off));
-        for (int kh = 0; kh < KH; ++kh) {
-          if (!ok[kh]) continue;
-          const V gv = S::load(om[v], dr[kh] + c);
-          for (int kw = 0; kw < KW; ++kw) a[kh * KW + kw] = S::fma(gv, xv[kw], a[kh * KW + kw]);
+      const T* xr = x + ih * Ws;
+      if (ok[0] && ok[1] && ok[2]) {  // interior rows: no row tests in the loop
+        for (i64 v = 0; v < nv; ++v) {
+          const i64 c = v * L;
+          V xv[KW];
+#pragma GCC unroll 3
+          for (int kw = 0; kw < KW; ++kw) xv[kw] = S::load(xm[v * KW + kw], at(xr, xo[kw] + c));
+          const M m = om[v];
+#pragma GCC unroll 3
+          for (int kh = 0; kh < KH; ++kh) {
+            const V gv = S::load(m, dr[kh] + c);
+#pragma GCC unroll 3
+            for (int kw = 0; kw < KW; ++kw) a[kh * KW + kw] = S::fma(gv, xv[kw], a[kh * KW + kw]);
+          }
+        }
+      } else {
+        for (i64 v = 0; v < nv; ++v) {
+          const i64 c = v * L;
+          V xv[KW];
+#pragma GCC unroll 3
+          for (int kw = 0; kw < KW; ++kw) xv[kw] = S::load(xm[v * KW + kw], at(xr, xo[kw] + c));
+#pragma GCC unroll 3
+          for (int kh = 0; kh < KH; ++kh) {
+            if (!ok[kh]) continue;
+            const V gv = S::load(om[v], dr[kh] + c);
+#pragma GCC unroll 3
+            for (int kw = 0; kw < KW; ++kw) a[kh * KW + kw] = S::fma(gv, xv[kw], a[kh * KW + kw]);
+          }
         }
       }
       if (++rows % flush_rows == 0) {
