@@ -480,6 +480,10 @@ constexpr i64 kMinCols = 64;       // narrowest GEMM column chunk worth a task
 constexpr i64 kSmallPlane = 256;   // output planes below this batch images in the forward GEMM
 constexpr i64 kBatchCols = 512;    // target GEMM width when batching images
 constexpr i64 kPadMaxElems = 1 << 20; // largest padded batch copy (4 MiB of float) per thread
+constexpr i64 kRedPieces = 8;        // grad weight image pieces (fixed: results must not
+constexpr i64 kRedMaxGroups = 4;     //   depend on the thread count), for fewer groups than
+constexpr i64 kRedMinPlane = 4096;   //   this, output planes at least this large and
+constexpr i64 kRedMaxElems = 1 << 16; //  weights of at most this many elements
 
 // Geometry shared by the forward and the backward GEMM drivers.
 struct Plan {
@@ -493,6 +497,7 @@ struct Plan {
   i64 Hp, Wp;
   i64 wgt_nb;      // grad weight on tiny planes: images per GEMM depth via PaddedTB (1 = per image)
   i64 wgt_pad;     // its padded batch copy, elements
+  i64 wred;        // grad weight: image pieces, each a partial sum, added at the end (1 = none)
   i64 tile;        // generic grad input: columns per col2im tile
   i64 ci_sub;      // generic grad input: input channels per col2im tile
   int threads;
@@ -527,6 +532,17 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
                         ? pl.threads : 1;
   i64 wchunk = round_up(ceil_div(pl.K, std::min(wtasks_want, std::max<i64>(1, pl.K / nr))), nr);
   pl.wcols = Split{wchunk, ceil_div(pl.K, wchunk)};
+  // Grad weight with few groups, several images and large planes (the WaveNet layers): a
+  // fixed number of image pieces, each one task summing its images into a partial dW,
+  // the partials added in piece order at the end. Each thread then packs only its own
+  // images' dY and X, where the column split had every thread pack all of dY (2 threads
+  // scaled 1.34x). The pieces do not depend on the thread count, so neither does dW.
+  pl.wred = 1;
+  if (p.groups < kRedMaxGroups && p.n >= 2 && pl.Np >= kRedMinPlane &&
+      checked_mul(checked_mul(p.groups, pl.Mg, "weight"), pl.K, "weight") <= kRedMaxElems) {
+    pl.wred = std::min(p.n, kRedPieces);
+    pl.wcols = Split{pl.K, 1};
+  }
   // Grad weight on tiny planes: nb images' pixels form one GEMM depth (K = nb*Np) and B is
   // gathered from a zero-padded batch copy, instead of one K = Np GEMM per image
   // (measured faster under AVX2 and AVX-512 alike: 4x4 planes c16->32 b32 ~1.5x).
@@ -805,12 +821,54 @@ void bias_grad(const ConvParams& p, const T* dy, T* db) {
   }
 }
 
+// grad weight in image pieces (Plan::wred): tasks = (group, piece), each summing its
+// images in order into its own partial dW (group slice); then dW = the partials added in
+// piece order.
+template <typename T, bool kPointwise>
+void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const T* x, T* dw, T* ws,
+                        std::size_t ws_per, const TapRanges& tr) {
+  const i64 P = pl.wred, MK = pl.Mg * pl.K, tasks = p.groups * P;
+  const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
+  const i64 in_plane = p.h.in * p.w.in;
+  T* part = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(tasks * MK) * sizeof(T)));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 t = 0; t < tasks; ++t) {
+    const i64 g = t / P, piece = t % P;
+    const i64 n0 = piece * p.n / P, n1 = (piece + 1) * p.n / P;
+    T* c = part + t * MK;
+    T* wsp = ws + ws_per * thread_index();
+    if (n0 == n1) fill_zero(c, MK);
+    for (i64 n = n0; n < n1; ++n) {
+      const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
+      const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
+      if (kPointwise) {
+        StridedB<T> src(xg, 1, in_plane);
+        gemm<T>(pl.Mg, pl.K, pl.Np, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
+      } else {
+        UnfoldTB<T> src(p, tr, xg, 0);
+        gemm<T>(pl.Mg, pl.K, pl.Np, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
+      }
+    }
+  }
+  for (i64 g = 0; g < p.groups; ++g)
+    for (i64 i = 0; i < MK; ++i) {
+      const T* src = part + g * P * MK + i;
+      T s = src[0];
+      for (i64 q = 1; q < P; ++q) s += src[q * MK];
+      dw[g * MK + i] = s;
+    }
+}
+
 // grad weight for pointwise and generic: tasks = (group, unfolded-column chunk), each
 // summing over all images in order into its own slice of dw (deterministic for any
 // thread count).
 template <typename T, bool kPointwise>
 void weight_grad_gemm(const ConvParams& p, const Plan& pl, const T* dy, const T* x, T* dw, T* ws,
                       std::size_t ws_per, const TapRanges& tr) {
+  if (pl.wred > 1) {
+    weight_grad_pieces<T, kPointwise>(p, pl, dy, x, dw, ws, ws_per, tr);
+    return;
+  }
   const i64 tasks = p.groups * pl.wcols.count;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
   const i64 in_plane = p.h.in * p.w.in;
@@ -1222,10 +1280,15 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
     per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
                                     checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
   }
+  i64 red = 0;  // grad weight in image pieces: the partial sums (not per thread)
+  if (backward && pl.wred > 1)
+    red = checked_mul(checked_mul(checked_mul(p.groups, pl.wred, "partial sums"), pl.Mg, "partial sums"),
+                      pl.K, "partial sums");
   // depthwise: padded plane copy plus (backward) KK double accumulators
   per = std::max(per, checked_add(dw_forward_buffer_elems(p, 4), backward ? KK + 8 : 0, "workspace"));
   per = checked_add(per, 64, "workspace");
   i64 total = checked_mul(checked_mul(per, std::max(threads, 1), "workspace"), 8, "workspace bytes");
+  total = checked_add(total, checked_mul(red, 8, "workspace bytes"), "workspace bytes");
   ConvParams q;
   if (backward && input_grad_as_forward(p, &q)) {  // forward workspace plus the mirrored weights
     const i64 wq = checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), KK, "weight");
