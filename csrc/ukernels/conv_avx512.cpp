@@ -271,8 +271,9 @@ inline typename S::M tap_mask(i64 c, i64 off, i64 Wo, i64 Ws) {
   return lane_bits<S>(lmax(0, -off - c), lmin(Wo - c, Ws - off - c));
 }
 
-constexpr int kDwR = 4;          // output rows per register block
-constexpr int kDwNC = 4;         // vectors per row per register block
+constexpr int kDwR = 8;          // output rows per register block (8 x 2 measured best
+                                 // for 3x3 56px: 0.22 ms against 0.27 for 4 x 4)
+constexpr int kDwNC = 2;         // vectors per row per register block
 constexpr i64 kDwStripVecs = 64; // output vectors per column strip (masks precomputed)
 
 // R x NC register block of outputs, 3x3 taps, dilation 1: each source row is loaded once
@@ -293,14 +294,14 @@ inline void corr_block_k3(const DwGeom& g, const typename S::T* src, const typen
   M mk[NC * KW], mo[NC];
 #pragma GCC unroll 12
   for (int i = 0; i < NC * KW; ++i) mk[i] = msk[i];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) mo[c] = om[c];
   V acc[R][NC];
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) acc[r][c] = accumulate ? S::load(mo[c], o + r * Wo + c * L) : init;
-#pragma GCC unroll 6
+#pragma GCC unroll 16
   for (int ii = 0; ii < R + KH - 1; ++ii) {
     const i64 ih = ih0 + ii;
     if (ih < 0 || ih >= Hs) continue;
@@ -308,20 +309,103 @@ inline void corr_block_k3(const DwGeom& g, const typename S::T* src, const typen
 #pragma GCC unroll 3
     for (int kw = 0; kw < KW; ++kw) {
       V v[NC];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int c = 0; c < NC; ++c) v[c] = S::load(mk[c * KW + kw], at(row, cs + c * L + kw));
-#pragma GCC unroll 4
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const int kh = ii - r;
         if (kh < 0 || kh >= KH) continue;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(w[kh * KW + kw], v[c], acc[r][c]);
       }
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) S::store(o + r * Wo + c * L, mo[c], acc[r][c]);
+}
+
+// The same block for a 3x3 dilation-1 kernel centred on its output column (ow_off == 1,
+// e.g. padding 1): each source row is loaded once as NC+2 vectors aligned with the
+// output vectors, and the taps left and right of centre are lane shifts of them
+// (valignd) instead of more (mostly cache-line-splitting) loads.
+template <class S>
+inline typename S::V shift_in_left(typename S::V cur, typename S::V prev);  // [prev[L-1], cur[0..L-2]]
+template <class S>
+inline typename S::V shift_in_right(typename S::V cur, typename S::V next);  // [cur[1..L-1], next[0]]
+template <>
+inline __m512 shift_in_left<DwF>(__m512 cur, __m512 prev) {
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(cur), _mm512_castps_si512(prev), 15));
+}
+template <>
+inline __m512 shift_in_right<DwF>(__m512 cur, __m512 next) {
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(cur), 1));
+}
+template <>
+inline __m512d shift_in_left<DwD>(__m512d cur, __m512d prev) {
+  return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(cur), _mm512_castpd_si512(prev), 7));
+}
+template <>
+inline __m512d shift_in_right<DwD>(__m512d cur, __m512d next) {
+  return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(next), _mm512_castpd_si512(cur), 1));
+}
+
+template <class S, int R, int NC>
+inline void corr_block_k3c(const DwGeom& g, const typename S::T* src, const typename S::V* wv,
+                           const typename S::M* om, i64 oh0, i64 c0, typename S::V init, bool accumulate,
+                           typename S::T* out) {
+  using T = typename S::T;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, KH = 3, KW = 3;
+  const i64 Wo = g.Wo, Ws = g.Ws, Hs = g.Hs, ih0 = oh0 - g.oh_off;
+  T* o = out + oh0 * Wo + c0;
+  V w[KH * KW];
+#pragma GCC unroll 9
+  for (int t = 0; t < KH * KW; ++t) w[t] = wv[t];
+  // source vectors -1 .. NC, aligned with the output vectors: lanes inside the row
+  M mb[NC + 2], mo[NC];
+#pragma GCC unroll 10
+  for (int c = 0; c < NC + 2; ++c) {
+    const i64 col = c0 + (c - 1) * L;
+    mb[c] = lane_bits<S>(-col, Ws - col);
+  }
+  mb[0] = static_cast<M>(mb[0] & (M(1) << (L - 1)));  // only the last lane of vector -1 is used
+  mb[NC + 1] = static_cast<M>(mb[NC + 1] & M(1));      // only the first lane of vector NC
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) mo[c] = om[c];
+  V acc[R][NC];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) acc[r][c] = accumulate ? S::load(mo[c], o + r * Wo + c * L) : init;
+#pragma GCC unroll 16
+  for (int ii = 0; ii < R + KH - 1; ++ii) {
+    const i64 ih = ih0 + ii;
+    if (ih < 0 || ih >= Hs) continue;
+    const T* row = src + ih * Ws;
+    V b[NC + 2];
+#pragma GCC unroll 10
+    for (int c = 0; c < NC + 2; ++c) b[c] = S::load(mb[c], at(row, c0 + (c - 1) * L));
+#pragma GCC unroll 3
+    for (int kw = 0; kw < KW; ++kw) {
+      V v[NC];
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c)
+        v[c] = kw == 1 ? b[c + 1] : kw == 0 ? shift_in_left<S>(b[c + 1], b[c]) : shift_in_right<S>(b[c + 1], b[c + 2]);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const int kh = ii - r;
+        if (kh < 0 || kh >= KH) continue;
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(w[kh * KW + kw], v[c], acc[r][c]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) S::store(o + r * Wo + c * L, mo[c], acc[r][c]);
 }
 
@@ -357,7 +441,9 @@ template <class S, int R, int NC>
 inline void corr_block(bool k3, const DwGeom& g, const typename S::T* src, const typename S::T* wk,
                        const typename S::V* wv, const typename S::M* msk, const typename S::M* om, i64 oh0,
                        i64 c0, typename S::V init, bool accumulate, typename S::T* out) {
-  if (k3)
+  if (k3 && g.ow_off == 1)
+    corr_block_k3c<S, R, NC>(g, src, wv, om, oh0, c0, init, accumulate, out);
+  else if (k3)
     corr_block_k3<S, R, NC>(g, src, wv, msk, om, oh0, c0, init, accumulate, out);
   else
     corr_block_any<S, R, NC>(g, src, wk, msk, om, oh0, c0, init, accumulate, out);
@@ -373,6 +459,20 @@ inline void corr_block_nc(int nc, bool k3, const DwGeom& g, const typename S::T*
     case 2: corr_block<S, R, 2>(k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out); break;
     default: corr_block<S, R, 1>(k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out); break;
   }
+}
+
+// Rows r <= R of a block: the instantiation for exactly r rows.
+template <class S, int R>
+inline void corr_block_r(int r, int nc, bool k3, const DwGeom& g, const typename S::T* src, const typename S::T* wk,
+                         const typename S::V* wv, const typename S::M* msk, const typename S::M* om, i64 oh0,
+                         i64 c0, typename S::V init, bool accumulate, typename S::T* out) {
+  if constexpr (R > 1) {
+    if (r < R) {
+      corr_block_r<S, R - 1>(r, nc, k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out);
+      return;
+    }
+  }
+  corr_block_nc<S, R>(nc, k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out);
 }
 
 template <class S>
@@ -403,12 +503,7 @@ void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* 
         const M* mk = msk + v * kW;
         const M* o = om + v;
         const i64 c0 = (v0 + v) * L;
-        switch (r) {
-          case 4: corr_block_nc<S, 4>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
-          case 3: corr_block_nc<S, 3>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
-          case 2: corr_block_nc<S, 2>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
-          default: corr_block_nc<S, 1>(nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out); break;
-        }
+        corr_block_r<S, kDwR>(r, nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out);
       }
     }
   }
