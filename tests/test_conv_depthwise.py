@@ -142,3 +142,21 @@ def test_depthwise_random_geometry(isa, data):
     want = _with_isa("scalar", lambda: _call(case, xi, wi, dyi, bi)[0])
     for a, c in zip(got, want):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("pad_w", [(1, 0), (1, 1), (0, 2)])
+def test_depthwise_inf_past_the_output_row(pad_w, isa):
+    """inf in the last input column: every path agrees with the scalar one (taps that
+    never meet that column stay finite; lanes past the output row add nothing)."""
+    rng = np.random.default_rng(3)
+    x = _ints(rng, (1, 2, 9, 37), np.float32)
+    x[..., -1] = np.inf
+    w = _ints(rng, (2, 1, 3, 3), np.float32)
+    kw = dict(padding=((1, 1), pad_w), groups=2)
+    dy = rng.integers(1, 4, size=pyconv.conv2d(x, w, None, **kw).shape).astype(np.float32)
+    got = pyconv.conv2d_backward(dy, x, w, **kw)[1]
+    want = _with_isa("scalar", lambda: pyconv.conv2d_backward(dy, x, w, **kw)[1])
+    np.testing.assert_array_equal(got, want)
+    assert not np.isfinite(want).all()
+    if pad_w[0] == 1:  # the left tap column never reaches the last input column
+        assert np.isfinite(want[..., 0]).all()

@@ -272,8 +272,13 @@ void backward_weight_plane(const ConvParams& p, const T* dy, const T* x, double*
         const T* br = buf + oh * p.h.stride * Wp;
         for (i64 v = 0; v < nvr; ++v) {
           const i64 ow = v * L;
-          const V g = ow + L <= Wo ? S::load(dyr + ow) : load_first(dyr + ow, Wo - ow);
-          for (int t = 0; t < nt; ++t) a[t] = S::fma(g, S::load(br + offs[t] + ow), a[t]);
+          if (ow + L <= Wo) {
+            const V g = S::load(dyr + ow);
+            for (int t = 0; t < nt; ++t) a[t] = S::fma(g, S::load(br + offs[t] + ow), a[t]);
+          } else {  // x past the output row stays out of the sums (0 * inf would be NaN)
+            const V g = load_first(dyr + ow, Wo - ow);
+            for (int t = 0; t < nt; ++t) a[t] = S::fma(g, load_first(br + offs[t] + ow, Wo - ow), a[t]);
+          }
         }
         if ((oh + 1) % flush_rows == 0 || oh + 1 == p.h.out) {
           for (int t = 0; t < nt; ++t) {

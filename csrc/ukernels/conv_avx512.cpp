@@ -227,6 +227,7 @@ struct DwF {
   static V load(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(T* p, M m, V v) { _mm512_mask_storeu_ps(p, m, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V mfma(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  // c where m is off
   // Adds the 16 float lanes of a into two 8-lane double sums.
   static void flush(V a, __m512d* d) {
     d[0] = _mm512_add_pd(d[0], _mm512_cvtps_pd(_mm512_castps512_ps256(a)));
@@ -243,6 +244,7 @@ struct DwD {
   static V load(M m, const T* p) { return _mm512_maskz_loadu_pd(m, p); }
   static void store(T* p, M m, V v) { _mm512_mask_storeu_pd(p, m, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V mfma(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
   static void flush(V a, __m512d* d) { d[0] = _mm512_add_pd(d[0], a); }
 };
 template <typename T> struct DwTraits;
@@ -532,7 +534,12 @@ void weight_plane_k3(const DwGeom& g, const typename S::T* dy, const typename S:
   const i64 nvec = (g.Wo + L - 1) / L;
   __m512d dacc[KK][2];
   for (int t = 0; t < KK; ++t) dacc[t][0] = dacc[t][1] = _mm512_setzero_pd();
-  M om[kDwStripVecs], xm[kDwStripVecs * KW];
+  M om[kDwStripVecs], xm[kDwStripVecs * KW], xb[kDwStripVecs + 2];
+  // Centred taps (ow_off 1, dilation 1): interior rows load each x row once as vectors
+  // aligned with the output ones (xb: lanes inside the row; vector -1 keeps only its
+  // last lane, vector nv its first) and shift in the side taps; the multiply-adds are
+  // masked to the output lanes, so x beyond the output row never enters a sum.
+  const bool centred = g.ow_off == 1 && g.dw == 1;
   for (i64 v0 = 0; v0 < nvec; v0 += kDwStripVecs) {
     const i64 nv = lmin(kDwStripVecs, nvec - v0);
     for (i64 v = 0; v < nv; ++v) {
@@ -540,6 +547,12 @@ void weight_plane_k3(const DwGeom& g, const typename S::T* dy, const typename S:
       om[v] = lane_bits<S>(0, g.Wo - c);
       for (int kw = 0; kw < KW; ++kw) xm[v * KW + kw] = tap_mask<S>(c, kw * g.dw - g.ow_off, g.Wo, g.Ws);
     }
+    for (i64 v = -1; v <= nv; ++v) {
+      const i64 c = (v0 + v) * L;
+      xb[v + 1] = lane_bits<S>(-c, g.Ws - c);
+    }
+    xb[0] = static_cast<M>(xb[0] & (M(1) << (L - 1)));
+    xb[nv + 1] = static_cast<M>(xb[nv + 1] & M(1));
     const i64 flush_rows = lmax(1, kDwFlush / nv);
     V a[KK];
     for (int t = 0; t < KK; ++t) a[t] = S::zero();
@@ -561,7 +574,24 @@ void weight_plane_k3(const DwGeom& g, const typename S::T* dy, const typename S:
       }
       if (!any) continue;
       const T* xr = x + ih * Ws;
-      if (ok[0] && ok[1] && ok[2]) {  // interior rows: no row tests in the loop
+      if (centred && ok[0] && ok[1] && ok[2]) {
+        const T* xc = xr + v0 * L;
+        V bp = S::load(xb[0], at(xc, -L)), bc = S::load(xb[1], xc);
+        for (i64 v = 0; v < nv; ++v) {
+          const i64 c = v * L;
+          const V bn = S::load(xb[v + 2], at(xc, c + L));
+          const V xv[KW] = {shift_in_left<S>(bc, bp), bc, shift_in_right<S>(bc, bn)};
+          const M m = om[v];
+#pragma GCC unroll 3
+          for (int kh = 0; kh < KH; ++kh) {
+            const V gv = S::load(m, dr[kh] + c);
+#pragma GCC unroll 3
+            for (int kw = 0; kw < KW; ++kw) a[kh * KW + kw] = S::mfma(gv, xv[kw], a[kh * KW + kw], m);
+          }
+          bp = bc;
+          bc = bn;
+        }
+      } else if (ok[0] && ok[1] && ok[2]) {  // interior rows: no row tests in the loop
         for (i64 v = 0; v < nv; ++v) {
           const i64 c = v * L;
           V xv[KW];
