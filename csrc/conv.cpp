@@ -15,7 +15,10 @@
 //                                 max(kTileElems, kH*kW*kTileCols) elements;
 //   grad weight                   one GEMM workspace;
 //   depthwise (AVX2)              one zero-padded plane copy (about (H+pads) x (W+pads))
-//                                 plus kH*kW double accumulators.
+//                                 plus kH*kW double accumulators;
+//   depthwise (AVX-512, stride 1) no plane copy (masked edge loads): kH*kW double sums
+//                                 and the flipped kernel;
+//   grad weight in image pieces   groups x pieces partial dW (Plan::wred), not per thread.
 // Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
 

@@ -3,7 +3,8 @@
 // Layout NCHW, weight (C_out, C_in/groups, kH, kW), cross-correlation. The lowering is an
 // ordered candidate list, most specialised first (see conv.cpp):
 //   pointwise  1x1, stride 1, no padding: the input plane is the GEMM's B matrix as is;
-//   depthwise  C_in/groups == 1 with groups > 1: direct kernels vectorised along W;
+//   depthwise  C_in/groups == 1 with groups > 1: direct kernels vectorised along W
+//              (AVX-512, stride 1: no padded copy, backward fused per input channel);
 //   generic    implicit GEMM per (image, group) with the unfolding fused into B packing;
 //              backward input = W^T dY in bounded column tiles + col2im scatter,
 //              backward weight = dY x unfold(X)^T with a transposing unfold packer.
