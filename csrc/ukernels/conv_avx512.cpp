@@ -247,6 +247,18 @@ struct DwD {
   static V mfma(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
   static void flush(V a, __m512d* d) { d[0] = _mm512_add_pd(d[0], a); }
 };
+// Float, 8 lanes (AVX-512VL on ymm): the ragged end of a row when at most 8 columns are
+// left, which a 512-bit vector would do half empty at full cost.
+struct DwF8 {
+  using T = float;
+  using V = __m256;
+  using M = __mmask8;
+  static constexpr int L = 8;
+  static V set1(T a) { return _mm256_set1_ps(a); }
+  static V load(M m, const T* p) { return _mm256_maskz_loadu_ps(m, p); }
+  static void store(T* p, M m, V v) { _mm256_mask_storeu_ps(p, m, v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
 template <typename T> struct DwTraits;
 template <> struct DwTraits<float> { using type = DwF; };
 template <> struct DwTraits<double> { using type = DwD; };
@@ -351,6 +363,15 @@ inline __m512d shift_in_left<DwD>(__m512d cur, __m512d prev) {
 template <>
 inline __m512d shift_in_right<DwD>(__m512d cur, __m512d next) {
   return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(next), _mm512_castpd_si512(cur), 1));
+}
+
+template <>
+inline __m256 shift_in_left<DwF8>(__m256 cur, __m256 prev) {
+  return _mm256_castsi256_ps(_mm256_alignr_epi32(_mm256_castps_si256(cur), _mm256_castps_si256(prev), 7));
+}
+template <>
+inline __m256 shift_in_right<DwF8>(__m256 cur, __m256 next) {
+  return _mm256_castsi256_ps(_mm256_alignr_epi32(_mm256_castps_si256(next), _mm256_castps_si256(cur), 1));
 }
 
 template <class S, int R, int NC>
@@ -477,6 +498,19 @@ inline void corr_block_r(int r, int nc, bool k3, const DwGeom& g, const typename
   corr_block_nc<S, R>(nc, k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out);
 }
 
+// The centred 3x3 block on the 8-lane tail of a float row, r <= R rows.
+template <int R>
+inline void tail_block_r(int r, const DwGeom& g, const float* src, const __m256* wv, const __mmask8* om,
+                         i64 oh0, i64 c0, __m256 init, bool accumulate, float* out) {
+  if constexpr (R > 1) {
+    if (r < R) {
+      tail_block_r<R - 1>(r, g, src, wv, om, oh0, c0, init, accumulate, out);
+      return;
+    }
+  }
+  corr_block_k3c<DwF8, R, 1>(g, src, wv, om, oh0, c0, init, accumulate, out);
+}
+
 template <class S>
 void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* wk, typename S::T init,
                 bool accumulate, typename S::T* out) {
@@ -488,7 +522,25 @@ void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* 
   if (k3)
     for (int t = 0; t < 9; ++t) wv[t] = S::set1(wk[t]);
   const V vi = S::set1(init);
-  const i64 kW = g.kW, nvec = (g.Wo + L - 1) / L;
+  // float, centred 3x3, at most 8 columns past the last whole vector: those go through
+  // the 8-lane block (56 px: 3 whole vectors and 8 columns, an eighth of the work)
+  const bool half = S::L == 16 && k3 && g.ow_off == 1 && g.Wo % L > 0 && g.Wo % L <= L / 2;
+  __m256 wh[9], vh = _mm256_setzero_ps();
+  __mmask8 omh = 0;
+  if constexpr (S::L == 16) {
+    if (half) {
+      for (int t = 0; t < 9; ++t) wh[t] = _mm256_set1_ps(static_cast<float>(wk[t]));
+      vh = _mm256_set1_ps(static_cast<float>(init));
+      omh = lane_bits<DwF8>(0, g.Wo % L);
+    }
+  }
+  const i64 kW = g.kW, nvec = half ? g.Wo / L : (g.Wo + L - 1) / L;
+  if (nvec == 0 && half) {
+    for (i64 oh0 = 0; oh0 < g.Ho; oh0 += kDwR)
+      if constexpr (S::L == 16)
+        tail_block_r<kDwR>(static_cast<int>(lmin(kDwR, g.Ho - oh0)), g, src, wh, &omh, oh0, 0, vh, accumulate, out);
+    return;
+  }
   M om[kDwStripVecs];
   M msk[kDwStripVecs * kDwMaxKw];
   for (i64 v0 = 0; v0 < nvec; v0 += kDwStripVecs) {  // column strips
@@ -507,6 +559,8 @@ void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* 
         const i64 c0 = (v0 + v) * L;
         corr_block_r<S, kDwR>(r, nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out);
       }
+      if constexpr (S::L == 16)
+        if (half && v0 + nv == nvec) tail_block_r<kDwR>(r, g, src, wh, &omh, oh0, nvec * L, vh, accumulate, out);
     }
   }
 }
