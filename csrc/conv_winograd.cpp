@@ -1,1 +1,496 @@
-// Winograd F(2x2,3x3) lowering of the convolution family (placeholder until it lands).
+// Winograd F(2x2,3x3) lowering of the convolution family: 3x3 kernel, stride 1,
+// dilation 1, any padding, any groups.
+//
+// Each 2x2 block of outputs ("tile", tile (i, j) = outputs 2i..2i+1 x 2j..2j+1) comes from
+// the 4x4 input patch d at rows 2i - pad_top.., columns 2j - pad_left.. (zero outside the
+// input) as
+//     Y = A^T [ sum_ci (G g G^T) (.) (B^T d B) ] A,
+// i.e. 16 independent GEMMs over the channels, one per position p of the 4x4 transformed
+// tile: M[p] (C_out x tiles) = U[p] (C_out x C_in) * V[p] (C_in x tiles). 16 multiplies per
+// tile and channel pair instead of 36.
+//
+//   G = [1    0    0 ]   B^T = [1  0 -1  0]   A^T = [1  1  1  0]
+//       [1/2  1/2  1/2]        [0  1  1  0]         [0  1 -1 -1]
+//       [1/2 -1/2  1/2]        [0 -1  1  0]
+//       [0    0    1 ]         [0  1  0 -1]
+//
+// Accuracy. Every transform entry is 0, +-1 or +-1/2, so on integer-valued data whose
+// partial sums stay below 2^24 / 4 (float32) every intermediate is exact and the result
+// is bit-exact, like the direct sum. On real data the result is not the direct summation
+// order: the input transform adds up to 4 values, the weight transform up to 9 (times
+// 1/4), the output transform up to 9 products' sums, so the error bound is the direct
+// sum's K * eps * sum|x||w| times a small constant (about 4 to 8; the tests allow 16).
+// path="generic" keeps the exact direct order.
+//
+// Forward: tasks = (group, block of Tb consecutive tiles, counted across the images of
+// the batch); each task transforms its tiles' input into V (16 x C_in/g x Tb), runs the 16
+// GEMMs into M (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output
+// element belongs to one tile, hence to one task; the GEMM sums over the channels in a
+// fixed order that depends only on C_in/g, so the result does not depend on Tb or on the
+// thread count. The transformed weights U (16 x C_out x C_in/g) are computed once per call.
+//
+// Grad weight: dW = G^T [ sum_tiles (A dY A^T) (.) (B^T d B) ] G. Tiles are taken in
+// blocks of a fixed size Tw (independent of the thread count); per block the threads
+// transform the input into V (16 x C_in/g x Tw) and dY into Y' (16 x Tw x C_out/g), then run
+// the 16 x (channel blocks) GEMMs dM[p] += V[p] Y'[p], block after block in increasing
+// order: each dM element is summed in the same order whatever the thread count.
+//
+// Memory (all pyconv::scratch(), reused across calls): U (or, for grad weight, dM) of
+// 16 x C_out x C_in/g elements, plus per thread V, M and a GEMM workspace for one block of
+// tiles (the block is sized to keep V + M near kBlockBytes, so it is bounded by the
+// channel counts, never by the batch or the plane).
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "conv.h"
+#include "cpu.h"
+#include "gemm.h"
+#include "ukernels/winograd_kernels.h"
+
+namespace pyconv {
+
+namespace {
+
+inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
+
+constexpr i64 kBlockBytes = 1 << 20;       // forward: target V + M bytes per thread
+constexpr i64 kMinTiles = 32;              // forward: smallest tile block
+constexpr i64 kMaxTiles = 1024;            // forward: largest tile block
+constexpr i64 kWgtBlockBytes = 4 << 20;    // grad weight: target V + Y' bytes (shared)
+constexpr i64 kWgtMinTiles = 64;
+constexpr i64 kWgtMaxTiles = 512;
+constexpr i64 kWgtChanBlock = 64;          // grad weight: GEMM rows (input channels) per task
+
+// Elements rounded up to whole cache lines.
+inline i64 lines(i64 elems, std::size_t elem) {
+  const i64 per = 64 / static_cast<i64>(elem);
+  return round_up(std::max<i64>(elems, 1), per);
+}
+
+template <typename T>
+struct Kernels {
+  void (*in)(const T* const*, i64, T*, i64);
+  void (*out)(const T*, i64, i64, T, T*, T*);
+};
+
+void in_portable_f32(const float* const* r, i64 n, float* o, i64 ps) { wino_input_rows(r, n, o, ps); }
+void in_portable_f64(const double* const* r, i64 n, double* o, i64 ps) { wino_input_rows(r, n, o, ps); }
+void out_portable_f32(const float* m, i64 ps, i64 n, float b, float* y0, float* y1) {
+  wino_output_rows(m, ps, n, b, y0, y1);
+}
+void out_portable_f64(const double* m, i64 ps, i64 n, double b, double* y0, double* y1) {
+  wino_output_rows(m, ps, n, b, y0, y1);
+}
+
+Kernels<float> kernels(float*) {
+  switch (active_isa()) {
+    case Isa::avx512: return {wino_avx512::input_rows_f32, wino_avx512::output_rows_f32};
+    case Isa::avx2: return {wino_avx2::input_rows_f32, wino_avx2::output_rows_f32};
+    default: return {in_portable_f32, out_portable_f32};
+  }
+}
+Kernels<double> kernels(double*) {
+  switch (active_isa()) {
+    case Isa::avx512: return {wino_avx512::input_rows_f64, wino_avx512::output_rows_f64};
+    case Isa::avx2: return {wino_avx2::input_rows_f64, wino_avx2::output_rows_f64};
+    default: return {in_portable_f64, out_portable_f64};
+  }
+}
+
+// Tile geometry of a call.
+struct Geo {
+  i64 Cg, Mg, th, tw, tiles_img, total;
+  i64 Hl, Wl;  // input rows / columns any valid output reads (the rest reads as zero)
+  explicit Geo(const ConvParams& p) {
+    Cg = p.cin_g();
+    Mg = p.cout_g();
+    th = ceil_div(p.h.out, 2);
+    tw = ceil_div(p.w.out, 2);
+    tiles_img = th * tw;
+    total = p.n * tiles_img;
+    Hl = std::min(p.h.in, p.h.out + 2 - p.h.pad_lo);
+    Wl = std::min(p.w.in, p.w.out + 2 - p.w.pad_lo);
+  }
+};
+
+struct FwdPlan {
+  i64 tb, blocks, tasks;
+  int threads;
+  i64 v_elems, m_elems, gemm_elems, row_elems, tmp_elems, per_thread;  // elements
+};
+
+FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
+  const Geo g(p);
+  FwdPlan f{};
+  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), g.Cg + g.Mg, "winograd block");
+  i64 tb = std::min(kMaxTiles, std::max(kMinTiles, kBlockBytes / per_tile));
+  tb = std::min(tb, round_up(std::max<i64>(g.total, 1), 8));
+  i64 blocks = ceil_div(std::max<i64>(g.total, 1), tb);
+  const int tmax = std::max(threads_max, 1);
+  if (tmax > 1 && (p.groups * blocks) % tmax != 0) {  // even shares for the threads
+    blocks = round_up(blocks, tmax / std::gcd<i64>(tmax, p.groups));
+    tb = round_up(ceil_div(std::max<i64>(g.total, 1), blocks), 8);
+    blocks = ceil_div(std::max<i64>(g.total, 1), tb);
+  }
+  f.tb = tb;
+  f.blocks = blocks;
+  f.tasks = checked_mul(p.groups, blocks, "winograd tasks");
+  const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
+                       static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
+                       static_cast<double>(g.Cg) * 9.0;
+  f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), std::max<i64>(f.tasks, 1)));
+  f.threads = std::max(1, std::min(f.threads, tmax));
+  f.v_elems = lines(checked_mul(checked_mul(16, g.Cg, "winograd V"), tb, "winograd V"), elem);
+  f.m_elems = lines(checked_mul(checked_mul(16, g.Mg, "winograd M"), tb, "winograd M"), elem);
+  f.gemm_elems = lines(static_cast<i64>(elem == 4 ? gemm_workspace_elems<float>(g.Mg, tb, g.Cg, 1)
+                                                  : gemm_workspace_elems<double>(g.Mg, tb, g.Cg, 1)),
+                       elem);
+  f.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
+  f.tmp_elems = lines(4 * g.tw, elem);
+  f.per_thread = f.v_elems + f.m_elems + f.gemm_elems + f.row_elems + f.tmp_elems;
+  return f;
+}
+
+i64 weights_elems(const ConvParams& p) {
+  return checked_mul(checked_mul(16, p.c_out, "winograd weights"), p.cin_g(), "winograd weights");
+}
+
+// U[g][pos][co][ci] = (G w G^T)[pos] for every (output channel, input channel) pair.
+template <typename T>
+void transform_weights(const ConvParams& p, const T* w, T* U, int threads) {
+  const i64 Cg = p.cin_g(), Mg = p.cout_g(), plane = Mg * Cg;
+  const T h = T(0.5);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 co = 0; co < p.c_out; ++co) {
+    const i64 g = co / Mg, m = co % Mg;
+    T* base = U + g * 16 * plane + m * Cg;
+    for (i64 ci = 0; ci < Cg; ++ci) {
+      const T* k = w + (co * Cg + ci) * 9;
+      T t[4][3];  // G g
+      for (int c = 0; c < 3; ++c) {
+        t[0][c] = k[c];
+        t[1][c] = ((k[c] + k[3 + c]) + k[6 + c]) * h;
+        t[2][c] = ((k[c] - k[3 + c]) + k[6 + c]) * h;
+        t[3][c] = k[6 + c];
+      }
+      for (int r = 0; r < 4; ++r) {  // (G g) G^T
+        T* o = base + (4 * r) * plane + ci;
+        o[0] = t[r][0];
+        o[plane] = ((t[r][0] + t[r][1]) + t[r][2]) * h;
+        o[2 * plane] = ((t[r][0] - t[r][1]) + t[r][2]) * h;
+        o[3 * plane] = t[r][2];
+      }
+    }
+  }
+}
+
+// The four zero-padded input rows of tiles (i, j .. j+len-1) of one input plane.
+template <typename T>
+inline void load_rows(const ConvParams& p, const Geo& g, const T* xp, i64 i, i64 j, i64 len, T* buf,
+                      const T** rows) {
+  const i64 width = 2 * len + 2, iw0 = 2 * j - p.w.pad_lo;
+  const i64 k_lo = std::min(width, std::max<i64>(0, -iw0));
+  const i64 k_hi = std::max(k_lo, std::min(width, g.Wl - iw0));
+  for (int r = 0; r < 4; ++r) {
+    T* d = buf + r * width;
+    rows[r] = d;
+    const i64 ih = 2 * i - p.h.pad_lo + r;
+    if (ih < 0 || ih >= g.Hl || k_hi <= k_lo) {
+      std::fill(d, d + width, T(0));
+      continue;
+    }
+    std::fill(d, d + k_lo, T(0));
+    std::memcpy(d + k_lo, xp + ih * p.w.in + iw0 + k_lo, static_cast<std::size_t>(k_hi - k_lo) * sizeof(T));
+    std::fill(d + k_hi, d + width, T(0));
+  }
+}
+
+// Input transform of tiles t0 .. t0+nt-1 (global tile index over the batch) of input
+// channels [c0, c1) of group g: V[pos][ci][t - t0] at V + pos*vps + ci*vcs + (t - t0).
+template <typename T>
+void input_block(const ConvParams& p, const Geo& ge, const Kernels<T>& k, const T* x, i64 grp, i64 t0, i64 nt,
+                 i64 c0, i64 c1, T* V, i64 vps, i64 vcs, T* buf) {
+  const i64 in_plane = p.h.in * p.w.in;
+  for (i64 t = t0; t < t0 + nt;) {
+    const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+    const i64 len = std::min(ge.tw - j, t0 + nt - t);
+    const T* rows[4];
+    for (i64 ci = c0; ci < c1; ++ci) {
+      const T* xp = x + (n * p.c_in + grp * ge.Cg + ci) * in_plane;
+      load_rows(p, ge, xp, i, j, len, buf, rows);
+      k.in(rows, len, V + ci * vcs + (t - t0), vps);
+    }
+    t += len;
+  }
+}
+
+template <typename T>
+void forward_impl(const ConvParams& p, const T* x, const T* U, const T* bias, T* y, int threads_max) {
+  const Geo ge(p);
+  const FwdPlan f = fwd_plan(p, sizeof(T), threads_max);
+  const Kernels<T> k = kernels(static_cast<T*>(nullptr));
+  T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
+  const i64 Cg = ge.Cg, Mg = ge.Mg, tb = f.tb, Ho = p.h.out, Wo = p.w.out;
+#pragma omp parallel for schedule(static) num_threads(f.threads)
+  for (i64 task = 0; task < f.tasks; ++task) {
+    const i64 grp = task / f.blocks, b = task % f.blocks;
+    const i64 t0 = b * tb, nt = std::min(tb, ge.total - t0);
+    if (nt <= 0) continue;
+    T* V = ws + f.per_thread * thread_index();
+    T* M = V + f.v_elems;
+    T* gws = M + f.m_elems;
+    T* buf = gws + f.gemm_elems;
+    T* tmp = buf + f.row_elems;
+    input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, Cg * tb, tb, buf);
+    for (int pos = 0; pos < 16; ++pos) {
+      StridedB<T> src(V + pos * Cg * tb, tb, 1);
+      gemm<T>(Mg, nt, Cg, U + (grp * 16 + pos) * Mg * Cg, Cg, 1, src, M + pos * Mg * tb, tb, 1, false, 1, gws);
+    }
+    for (i64 t = t0; t < t0 + nt;) {
+      const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+      const i64 len = std::min(ge.tw - j, t0 + nt - t);
+      const i64 oh = 2 * i, ow = 2 * j;
+      const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
+      const i64 cols = std::min(2 * len, Wo - ow);
+      for (i64 co = 0; co < Mg; ++co) {
+        const i64 c = grp * Mg + co;
+        T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
+        const T bv = bias ? bias[c] : T(0);
+        const T* m = M + co * tb + (t - t0);
+        if (two_rows && full) {
+          k.out(m, Mg * tb, len, bv, y0, y0 + Wo);
+        } else {
+          k.out(m, Mg * tb, len, bv, tmp, tmp + 2 * len);
+          std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
+          if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
+        }
+      }
+      t += len;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- grad weight
+
+struct WgtPlan {
+  i64 tw, blocks, cblocks, tasks;
+  int threads;
+  i64 v_elems, y_elems, shared;           // shared V and Y' (elements)
+  i64 gemm_elems, row_elems, per_thread;  // per thread
+};
+
+WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
+  const Geo g(p);
+  WgtPlan w{};
+  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), g.Cg + g.Mg, "winograd block");
+  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
+  tw = std::min(tw, round_up(std::max<i64>(g.total, 1), 8));
+  w.tw = tw;
+  w.blocks = ceil_div(std::max<i64>(g.total, 1), tw);
+  const i64 cb = std::min(kWgtChanBlock, g.Cg);
+  w.cblocks = ceil_div(g.Cg, cb);
+  w.tasks = 16 * w.cblocks;
+  const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
+                       static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
+                       static_cast<double>(g.Cg) * 9.0;
+  w.threads = std::max(1, std::min(threads_for_work(flops, 1 << 20), std::max(threads_max, 1)));
+  w.v_elems = lines(checked_mul(checked_mul(16, g.Cg, "winograd V"), tw, "winograd V"), elem);
+  w.y_elems = lines(checked_mul(checked_mul(16, g.Mg, "winograd Y"), tw, "winograd Y"), elem);
+  w.shared = w.v_elems + w.y_elems;
+  w.gemm_elems = lines(static_cast<i64>(elem == 4 ? gemm_workspace_elems<float>(cb, g.Mg, tw, 1)
+                                                  : gemm_workspace_elems<double>(cb, g.Mg, tw, 1)),
+                       elem);
+  w.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
+  w.per_thread = w.gemm_elems + w.row_elems;
+  return w;
+}
+
+// Y'[pos][t - t0][co] = (A dY A^T)[pos] of tiles t0 .. t0+nt-1 for one output channel.
+template <typename T>
+void grad_output_block(const ConvParams& p, const Geo& ge, const T* dy, i64 c, i64 co, i64 t0, i64 nt, T* Y,
+                       i64 yps) {
+  const i64 Ho = p.h.out, Wo = p.w.out, Mg = ge.Mg;
+  for (i64 t = t0; t < t0 + nt; ++t) {
+    const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+    const T* s = dy + ((n * p.c_out + c) * Ho + 2 * i) * Wo + 2 * j;
+    const bool r1 = 2 * i + 1 < Ho, c1 = 2 * j + 1 < Wo;
+    const T d00 = s[0], d01 = c1 ? s[1] : T(0);
+    const T d10 = r1 ? s[Wo] : T(0), d11 = (r1 && c1) ? s[Wo + 1] : T(0);
+    // z = dY A^T (2 x 4), then A z (4 x 4)
+    const T z0[4] = {d00, d00 + d01, d00 - d01, -d01};
+    const T z1[4] = {d10, d10 + d11, d10 - d11, -d11};
+    T* o = Y + (t - t0) * Mg + co;
+    for (int q = 0; q < 4; ++q) {
+      o[(0 + q) * yps] = z0[q];
+      o[(4 + q) * yps] = z0[q] + z1[q];
+      o[(8 + q) * yps] = z0[q] - z1[q];
+      o[(12 + q) * yps] = -z1[q];
+    }
+  }
+}
+
+template <typename T>
+void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, int threads_max) {
+  const Geo ge(p);
+  const WgtPlan wp = wgt_plan(p, sizeof(T), threads_max);
+  const Kernels<T> k = kernels(static_cast<T*>(nullptr));
+  const i64 Cg = ge.Cg, Mg = ge.Mg, tw = wp.tw, cb = std::min(kWgtChanBlock, Cg);
+  T* dM = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(weights_elems(p)) * sizeof(T)));
+  T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(wp.shared + wp.per_thread * wp.threads) *
+                                                   sizeof(T)));
+  T* V = ws;
+  T* Y = ws + wp.v_elems;
+  T* priv = ws + wp.shared;
+  const int threads = wp.threads;
+  // dM[g][pos][ci][co], summed over the tile blocks in increasing order.
+#pragma omp parallel num_threads(threads)
+  {
+    T* mine = priv + wp.per_thread * thread_index();
+    T* gws = mine;
+    T* buf = mine + wp.gemm_elems;
+    for (i64 grp = 0; grp < p.groups; ++grp) {
+      T* dMg = dM + grp * 16 * Cg * Mg;
+      for (i64 b = 0; b < wp.blocks; ++b) {
+        const i64 t0 = b * tw, nt = std::min(tw, ge.total - t0);
+#pragma omp for schedule(static)
+        for (i64 item = 0; item < Cg + Mg; ++item) {
+          if (nt <= 0) continue;
+          if (item < Cg)
+            input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, Cg * tw, tw, buf);
+          else
+            grad_output_block(p, ge, dy, grp * Mg + (item - Cg), item - Cg, t0, nt, Y, tw * Mg);
+        }
+#pragma omp for schedule(static)
+        for (i64 task = 0; task < wp.tasks; ++task) {
+          const i64 pos = task / wp.cblocks, c0 = (task % wp.cblocks) * cb, cn = std::min(cb, Cg - c0);
+          T* C = dMg + (pos * Cg + c0) * Mg;
+          if (nt <= 0) {  // empty batch: dW = 0
+            if (b == 0) std::fill(C, C + cn * Mg, T(0));
+            continue;
+          }
+          StridedB<T> src(Y + pos * tw * Mg, Mg, 1);
+          gemm<T>(cn, Mg, nt, V + pos * Cg * tw + c0 * tw, tw, 1, src, C, Mg, 1, b > 0, 1, gws);
+        }
+      }
+    }
+  }
+  // dW = G^T dM G
+  const i64 plane = Cg * Mg;
+  const T h = T(0.5);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (i64 co = 0; co < p.c_out; ++co) {
+    const i64 grp = co / Mg, m = co % Mg;
+    const T* base = dM + grp * 16 * plane + m;
+    for (i64 ci = 0; ci < Cg; ++ci) {
+      T X[16];
+      for (int q = 0; q < 16; ++q) X[q] = base[q * plane + ci * Mg];
+      T t[3][4];  // G^T X
+      for (int c = 0; c < 4; ++c) {
+        t[0][c] = X[c] + (X[4 + c] + X[8 + c]) * h;
+        t[1][c] = (X[4 + c] - X[8 + c]) * h;
+        t[2][c] = (X[4 + c] + X[8 + c]) * h + X[12 + c];
+      }
+      T* o = dw + (co * Cg + ci) * 9;
+      for (int r = 0; r < 3; ++r) {  // (G^T X) G
+        o[3 * r + 0] = t[r][0] + (t[r][1] + t[r][2]) * h;
+        o[3 * r + 1] = (t[r][1] - t[r][2]) * h;
+        o[3 * r + 2] = (t[r][1] + t[r][2]) * h + t[r][3];
+      }
+    }
+  }
+}
+
+// The grad-input problem as a forward one: input dy, output dx, padding mirrored.
+bool mirrored(const ConvParams& p, ConvParams* q) {
+  if (p.h.pad_lo > 2 || p.h.pad_hi > 2 || p.w.pad_lo > 2 || p.w.pad_hi > 2) return false;
+  ConvParams r = p;
+  r.c_in = p.c_out;
+  r.c_out = p.c_in;
+  r.h.in = p.h.out;
+  r.w.in = p.w.out;
+  r.h.pad_lo = 2 - p.h.pad_lo;
+  r.h.pad_hi = 2 - p.h.pad_hi;
+  r.w.pad_lo = 2 - p.w.pad_lo;
+  r.w.pad_hi = 2 - p.w.pad_hi;
+  r.h.out = p.h.in;
+  r.w.out = p.w.in;
+  *q = r;
+  return true;
+}
+
+}  // namespace
+
+bool winograd_supports(const ConvParams& p) {
+  return p.h.kernel == 3 && p.w.kernel == 3 && p.h.stride == 1 && p.w.stride == 1 && p.h.dilation == 1 &&
+         p.w.dilation == 1;
+}
+
+bool winograd_preferred(const ConvParams& p) {
+  if (!winograd_supports(p) || p.groups != 1) return false;
+  if (p.cin_g() < 32 || p.cout_g() < 32) return false;
+  return p.h.out * p.w.out >= 16;
+}
+
+std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
+  if (!winograd_supports(p)) return 0;
+  const FwdPlan f = fwd_plan(p, elem, threads);
+  const i64 u = lines(weights_elems(p), elem);
+  i64 total = checked_add(u, checked_mul(f.per_thread, f.threads, "winograd workspace"), "winograd workspace");
+  if (backward) {
+    ConvParams q;
+    if (mirrored(p, &q)) {
+      const FwdPlan fq = fwd_plan(q, elem, threads);
+      total = std::max(total, checked_add(2 * u, checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
+                                          "winograd workspace"));
+    }
+    const WgtPlan wp = wgt_plan(p, elem, threads);
+    total = std::max(total, checked_add(checked_add(u, wp.shared, "winograd workspace"),
+                                        checked_mul(wp.per_thread, wp.threads, "winograd workspace"),
+                                        "winograd workspace"));
+  }
+  return static_cast<std::size_t>(checked_mul(total, static_cast<i64>(elem), "winograd workspace bytes"));
+}
+
+template <typename T>
+void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  if (p.n <= 0) return;
+  const int threads = num_threads();
+  T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(weights_elems(p)) * sizeof(T)));
+  transform_weights(p, w, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
+  forward_impl(p, x, U, bias, y, threads);
+}
+
+template <typename T>
+bool winograd_backward_input(const ConvParams& p, const T* dy, const T* w, T* dx) {
+  ConvParams q;
+  if (!mirrored(p, &q)) return false;
+  const i64 Mg = p.cout_g(), Cg = p.cin_g();
+  // w'[g*Cg + ci][co][kh][kw] = w[g*Mg + co][ci][2-kh][2-kw]
+  T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * 9) * sizeof(T)));
+  for (i64 co = 0; co < p.c_out; ++co) {
+    const i64 g = co / Mg, col = co % Mg;
+    for (i64 ci = 0; ci < Cg; ++ci) {
+      const T* src = w + (co * Cg + ci) * 9;
+      T* dst = wq + ((g * Cg + ci) * Mg + col) * 9;
+      for (int r = 0; r < 9; ++r) dst[r] = src[8 - r];
+    }
+  }
+  winograd_forward(q, dy, wq, static_cast<const T*>(nullptr), dx);
+  return true;
+}
+
+template <typename T>
+void winograd_backward_weight(const ConvParams& p, const T* dy, const T* x, T* dw) {
+  backward_weight_impl(p, dy, x, dw, num_threads());
+}
+
+template void winograd_forward<float>(const ConvParams&, const float*, const float*, const float*, float*);
+template void winograd_forward<double>(const ConvParams&, const double*, const double*, const double*, double*);
+template bool winograd_backward_input<float>(const ConvParams&, const float*, const float*, float*);
+template bool winograd_backward_input<double>(const ConvParams&, const double*, const double*, double*);
+template void winograd_backward_weight<float>(const ConvParams&, const float*, const float*, float*);
+template void winograd_backward_weight<double>(const ConvParams&, const double*, const double*, double*);
+
+}  // namespace pyconv
