@@ -40,12 +40,14 @@
 // tiles (the block is sized to keep V + M near kBlockBytes, so it is bounded by the
 // channel counts, never by the batch or the plane).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
 #include "conv.h"
 #include "cpu.h"
 #include "gemm.h"
+#include "ukernels/gemm_ukernel.h"
 #include "ukernels/winograd_kernels.h"
 
 namespace pyconv {
@@ -115,26 +117,67 @@ struct Geo {
   }
 };
 
+template <typename T>
+gemm_detail::GemmKernel<T> micro_kernel();
+template <>
+gemm_detail::GemmKernel<float> micro_kernel<float>() {
+  switch (active_isa()) {
+    case Isa::avx512: return gemm_detail::avx512_kernel_f32();
+    case Isa::avx2: return gemm_detail::avx2_kernel_f32();
+    default: return gemm_detail::scalar_kernel_f32();
+  }
+}
+template <>
+gemm_detail::GemmKernel<double> micro_kernel<double>() {
+  switch (active_isa()) {
+    case Isa::avx512: return gemm_detail::avx512_kernel_f64();
+    case Isa::avx2: return gemm_detail::avx2_kernel_f64();
+    default: return gemm_detail::scalar_kernel_f64();
+  }
+}
+GemmBlocking micro_blocking(std::size_t elem) {
+  return elem == 4 ? micro_kernel<float>().blk : micro_kernel<double>().blk;
+}
+
+// Forward plan. The 16 GEMMs call the GEMM micro-kernel directly: U is packed once per
+// call into its MR-row micro-panels (k-major), the input transform writes V straight into
+// NR-column micro-panels, so nothing is repacked per tile block.
 struct FwdPlan {
-  i64 tb, blocks, tasks;
+  int mr, nr;
+  i64 kc, kblocks;        // channel (K) blocks: a function of C_in/g and the ISA only
+  i64 panels;             // MR-row panels of C_out/g
+  i64 tb, tpanels, blocks, tasks;
   int threads;
-  i64 v_elems, m_elems, gemm_elems, row_elems, tmp_elems, per_thread;  // elements
+  i64 u_elems;                                       // packed U (all groups)
+  i64 v_elems, m_elems, row_elems, tmp_elems, per_thread;  // per thread
 };
+
+i64 env_i64(const char* name, i64 def) {
+  const char* s = std::getenv(name);
+  return s ? std::atoll(s) : def;
+}
 
 FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const Geo g(p);
+  const GemmBlocking blk = micro_blocking(elem);
   FwdPlan f{};
+  f.mr = blk.mr;
+  f.nr = blk.nr;
+  f.kblocks = ceil_div(g.Cg, blk.kc);
+  f.kc = ceil_div(g.Cg, f.kblocks);
+  f.panels = ceil_div(g.Mg, f.mr);
   const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), g.Cg + g.Mg, "winograd block");
-  i64 tb = std::min(kMaxTiles, std::max(kMinTiles, kBlockBytes / per_tile));
-  tb = std::min(tb, round_up(std::max<i64>(g.total, 1), 8));
+  i64 tb = std::min(kMaxTiles, std::max(env_i64("WMIN", kMinTiles), env_i64("WBYTES", kBlockBytes) / per_tile));
+  tb = std::min(round_up(tb, f.nr), round_up(std::max<i64>(g.total, 1), f.nr));
   i64 blocks = ceil_div(std::max<i64>(g.total, 1), tb);
   const int tmax = std::max(threads_max, 1);
   if (tmax > 1 && (p.groups * blocks) % tmax != 0) {  // even shares for the threads
     blocks = round_up(blocks, tmax / std::gcd<i64>(tmax, p.groups));
-    tb = round_up(ceil_div(std::max<i64>(g.total, 1), blocks), 8);
+    tb = round_up(ceil_div(std::max<i64>(g.total, 1), blocks), f.nr);
     blocks = ceil_div(std::max<i64>(g.total, 1), tb);
   }
   f.tb = tb;
+  f.tpanels = tb / f.nr;
   f.blocks = blocks;
   f.tasks = checked_mul(p.groups, blocks, "winograd tasks");
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
@@ -142,14 +185,13 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
                        static_cast<double>(g.Cg) * 9.0;
   f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), std::max<i64>(f.tasks, 1)));
   f.threads = std::max(1, std::min(f.threads, tmax));
+  f.u_elems = lines(checked_mul(checked_mul(checked_mul(16, p.groups, "winograd U"), f.panels * f.mr, "winograd U"),
+                                g.Cg, "winograd U"), elem);
   f.v_elems = lines(checked_mul(checked_mul(16, g.Cg, "winograd V"), tb, "winograd V"), elem);
   f.m_elems = lines(checked_mul(checked_mul(16, g.Mg, "winograd M"), tb, "winograd M"), elem);
-  f.gemm_elems = lines(static_cast<i64>(elem == 4 ? gemm_workspace_elems<float>(g.Mg, tb, g.Cg, 1)
-                                                  : gemm_workspace_elems<double>(g.Mg, tb, g.Cg, 1)),
-                       elem);
   f.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
   f.tmp_elems = lines(4 * g.tw, elem);
-  f.per_thread = f.v_elems + f.m_elems + f.gemm_elems + f.row_elems + f.tmp_elems;
+  f.per_thread = f.v_elems + f.m_elems + f.row_elems + f.tmp_elems;
   return f;
 }
 
@@ -157,31 +199,53 @@ i64 weights_elems(const ConvParams& p) {
   return checked_mul(checked_mul(16, p.c_out, "winograd weights"), p.cin_g(), "winograd weights");
 }
 
-// U[g][pos][co][ci] = (G w G^T)[pos] for every (output channel, input channel) pair.
+// U = G w G^T for every (output channel, input channel) pair, packed for the
+// micro-kernel: U(g, pos, co, ci) at Up[((g*16 + pos)*panels + co/MR)*Cg*MR + ci*MR + co%MR],
+// rows past C_out/g zero. One task per (group, panel); channels in chunks of kWChunk
+// transformed into a local [pos][ci][MR] buffer (each weight row read sequentially), then
+// copied out as 16 contiguous runs (the 16 destinations are a power-of-two distance
+// apart, so writing them element by element would thrash the cache sets).
+constexpr i64 kWChunk = 16;
 template <typename T>
-void transform_weights(const ConvParams& p, const T* w, T* U, int threads) {
-  const i64 Cg = p.cin_g(), Mg = p.cout_g(), plane = Mg * Cg;
+void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up, int threads) {
+  const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.panels * Cg * MR;
   const T h = T(0.5);
+  const i64 tasks = p.groups * f.panels;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (i64 co = 0; co < p.c_out; ++co) {
-    const i64 g = co / Mg, m = co % Mg;
-    T* base = U + g * 16 * plane + m * Cg;
-    for (i64 ci = 0; ci < Cg; ++ci) {
-      const T* k = w + (co * Cg + ci) * 9;
-      T t[4][3];  // G g
-      for (int c = 0; c < 3; ++c) {
-        t[0][c] = k[c];
-        t[1][c] = ((k[c] + k[3 + c]) + k[6 + c]) * h;
-        t[2][c] = ((k[c] - k[3 + c]) + k[6 + c]) * h;
-        t[3][c] = k[6 + c];
+  for (i64 task = 0; task < tasks; ++task) {
+    const i64 g = task / f.panels, ip = task % f.panels;
+    T* base = Up + g * 16 * pstride + ip * Cg * MR;
+    alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
+    for (i64 c0 = 0; c0 < Cg; c0 += kWChunk) {
+      const i64 cn = std::min(kWChunk, Cg - c0);
+      for (i64 r = 0; r < MR; ++r) {
+        const i64 m = ip * MR + r;
+        for (i64 cc = 0; cc < cn; ++cc) {
+          T* o = loc + cc * MR + r;
+          const i64 ps = kWChunk * MR;
+          if (m >= Mg) {
+            for (int q = 0; q < 16; ++q) o[q * ps] = T(0);
+            continue;
+          }
+          const T* k = w + ((g * Mg + m) * Cg + c0 + cc) * 9;
+          T t[4][3];  // G g
+          for (int c = 0; c < 3; ++c) {
+            t[0][c] = k[c];
+            t[1][c] = ((k[c] + k[3 + c]) + k[6 + c]) * h;
+            t[2][c] = ((k[c] - k[3 + c]) + k[6 + c]) * h;
+            t[3][c] = k[6 + c];
+          }
+          for (int rr = 0; rr < 4; ++rr) {  // (G g) G^T
+            o[(4 * rr + 0) * ps] = t[rr][0];
+            o[(4 * rr + 1) * ps] = ((t[rr][0] + t[rr][1]) + t[rr][2]) * h;
+            o[(4 * rr + 2) * ps] = ((t[rr][0] - t[rr][1]) + t[rr][2]) * h;
+            o[(4 * rr + 3) * ps] = t[rr][2];
+          }
+        }
       }
-      for (int r = 0; r < 4; ++r) {  // (G g) G^T
-        T* o = base + (4 * r) * plane + ci;
-        o[0] = t[r][0];
-        o[plane] = ((t[r][0] + t[r][1]) + t[r][2]) * h;
-        o[2 * plane] = ((t[r][0] - t[r][1]) + t[r][2]) * h;
-        o[3 * plane] = t[r][2];
-      }
+      for (int q = 0; q < 16; ++q)
+        std::memcpy(base + q * pstride + c0 * MR, loc + q * kWChunk * MR,
+                    static_cast<std::size_t>(cn * MR) * sizeof(T));
     }
   }
 }
@@ -208,10 +272,12 @@ inline void load_rows(const ConvParams& p, const Geo& g, const T* xp, i64 i, i64
 }
 
 // Input transform of tiles t0 .. t0+nt-1 (global tile index over the batch) of input
-// channels [c0, c1) of group g: V[pos][ci][t - t0] at V + pos*vps + ci*vcs + (t - t0).
+// channels [c0, c1) of group g. Tile tt = t - t0 of channel ci, position pos goes to
+// V[pos*vps + (tt/pw)*pws + ci*vcs + tt%pw]: pw = nt for a plain (pos, ci, tile) array
+// (pws unused), pw = NR for micro-panels.
 template <typename T>
 void input_block(const ConvParams& p, const Geo& ge, const Kernels<T>& k, const T* x, i64 grp, i64 t0, i64 nt,
-                 i64 c0, i64 c1, T* V, i64 vps, i64 vcs, T* buf) {
+                 i64 c0, i64 c1, T* V, i64 vps, i64 vcs, i64 pw, i64 pws, T* buf) {
   const i64 in_plane = p.h.in * p.w.in;
   for (i64 t = t0; t < t0 + nt;) {
     const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
@@ -220,19 +286,25 @@ void input_block(const ConvParams& p, const Geo& ge, const Kernels<T>& k, const 
     for (i64 ci = c0; ci < c1; ++ci) {
       const T* xp = x + (n * p.c_in + grp * ge.Cg + ci) * in_plane;
       load_rows(p, ge, xp, i, j, len, buf, rows);
-      k.in(rows, len, V + ci * vcs + (t - t0), vps);
+      for (i64 a = 0; a < len;) {  // pieces that stay inside one micro-panel
+        const i64 tt = t - t0 + a, q = tt % pw, piece = std::min(len - a, pw - q);
+        const T* rr[4] = {rows[0] + 2 * a, rows[1] + 2 * a, rows[2] + 2 * a, rows[3] + 2 * a};
+        k.in(rr, piece, V + (tt / pw) * pws + ci * vcs + q, vps);
+        a += piece;
+      }
     }
     t += len;
   }
 }
 
 template <typename T>
-void forward_impl(const ConvParams& p, const T* x, const T* U, const T* bias, T* y, int threads_max) {
+void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up, const T* bias, T* y) {
   const Geo ge(p);
-  const FwdPlan f = fwd_plan(p, sizeof(T), threads_max);
   const Kernels<T> k = kernels(static_cast<T*>(nullptr));
+  const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
   const i64 Cg = ge.Cg, Mg = ge.Mg, tb = f.tb, Ho = p.h.out, Wo = p.w.out;
+  const i64 MR = f.mr, NR = f.nr, vps = f.tpanels * Cg * NR, ups = f.panels * Cg * MR;
 #pragma omp parallel for schedule(static) num_threads(f.threads)
   for (i64 task = 0; task < f.tasks; ++task) {
     const i64 grp = task / f.blocks, b = task % f.blocks;
@@ -240,13 +312,33 @@ void forward_impl(const ConvParams& p, const T* x, const T* U, const T* bias, T*
     if (nt <= 0) continue;
     T* V = ws + f.per_thread * thread_index();
     T* M = V + f.v_elems;
-    T* gws = M + f.m_elems;
-    T* buf = gws + f.gemm_elems;
+    T* buf = M + f.m_elems;
     T* tmp = buf + f.row_elems;
-    input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, Cg * tb, tb, buf);
+    const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
+    if (last < NR)  // columns past the block in the last micro-panel: zeros
+      for (int pos = 0; pos < 16; ++pos)
+        for (i64 ci = 0; ci < Cg; ++ci) {
+          T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
+          std::fill(d + last, d + NR, T(0));
+        }
+    input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
     for (int pos = 0; pos < 16; ++pos) {
-      StridedB<T> src(V + pos * Cg * tb, tb, 1);
-      gemm<T>(Mg, nt, Cg, U + (grp * 16 + pos) * Mg * Cg, Cg, 1, src, M + pos * Mg * tb, tb, 1, false, 1, gws);
+      const T* Ug = Up + (grp * 16 + pos) * ups;
+      const T* Vg = V + pos * vps;
+      T* Mp = M + pos * Mg * tb;
+      for (i64 kb = 0; kb < f.kblocks; ++kb) {
+        const i64 k0 = kb * f.kc, kc = std::min(f.kc, Cg - k0);
+        for (i64 ip = 0; ip < f.panels; ++ip) {
+          const T* a = Ug + ip * Cg * MR + k0 * MR;
+          const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
+          T* c = Mp + ip * MR * tb;
+          for (i64 jp = 0; jp < np; ++jp) {
+            const int n = static_cast<int>(std::min(NR, nt - jp * NR));
+            const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
+            run(kc, a, Vg + jp * Cg * NR + k0 * NR, c + jp * NR, tb, 1, m, n, kb > 0);
+          }
+        }
+      }
     }
     for (i64 t = t0; t < t0 + nt;) {
       const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
@@ -358,7 +450,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
         for (i64 item = 0; item < Cg + Mg; ++item) {
           if (nt <= 0) continue;
           if (item < Cg)
-            input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, Cg * tw, tw, buf);
+            input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, Cg * tw, tw, tw, 0, buf);
           else
             grad_output_block(p, ge, dy, grp * Mg + (item - Cg), item - Cg, t0, nt, Y, tw * Mg);
         }
@@ -436,17 +528,17 @@ bool winograd_preferred(const ConvParams& p) {
 std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
   if (!winograd_supports(p)) return 0;
   const FwdPlan f = fwd_plan(p, elem, threads);
-  const i64 u = lines(weights_elems(p), elem);
+  const i64 u = f.u_elems;
   i64 total = checked_add(u, checked_mul(f.per_thread, f.threads, "winograd workspace"), "winograd workspace");
   if (backward) {
     ConvParams q;
     if (mirrored(p, &q)) {
       const FwdPlan fq = fwd_plan(q, elem, threads);
-      total = std::max(total, checked_add(2 * u, checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
+      total = std::max(total, checked_add(fq.u_elems + lines(weights_elems(p), elem), checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
                                           "winograd workspace"));
     }
     const WgtPlan wp = wgt_plan(p, elem, threads);
-    total = std::max(total, checked_add(checked_add(u, wp.shared, "winograd workspace"),
+    total = std::max(total, checked_add(checked_add(lines(weights_elems(p), elem), wp.shared, "winograd workspace"),
                                         checked_mul(wp.per_thread, wp.threads, "winograd workspace"),
                                         "winograd workspace"));
   }
@@ -457,9 +549,10 @@ template <typename T>
 void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
   if (p.n <= 0) return;
   const int threads = num_threads();
-  T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(weights_elems(p)) * sizeof(T)));
-  transform_weights(p, w, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
-  forward_impl(p, x, U, bias, y, threads);
+  const FwdPlan f = fwd_plan(p, sizeof(T), threads);
+  T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.u_elems) * sizeof(T)));
+  transform_weights(p, f, w, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
+  forward_impl(p, f, x, U, bias, y);
 }
 
 template <typename T>
