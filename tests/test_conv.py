@@ -269,7 +269,7 @@ def test_forcing_an_unsupported_path_is_an_error():
     with pytest.raises(ValueError, match="depthwise"):
         _fwd_core(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, "depthwise")
     with pytest.raises(ValueError, match="path"):
-        _fwd_core(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, "winograd")
+        _fwd_core(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, "fft")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
