@@ -63,7 +63,6 @@ constexpr i64 kMaxTiles = 1024;            // forward: largest tile block
 constexpr i64 kWgtBlockBytes = 4 << 20;    // grad weight: target V + Y' bytes (shared)
 constexpr i64 kWgtMinTiles = 64;
 constexpr i64 kWgtMaxTiles = 512;
-constexpr i64 kWgtChanBlock = 64;          // grad weight: GEMM rows (input channels) per task
 
 // Elements rounded up to whole cache lines.
 inline i64 lines(i64 elems, std::size_t elem) {
@@ -366,44 +365,63 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
 
 // ---------------------------------------------------------------- grad weight
 
+// Grad weight plan: tiles in blocks of tw (a function of the channel counts and the ISA,
+// never of the thread count: the reduction order over tiles follows the blocks). Per
+// block, shared by the threads: V (16 x C_in/g x tw, plain), its transpose packed into
+// the micro-kernel's NR-column panels, and Y' written straight into MR-row panels.
 struct WgtPlan {
-  i64 tw, blocks, cblocks, tasks;
+  int mr, nr;
+  i64 tw, blocks, co_panels, ci_panels, groups_of, tasks;
   int threads;
-  i64 v_elems, y_elems, shared;           // shared V and Y' (elements)
-  i64 gemm_elems, row_elems, per_thread;  // per thread
+  i64 v_elems, b_elems, a_elems, shared;  // shared buffers (elements)
+  i64 row_elems, per_thread;              // per thread
 };
+
+constexpr i64 kWgtGroup = 4;  // MR-row panels of output channels per GEMM task
 
 WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const Geo g(p);
+  const GemmBlocking blk = micro_blocking(elem);
   WgtPlan w{};
-  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), g.Cg + g.Mg, "winograd block");
-  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
+  w.mr = blk.mr;
+  w.nr = blk.nr;
+  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), 2 * g.Cg + g.Mg, "winograd block");
+  i64 tw = std::min(std::min(kWgtMaxTiles, blk.kc), std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
+  tw = std::max<i64>(8, tw / 8 * 8);
   tw = std::min(tw, round_up(std::max<i64>(g.total, 1), 8));
   w.tw = tw;
   w.blocks = ceil_div(std::max<i64>(g.total, 1), tw);
-  const i64 cb = std::min(kWgtChanBlock, g.Cg);
-  w.cblocks = ceil_div(g.Cg, cb);
-  w.tasks = 16 * w.cblocks;
+  w.co_panels = ceil_div(g.Mg, w.mr);
+  w.ci_panels = ceil_div(g.Cg, w.nr);
+  w.groups_of = ceil_div(w.co_panels, kWgtGroup);
+  w.tasks = 16 * w.groups_of;
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
   w.threads = std::max(1, std::min(threads_for_work(flops, 1 << 20), std::max(threads_max, 1)));
   w.v_elems = lines(checked_mul(checked_mul(16, g.Cg, "winograd V"), tw, "winograd V"), elem);
-  w.y_elems = lines(checked_mul(checked_mul(16, g.Mg, "winograd Y"), tw, "winograd Y"), elem);
-  w.shared = w.v_elems + w.y_elems;
-  w.gemm_elems = lines(static_cast<i64>(elem == 4 ? gemm_workspace_elems<float>(cb, g.Mg, tw, 1)
-                                                  : gemm_workspace_elems<double>(cb, g.Mg, tw, 1)),
-                       elem);
+  w.b_elems = lines(checked_mul(checked_mul(16, w.ci_panels * w.nr, "winograd V"), tw, "winograd V"), elem);
+  w.a_elems = lines(checked_mul(checked_mul(16, w.co_panels * w.mr, "winograd Y"), tw, "winograd Y"), elem);
+  w.shared = w.v_elems + w.b_elems + w.a_elems;
   w.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
-  w.per_thread = w.gemm_elems + w.row_elems;
+  w.per_thread = w.row_elems;
   return w;
 }
 
-// Y'[pos][t - t0][co] = (A dY A^T)[pos] of tiles t0 .. t0+nt-1 for one output channel.
+// Y'(pos, co, t - t0) = (A dY A^T)[pos] of tiles t0 .. t0+nt-1 for output channel row co
+// of the group (rows past C_out/g give zeros), into MR-row panels: Ap[pos*aps +
+// (co/MR)*nt*MR + (t - t0)*MR + co%MR].
 template <typename T>
-void grad_output_block(const ConvParams& p, const Geo& ge, const T* dy, i64 c, i64 co, i64 t0, i64 nt, T* Y,
-                       i64 yps) {
-  const i64 Ho = p.h.out, Wo = p.w.out, Mg = ge.Mg;
+void grad_output_block(const ConvParams& p, const Geo& ge, const T* dy, i64 grp, i64 co, i64 t0, i64 nt, T* Ap,
+                       i64 aps, i64 MR) {
+  const i64 Ho = p.h.out, Wo = p.w.out;
+  T* base = Ap + (co / MR) * nt * MR + co % MR;
+  if (co >= ge.Mg) {
+    for (i64 t = 0; t < nt; ++t)
+      for (int q = 0; q < 16; ++q) base[q * aps + t * MR] = T(0);
+    return;
+  }
+  const i64 c = grp * ge.Mg + co;
   for (i64 t = t0; t < t0 + nt; ++t) {
     const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
     const T* s = dy + ((n * p.c_out + c) * Ho + 2 * i) * Wo + 2 * j;
@@ -413,13 +431,30 @@ void grad_output_block(const ConvParams& p, const Geo& ge, const T* dy, i64 c, i
     // z = dY A^T (2 x 4), then A z (4 x 4)
     const T z0[4] = {d00, d00 + d01, d00 - d01, -d01};
     const T z1[4] = {d10, d10 + d11, d10 - d11, -d11};
-    T* o = Y + (t - t0) * Mg + co;
+    T* o = base + (t - t0) * MR;
     for (int q = 0; q < 4; ++q) {
-      o[(0 + q) * yps] = z0[q];
-      o[(4 + q) * yps] = z0[q] + z1[q];
-      o[(8 + q) * yps] = z0[q] - z1[q];
-      o[(12 + q) * yps] = -z1[q];
+      o[(0 + q) * aps] = z0[q];
+      o[(4 + q) * aps] = z0[q] + z1[q];
+      o[(8 + q) * aps] = z0[q] - z1[q];
+      o[(12 + q) * aps] = -z1[q];
     }
+  }
+}
+
+// B(k = t, j = ci) = v[ci*vs + t] for t < kc, channels j0 .. j0+NR-1 (past nc: zeros),
+// into one NR-column panel (kc x NR, k-major).
+template <typename T>
+void pack_transposed(T* dst, const T* v, i64 vs, i64 kc, i64 j0, i64 nc, int nr) {
+  const i64 w = std::min<i64>(nr, nc - j0);
+  constexpr i64 kB = 16;  // k in blocks: nr rows read, the block written as nr-wide rows
+  for (i64 k0 = 0; k0 < kc; k0 += kB) {
+    const i64 kn = std::min(kB, kc - k0);
+    for (i64 r = 0; r < w; ++r) {
+      const T* s = v + (j0 + r) * vs + k0;
+      for (i64 k = 0; k < kn; ++k) dst[(k0 + k) * nr + r] = s[k];
+    }
+    for (i64 r = w; r < nr; ++r)
+      for (i64 k = 0; k < kn; ++k) dst[(k0 + k) * nr + r] = T(0);
   }
 }
 
@@ -428,42 +463,58 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   const Geo ge(p);
   const WgtPlan wp = wgt_plan(p, sizeof(T), threads_max);
   const Kernels<T> k = kernels(static_cast<T*>(nullptr));
-  const i64 Cg = ge.Cg, Mg = ge.Mg, tw = wp.tw, cb = std::min(kWgtChanBlock, Cg);
+  const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
+  const i64 Cg = ge.Cg, Mg = ge.Mg, tw = wp.tw, MR = wp.mr, NR = wp.nr;
+  const i64 rows_co = wp.co_panels * MR;
   T* dM = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(weights_elems(p)) * sizeof(T)));
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(wp.shared + wp.per_thread * wp.threads) *
                                                    sizeof(T)));
   T* V = ws;
-  T* Y = ws + wp.v_elems;
+  T* Bp = V + wp.v_elems;
+  T* Ap = Bp + wp.b_elems;
   T* priv = ws + wp.shared;
   const int threads = wp.threads;
-  // dM[g][pos][ci][co], summed over the tile blocks in increasing order.
+  // dM[g][pos][co][ci], summed over the tile blocks in increasing order.
 #pragma omp parallel num_threads(threads)
   {
-    T* mine = priv + wp.per_thread * thread_index();
-    T* gws = mine;
-    T* buf = mine + wp.gemm_elems;
+    T* buf = priv + wp.per_thread * thread_index();
     for (i64 grp = 0; grp < p.groups; ++grp) {
       T* dMg = dM + grp * 16 * Cg * Mg;
       for (i64 b = 0; b < wp.blocks; ++b) {
         const i64 t0 = b * tw, nt = std::min(tw, ge.total - t0);
+        const i64 aps = rows_co * nt, bps = wp.ci_panels * NR * nt;
 #pragma omp for schedule(static)
-        for (i64 item = 0; item < Cg + Mg; ++item) {
+        for (i64 item = 0; item < Cg + rows_co; ++item) {
           if (nt <= 0) continue;
           if (item < Cg)
             input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, Cg * tw, tw, tw, 0, buf);
           else
-            grad_output_block(p, ge, dy, grp * Mg + (item - Cg), item - Cg, t0, nt, Y, tw * Mg);
+            grad_output_block(p, ge, dy, grp, item - Cg, t0, nt, Ap, aps, MR);
+        }
+#pragma omp for schedule(static)
+        for (i64 item = 0; item < 16 * wp.ci_panels; ++item) {
+          if (nt <= 0) continue;
+          const i64 pos = item / wp.ci_panels, q = item % wp.ci_panels;
+          pack_transposed(Bp + pos * bps + q * nt * NR, V + pos * Cg * tw, tw, nt, q * NR, Cg, static_cast<int>(NR));
         }
 #pragma omp for schedule(static)
         for (i64 task = 0; task < wp.tasks; ++task) {
-          const i64 pos = task / wp.cblocks, c0 = (task % wp.cblocks) * cb, cn = std::min(cb, Cg - c0);
-          T* C = dMg + (pos * Cg + c0) * Mg;
+          const i64 pos = task / wp.groups_of, gi = task % wp.groups_of;
+          const i64 ip0 = gi * kWgtGroup, ip1 = std::min(wp.co_panels, ip0 + kWgtGroup);
+          T* C = dMg + pos * Mg * Cg;
           if (nt <= 0) {  // empty batch: dW = 0
-            if (b == 0) std::fill(C, C + cn * Mg, T(0));
+            for (i64 co = ip0 * MR; co < std::min(Mg, ip1 * MR); ++co) std::fill(C + co * Cg, C + (co + 1) * Cg, T(0));
             continue;
           }
-          StridedB<T> src(Y + pos * tw * Mg, Mg, 1);
-          gemm<T>(cn, Mg, nt, V + pos * Cg * tw + c0 * tw, tw, 1, src, C, Mg, 1, b > 0, 1, gws);
+          for (i64 ip = ip0; ip < ip1; ++ip) {
+            const T* a = Ap + pos * aps + ip * nt * MR;
+            const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
+            for (i64 q = 0; q < wp.ci_panels; ++q) {
+              const int n = static_cast<int>(std::min(NR, Cg - q * NR));
+              const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
+              run(nt, a, Bp + pos * bps + q * nt * NR, C + ip * MR * Cg + q * NR, Cg, 1, m, n, b > 0);
+            }
+          }
         }
       }
     }
@@ -474,10 +525,10 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 co = 0; co < p.c_out; ++co) {
     const i64 grp = co / Mg, m = co % Mg;
-    const T* base = dM + grp * 16 * plane + m;
+    const T* base = dM + grp * 16 * plane + m * Cg;
     for (i64 ci = 0; ci < Cg; ++ci) {
       T X[16];
-      for (int q = 0; q < 16; ++q) X[q] = base[q * plane + ci * Mg];
+      for (int q = 0; q < 16; ++q) X[q] = base[q * plane + ci];
       T t[3][4];  // G^T X
       for (int c = 0; c < 4; ++c) {
         t[0][c] = X[c] + (X[4 + c] + X[8 + c]) * h;
