@@ -69,6 +69,10 @@ inline i64 lines(i64 elems, std::size_t elem) {
   const i64 per = 64 / static_cast<i64>(elem);
   return round_up(std::max<i64>(elems, 1), per);
 }
+// Distance between the 16 positions' planes of a transformed array: whole cache lines
+// plus one, so the 16 planes a transform reads or writes together never sit a multiple
+// of 4 KiB apart (they would all fall into the same L1 sets and evict each other).
+inline i64 pos_stride(i64 elems, std::size_t elem) { return lines(elems, elem) + 64 / static_cast<i64>(elem); }
 
 template <typename T>
 struct Kernels {
@@ -145,6 +149,7 @@ struct FwdPlan {
   int mr, nr;
   i64 kc, kblocks;        // channel (K) blocks: a function of C_in/g and the ISA only
   i64 panels;             // MR-row panels of C_out/g
+  i64 ups, vps, mps;      // position strides of U, V, M
   i64 tb, tpanels, blocks, tasks;
   int threads;
   i64 u_elems;                                       // packed U (all groups)
@@ -184,19 +189,18 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
                        static_cast<double>(g.Cg) * 9.0;
   f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), std::max<i64>(f.tasks, 1)));
   f.threads = std::max(1, std::min(f.threads, tmax));
-  f.u_elems = lines(checked_mul(checked_mul(checked_mul(16, p.groups, "winograd U"), f.panels * f.mr, "winograd U"),
-                                g.Cg, "winograd U"), elem);
-  f.v_elems = lines(checked_mul(checked_mul(16, g.Cg, "winograd V"), tb, "winograd V"), elem);
-  f.m_elems = lines(checked_mul(checked_mul(16, g.Mg, "winograd M"), tb, "winograd M"), elem);
+  f.ups = pos_stride(checked_mul(f.panels * f.mr, g.Cg, "winograd U"), elem);
+  f.vps = pos_stride(checked_mul(g.Cg, tb, "winograd V"), elem);
+  f.mps = pos_stride(checked_mul(g.Mg, tb, "winograd M"), elem);
+  f.u_elems = checked_mul(checked_mul(16, p.groups, "winograd U"), f.ups, "winograd U");
+  f.v_elems = checked_mul(16, f.vps, "winograd V");
+  f.m_elems = checked_mul(16, f.mps, "winograd M");
   f.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
   f.tmp_elems = lines(4 * g.tw, elem);
   f.per_thread = f.v_elems + f.m_elems + f.row_elems + f.tmp_elems;
   return f;
 }
 
-i64 weights_elems(const ConvParams& p) {
-  return checked_mul(checked_mul(16, p.c_out, "winograd weights"), p.cin_g(), "winograd weights");
-}
 
 // U = G w G^T for every (output channel, input channel) pair, packed for the
 // micro-kernel: U(g, pos, co, ci) at Up[((g*16 + pos)*panels + co/MR)*Cg*MR + ci*MR + co%MR],
@@ -207,7 +211,7 @@ i64 weights_elems(const ConvParams& p) {
 constexpr i64 kWChunk = 16;
 template <typename T>
 void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up, int threads) {
-  const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.panels * Cg * MR;
+  const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.ups;
   const T h = T(0.5);
   const i64 tasks = p.groups * f.panels;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -303,7 +307,7 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
   const i64 Cg = ge.Cg, Mg = ge.Mg, tb = f.tb, Ho = p.h.out, Wo = p.w.out;
-  const i64 MR = f.mr, NR = f.nr, vps = f.tpanels * Cg * NR, ups = f.panels * Cg * MR;
+  const i64 MR = f.mr, NR = f.nr, vps = f.vps, ups = f.ups, mps = f.mps;
 #pragma omp parallel for schedule(static) num_threads(f.threads)
   for (i64 task = 0; task < f.tasks; ++task) {
     const i64 grp = task / f.blocks, b = task % f.blocks;
@@ -324,7 +328,7 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
     for (int pos = 0; pos < 16; ++pos) {
       const T* Ug = Up + (grp * 16 + pos) * ups;
       const T* Vg = V + pos * vps;
-      T* Mp = M + pos * Mg * tb;
+      T* Mp = M + pos * mps;
       for (i64 kb = 0; kb < f.kblocks; ++kb) {
         const i64 k0 = kb * f.kc, kc = std::min(f.kc, Cg - k0);
         for (i64 ip = 0; ip < f.panels; ++ip) {
@@ -351,9 +355,9 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
         const T bv = bias ? bias[c] : T(0);
         const T* m = M + co * tb + (t - t0);
         if (two_rows && full) {
-          k.out(m, Mg * tb, len, bv, y0, y0 + Wo);
+          k.out(m, mps, len, bv, y0, y0 + Wo);
         } else {
-          k.out(m, Mg * tb, len, bv, tmp, tmp + 2 * len);
+          k.out(m, mps, len, bv, tmp, tmp + 2 * len);
           std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
           if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
         }
@@ -373,7 +377,9 @@ struct WgtPlan {
   int mr, nr;
   i64 tw, blocks, co_panels, ci_panels, groups_of, tasks;
   int threads;
+  i64 vps, aps, bps, dps;                 // position strides of V, Y' panels, V^T panels, dM
   i64 v_elems, b_elems, a_elems, shared;  // shared buffers (elements)
+  i64 dm_elems;                           // dM (all groups)
   i64 row_elems, per_thread;              // per thread
 };
 
@@ -399,9 +405,14 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
   w.threads = std::max(1, std::min(threads_for_work(flops, 1 << 20), std::max(threads_max, 1)));
-  w.v_elems = lines(checked_mul(checked_mul(16, g.Cg, "winograd V"), tw, "winograd V"), elem);
-  w.b_elems = lines(checked_mul(checked_mul(16, w.ci_panels * w.nr, "winograd V"), tw, "winograd V"), elem);
-  w.a_elems = lines(checked_mul(checked_mul(16, w.co_panels * w.mr, "winograd Y"), tw, "winograd Y"), elem);
+  w.vps = pos_stride(checked_mul(g.Cg, tw, "winograd V"), elem);
+  w.bps = pos_stride(checked_mul(w.ci_panels * w.nr, tw, "winograd V"), elem);
+  w.aps = pos_stride(checked_mul(w.co_panels * w.mr, tw, "winograd Y"), elem);
+  w.dps = pos_stride(checked_mul(g.Cg, g.Mg, "winograd dM"), elem);
+  w.v_elems = checked_mul(16, w.vps, "winograd V");
+  w.b_elems = checked_mul(16, w.bps, "winograd V");
+  w.a_elems = checked_mul(16, w.aps, "winograd Y");
+  w.dm_elems = checked_mul(checked_mul(16, p.groups, "winograd dM"), w.dps, "winograd dM");
   w.shared = w.v_elems + w.b_elems + w.a_elems;
   w.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
   w.per_thread = w.row_elems;
@@ -466,7 +477,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   const i64 Cg = ge.Cg, Mg = ge.Mg, tw = wp.tw, MR = wp.mr, NR = wp.nr;
   const i64 rows_co = wp.co_panels * MR;
-  T* dM = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(weights_elems(p)) * sizeof(T)));
+  T* dM = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(wp.dm_elems) * sizeof(T)));
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(wp.shared + wp.per_thread * wp.threads) *
                                                    sizeof(T)));
   T* V = ws;
@@ -479,15 +490,15 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   {
     T* buf = priv + wp.per_thread * thread_index();
     for (i64 grp = 0; grp < p.groups; ++grp) {
-      T* dMg = dM + grp * 16 * Cg * Mg;
+      T* dMg = dM + grp * 16 * wp.dps;
       for (i64 b = 0; b < wp.blocks; ++b) {
         const i64 t0 = b * tw, nt = std::min(tw, ge.total - t0);
-        const i64 aps = rows_co * nt, bps = wp.ci_panels * NR * nt;
+        const i64 aps = wp.aps, bps = wp.bps;
 #pragma omp for schedule(static)
         for (i64 item = 0; item < Cg + rows_co; ++item) {
           if (nt <= 0) continue;
           if (item < Cg)
-            input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, Cg * tw, tw, tw, 0, buf);
+            input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, wp.vps, tw, tw, 0, buf);
           else
             grad_output_block(p, ge, dy, grp, item - Cg, t0, nt, Ap, aps, MR);
         }
@@ -495,13 +506,13 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
         for (i64 item = 0; item < 16 * wp.ci_panels; ++item) {
           if (nt <= 0) continue;
           const i64 pos = item / wp.ci_panels, q = item % wp.ci_panels;
-          pack_transposed(Bp + pos * bps + q * nt * NR, V + pos * Cg * tw, tw, nt, q * NR, Cg, static_cast<int>(NR));
+          pack_transposed(Bp + pos * bps + q * nt * NR, V + pos * wp.vps, tw, nt, q * NR, Cg, static_cast<int>(NR));
         }
 #pragma omp for schedule(static)
         for (i64 task = 0; task < wp.tasks; ++task) {
           const i64 pos = task / wp.groups_of, gi = task % wp.groups_of;
           const i64 ip0 = gi * kWgtGroup, ip1 = std::min(wp.co_panels, ip0 + kWgtGroup);
-          T* C = dMg + pos * Mg * Cg;
+          T* C = dMg + pos * wp.dps;
           if (nt <= 0) {  // empty batch: dW = 0
             for (i64 co = ip0 * MR; co < std::min(Mg, ip1 * MR); ++co) std::fill(C + co * Cg, C + (co + 1) * Cg, T(0));
             continue;
@@ -520,7 +531,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
     }
   }
   // dW = G^T dM G
-  const i64 plane = Cg * Mg;
+  const i64 plane = wp.dps;
   const T h = T(0.5);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 co = 0; co < p.c_out; ++co) {
@@ -585,11 +596,11 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
     ConvParams q;
     if (mirrored(p, &q)) {
       const FwdPlan fq = fwd_plan(q, elem, threads);
-      total = std::max(total, checked_add(fq.u_elems + lines(weights_elems(p), elem), checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
+      total = std::max(total, checked_add(fq.u_elems + lines(checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), 9, "weight"), elem), checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
                                           "winograd workspace"));
     }
     const WgtPlan wp = wgt_plan(p, elem, threads);
-    total = std::max(total, checked_add(checked_add(lines(weights_elems(p), elem), wp.shared, "winograd workspace"),
+    total = std::max(total, checked_add(checked_add(wp.dm_elems, wp.shared, "winograd workspace"),
                                         checked_mul(wp.per_thread, wp.threads, "winograd workspace"),
                                         "winograd workspace"));
   }
