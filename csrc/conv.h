@@ -91,6 +91,15 @@ void winograd_backward_weight(const ConvParams& p, const T* dy, const T* x, T* d
 PYCONV_WINO_DECL(wino_avx2)
 PYCONV_WINO_DECL(wino_avx512)
 #undef PYCONV_WINO_DECL
+// AVX-512 float32 panel kernels (16 tiles per vector, masked gathers / scatters; int32
+// offsets: callers check that the arrays' element counts fit). See winograd_avx512.cpp.
+namespace wino_avx512 {
+void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const int* off,
+                      const unsigned short* masks, float* out, i64 ccs, i64 ps);
+void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
+                      float* y);
+void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps);
+}  // namespace wino_avx512
 
 namespace avx2 {
 // buf: dw_forward_buffer_elems(p, lanes) elements of per-thread scratch (stride-1 path).

@@ -43,6 +43,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 #include "conv.h"
 #include "cpu.h"
@@ -214,10 +215,18 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up,
   const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.ups;
   const T h = T(0.5);
   const i64 tasks = p.groups * f.panels;
+  const bool vec = std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 &&
+                   Cg * 9 * 16 < (i64(1) << 31);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
     T* base = Up + g * 16 * pstride + ip * Cg * MR;
+    if (vec) {
+      wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(w + (g * Mg + ip * MR) * Cg * 9), Cg * 9,
+                                     static_cast<int>(std::min(MR, Mg - ip * MR)), Cg, reinterpret_cast<float*>(base),
+                                     pstride);
+      continue;
+    }
     alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
     for (i64 c0 = 0; c0 < Cg; c0 += kWChunk) {
       const i64 cn = std::min(kWChunk, Cg - c0);
@@ -300,6 +309,83 @@ void input_block(const ConvParams& p, const Geo& ge, const Kernels<T>& k, const 
   }
 }
 
+// The 16 GEMMs of one tile block: M[pos] (C_out/g x nt) = U[pos] V[pos].
+template <typename T>
+void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T* Ug, const T* V, T* M, i64 Cg,
+                 i64 Mg, i64 nt) {
+  const i64 MR = f.mr, NR = f.nr, np = ceil_div(nt, NR);
+  for (int pos = 0; pos < 16; ++pos) {
+    const T* Up = Ug + pos * f.ups;
+    const T* Vg = V + pos * f.vps;
+    T* Mp = M + pos * f.mps;
+    for (i64 kb = 0; kb < f.kblocks; ++kb) {
+      const i64 k0 = kb * f.kc, kc = std::min(f.kc, Cg - k0);
+      for (i64 ip = 0; ip < f.panels; ++ip) {
+        const T* a = Up + ip * Cg * MR + k0 * MR;
+        const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
+        T* c = Mp + ip * MR * f.tb;
+        for (i64 jp = 0; jp < np; ++jp) {
+          const int n = static_cast<int>(std::min(NR, nt - jp * NR));
+          const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
+          run(kc, a, Vg + jp * Cg * NR + k0 * NR, c + jp * NR, f.tb, 1, m, n, kb > 0);
+        }
+      }
+    }
+  }
+}
+
+// One tile block through the AVX-512 float32 panel kernels.
+template <typename T>
+void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* x, T* V, T* M, i64 vps,
+                   i64 mps, i64 tb, const T* bias, T* y, const T* Up, i64 ups, const FwdPlan& f) {
+  if constexpr (std::is_same<T, float>::value) {
+    const i64 Cg = ge.Cg, Mg = ge.Mg, H = p.h.in, W = p.w.in, Ho = p.h.out, Wo = p.w.out;
+    const i64 in_plane = H * W, out_plane = Ho * Wo, np = ceil_div(nt, i64(16));
+    for (i64 jp = 0; jp < np; ++jp) {
+      alignas(64) int off[16];
+      unsigned short masks[16] = {};
+      for (int l = 0; l < 16; ++l) {
+        const i64 t = t0 + jp * 16 + l;
+        off[l] = 0;
+        if (t >= t0 + nt) continue;
+        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const i64 ih = 2 * i - p.h.pad_lo, iw = 2 * j - p.w.pad_lo;
+        off[l] = static_cast<int>(n * p.c_in * in_plane + ih * W + iw);
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b)
+            if (ih + a >= 0 && ih + a < H && iw + b >= 0 && iw + b < W) masks[4 * a + b] |= 1u << l;
+      }
+      wino_avx512::input_panels_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, off, masks, V + jp * Cg * 16, 16,
+                                    vps);
+    }
+    block_gemms(f, micro_kernel<float>(), Up + grp * 16 * ups, V, M, Cg, Mg, nt);
+    for (i64 jp = 0; jp < np; ++jp) {
+      alignas(64) int yoff[16];
+      unsigned short ym[4] = {};
+      for (int l = 0; l < 16; ++l) {
+        const i64 t = t0 + jp * 16 + l;
+        yoff[l] = 0;
+        if (t >= t0 + nt) continue;
+        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        yoff[l] = static_cast<int>(n * p.c_out * out_plane + 2 * i * Wo + 2 * j);
+        const bool r1 = 2 * i + 1 < Ho, c1 = 2 * j + 1 < Wo;
+        ym[0] |= 1u << l;
+        if (c1) ym[1] |= 1u << l;
+        if (r1) ym[2] |= 1u << l;
+        if (r1 && c1) ym[3] |= 1u << l;
+      }
+      for (i64 co = 0; co < Mg; ++co) {
+        const i64 c = grp * Mg + co;
+        wino_avx512::output_panel_f32(M + co * tb + jp * 16, mps, yoff, ym, Wo, bias ? bias[c] : 0.0f,
+                                      y + c * out_plane);
+      }
+    }
+  } else {
+    (void)p, (void)ge, (void)grp, (void)t0, (void)nt, (void)x, (void)V, (void)M, (void)vps, (void)mps, (void)tb;
+    (void)bias, (void)y, (void)Up, (void)ups, (void)f;
+  }
+}
+
 template <typename T>
 void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up, const T* bias, T* y) {
   const Geo ge(p);
@@ -307,7 +393,13 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
   const i64 Cg = ge.Cg, Mg = ge.Mg, tb = f.tb, Ho = p.h.out, Wo = p.w.out;
-  const i64 MR = f.mr, NR = f.nr, vps = f.vps, ups = f.ups, mps = f.mps;
+  const i64 NR = f.nr, vps = f.vps, ups = f.ups, mps = f.mps;
+  const i64 in_plane = p.h.in * p.w.in, out_plane = Ho * Wo;
+  // AVX-512 float32: transforms 16 tiles at a time through masked gathers / scatters
+  // with int32 offsets (whole input and output below 2^31 elements).
+  const bool panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 &&
+                      p.n * p.c_in * in_plane + 4 * p.w.in < (i64(1) << 31) &&
+                      p.n * p.c_out * out_plane + 2 * Wo < (i64(1) << 31);
 #pragma omp parallel for schedule(static) num_threads(f.threads)
   for (i64 task = 0; task < f.tasks; ++task) {
     const i64 grp = task / f.blocks, b = task % f.blocks;
@@ -318,6 +410,10 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
     T* buf = M + f.m_elems;
     T* tmp = buf + f.row_elems;
     const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
+    if (panels) {
+      panel_forward(p, ge, grp, t0, nt, x, V, M, vps, mps, tb, bias, y, Up, ups, f);
+      continue;
+    }
     if (last < NR)  // columns past the block in the last micro-panel: zeros
       for (int pos = 0; pos < 16; ++pos)
         for (i64 ci = 0; ci < Cg; ++ci) {
@@ -325,24 +421,7 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
           std::fill(d + last, d + NR, T(0));
         }
     input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
-    for (int pos = 0; pos < 16; ++pos) {
-      const T* Ug = Up + (grp * 16 + pos) * ups;
-      const T* Vg = V + pos * vps;
-      T* Mp = M + pos * mps;
-      for (i64 kb = 0; kb < f.kblocks; ++kb) {
-        const i64 k0 = kb * f.kc, kc = std::min(f.kc, Cg - k0);
-        for (i64 ip = 0; ip < f.panels; ++ip) {
-          const T* a = Ug + ip * Cg * MR + k0 * MR;
-          const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
-          T* c = Mp + ip * MR * tb;
-          for (i64 jp = 0; jp < np; ++jp) {
-            const int n = static_cast<int>(std::min(NR, nt - jp * NR));
-            const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
-            run(kc, a, Vg + jp * Cg * NR + k0 * NR, c + jp * NR, tb, 1, m, n, kb > 0);
-          }
-        }
-      }
-    }
+    block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
     for (i64 t = t0; t < t0 + nt;) {
       const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
       const i64 len = std::min(ge.tw - j, t0 + nt - t);
