@@ -42,8 +42,19 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
       mk[4 * r + c] = masks[4 * r + c];
     }
   const __m512 z = _mm512_setzero_ps();
+  // The panel's patches span at most 4 rows of 2*16+2 columns from the first tile's
+  // corner (when its 16 tiles sit in one tile row): those lines of channel ci + kAhead
+  // are prefetched (gathers get no help from the hardware prefetchers).
+  constexpr i64 kAhead = 2;
+  const int lo = off[0];
+  const bool one_row = off[15] - off[0] == 30;
   for (i64 ci = c0; ci < c1; ++ci) {
     const float* xc = x + ci * plane;
+    if (one_row && ci + kAhead < c1) {
+      const char* pf = reinterpret_cast<const char*>(xc + kAhead * plane + lo);
+      for (int r = 0; r < 4; ++r)
+        for (int b = 0; b <= 128; b += 64) _mm_prefetch(pf + r * row * 4 + b, _MM_HINT_T0);
+    }
     __m512 a[4][4];
     for (int r = 0; r < 4; ++r) {
       const __m512 d0 = _mm512_mask_i32gather_ps(z, mk[4 * r + 0], idx[4 * r + 0], xc, 4);
