@@ -463,6 +463,7 @@ struct WgtPlan {
 };
 
 constexpr i64 kWgtGroup = 4;  // MR-row panels of output channels per GEMM task
+constexpr i64 kChanTiles = 32;  // grad weight, AVX-512 input transform: tiles per task
 
 WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const Geo g(p);
@@ -564,6 +565,9 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   T* Ap = Bp + wp.b_elems;
   T* priv = ws + wp.shared;
   const int threads = wp.threads;
+  const i64 in_plane = p.h.in * p.w.in;
+  const bool chan_panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 &&
+                           in_plane < (i64(1) << 27);
   // dM[g][pos][co][ci], summed over the tile blocks in increasing order.
 #pragma omp parallel num_threads(threads)
   {
@@ -573,19 +577,49 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
       for (i64 b = 0; b < wp.blocks; ++b) {
         const i64 t0 = b * tw, nt = std::min(tw, ge.total - t0);
         const i64 aps = wp.aps, bps = wp.bps;
+        if (chan_panels) {
+          // AVX-512 float32: B panels straight from the input, 16 channels per vector.
+          const i64 chunks = ceil_div(std::max<i64>(nt, 1), kChanTiles), ci_items = wp.ci_panels * chunks;
 #pragma omp for schedule(static)
-        for (i64 item = 0; item < Cg + rows_co; ++item) {
-          if (nt <= 0) continue;
-          if (item < Cg)
-            input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, wp.vps, tw, tw, 0, buf);
-          else
-            grad_output_block(p, ge, dy, grp, item - Cg, t0, nt, Ap, aps, MR);
-        }
+          for (i64 item = 0; item < ci_items + rows_co; ++item) {
+            if (nt <= 0) continue;
+            if (item >= ci_items) {
+              grad_output_block(p, ge, dy, grp, item - ci_items, t0, nt, Ap, aps, MR);
+              continue;
+            }
+            const i64 q = item / chunks, l0 = (item % chunks) * kChanTiles, cnt = std::min(kChanTiles, nt - l0);
+            if (cnt <= 0) continue;
+            i64 off[kChanTiles];
+            unsigned short valid[kChanTiles];
+            for (i64 l = 0; l < cnt; ++l) {
+              const i64 t = t0 + l0 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+              const i64 ih = 2 * i - p.h.pad_lo, iw = 2 * j - p.w.pad_lo;
+              off[l] = (n * p.c_in + grp * Cg + q * NR) * in_plane + ih * p.w.in + iw;
+              unsigned v = 0;
+              for (int a = 0; a < 4; ++a)
+                for (int c = 0; c < 4; ++c)
+                  if (ih + a >= 0 && ih + a < p.h.in && iw + c >= 0 && iw + c < p.w.in) v |= 1u << (4 * a + c);
+              valid[l] = static_cast<unsigned short>(v);
+            }
+            wino_avx512::input_channels_f32(reinterpret_cast<const float*>(x), in_plane, p.w.in,
+                                            static_cast<int>(std::min(NR, Cg - q * NR)), cnt, off, valid,
+                                            reinterpret_cast<float*>(Bp + q * nt * NR + l0 * NR), bps);
+          }
+        } else {
 #pragma omp for schedule(static)
-        for (i64 item = 0; item < 16 * wp.ci_panels; ++item) {
-          if (nt <= 0) continue;
-          const i64 pos = item / wp.ci_panels, q = item % wp.ci_panels;
-          pack_transposed(Bp + pos * bps + q * nt * NR, V + pos * wp.vps, tw, nt, q * NR, Cg, static_cast<int>(NR));
+          for (i64 item = 0; item < Cg + rows_co; ++item) {
+            if (nt <= 0) continue;
+            if (item < Cg)
+              input_block(p, ge, k, x, grp, t0, nt, item, item + 1, V, wp.vps, tw, tw, 0, buf);
+            else
+              grad_output_block(p, ge, dy, grp, item - Cg, t0, nt, Ap, aps, MR);
+          }
+#pragma omp for schedule(static)
+          for (i64 item = 0; item < 16 * wp.ci_panels; ++item) {
+            if (nt <= 0) continue;
+            const i64 pos = item / wp.ci_panels, q = item % wp.ci_panels;
+            pack_transposed(Bp + pos * bps + q * nt * NR, V + pos * wp.vps, tw, nt, q * NR, Cg, static_cast<int>(NR));
+          }
         }
 #pragma omp for schedule(static)
         for (i64 task = 0; task < wp.tasks; ++task) {
