@@ -1162,6 +1162,7 @@ void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, 
 template <typename T>
 void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw,
                      T* db, ConvPath path) {
+  const bool forced = path != ConvPath::automatic;
   if (path == ConvPath::automatic) path = conv_choose_path(p);
   if (db) bias_grad<T>(p, dy, db);
   if (!dx && !dw) return;
@@ -1169,10 +1170,24 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
   if (path == ConvPath::depthwise) {
     depthwise_backward<T>(p, dy, x, w, dx, dw);
   } else if (path == ConvPath::winograd) {
-    // grad input as a forward Winograd convolution (generic where a pad > 2 forbids it)
-    if (dx && p.n > 0 && !winograd_backward_input<T>(p, dy, w, dx))
-      backward_gemm<T>(p, false, dy, x, w, dx, nullptr);
-    if (dw) winograd_backward_weight<T>(p, dy, x, dw);
+    // Forced: every gradient through Winograd (grad input through generic only where a
+    // pad > 2 rules the mirrored problem out). Automatic: each gradient where Winograd
+    // measured faster, the generic lowering otherwise.
+    const bool wdx = forced || winograd_input_grad_preferred(p);
+    const bool wdw = forced || winograd_weight_grad_preferred(p);
+    if (dx && p.n > 0 && !(wdx && winograd_backward_input<T>(p, dy, w, dx))) {
+      if (input_grad_as_forward(p, &q)) {
+        conv2d_backward<T>(p, dy, x, w, dx, nullptr, nullptr, ConvPath::generic);
+      } else {
+        backward_gemm<T>(p, false, dy, x, w, dx, nullptr);
+      }
+    }
+    if (dw) {
+      if (wdw)
+        winograd_backward_weight<T>(p, dy, x, dw);
+      else
+        backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
+    }
   } else if (dx && path == ConvPath::generic && input_grad_as_forward(p, &q)) {
     const i64 KK = p.h.kernel * p.w.kernel, Mg = p.cout_g(), Cg = p.cin_g();
     T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * KK) * sizeof(T)));

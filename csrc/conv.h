@@ -65,8 +65,12 @@ i64 dw_forward_buffer_elems(const ConvParams& p, int lanes);
 // ---- Winograd F(2x2,3x3) (csrc/conv_winograd.cpp)
 // Supported: 3x3 kernel, stride 1, dilation 1, any padding and groups.
 bool winograd_supports(const ConvParams& p);
-// Where the automatic choice takes it (measured faster than generic; bench/conv.py).
+// Where the automatic choice takes it (measured faster than generic; bench/conv.py), and,
+// when it does, which gradients of an automatic backward go through it (the others take
+// the generic lowering).
 bool winograd_preferred(const ConvParams& p);
+bool winograd_input_grad_preferred(const ConvParams& p);
+bool winograd_weight_grad_preferred(const ConvParams& p);
 // Bytes of scratch a Winograd forward (backward: grad input and grad weight) call takes
 // with `threads` threads; 0 where it is not supported.
 std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads);
