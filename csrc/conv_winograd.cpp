@@ -40,7 +40,6 @@
 // tiles (the block is sized to keep V + M near kBlockBytes, so it is bounded by the
 // channel counts, never by the batch or the plane).
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <type_traits>
@@ -61,6 +60,8 @@ inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 constexpr i64 kBlockBytes = 1 << 20;       // forward: target V + M bytes per thread
 constexpr i64 kMinTiles = 32;              // forward: smallest tile block
 constexpr i64 kMaxTiles = 1024;            // forward: largest tile block
+constexpr i64 kBigU = 8 << 20;             // forward: U (one group) above this many bytes ...
+constexpr i64 kBigUMinTiles = 128;         // ... gets blocks of at least this many tiles
 constexpr i64 kWgtBlockBytes = 4 << 20;    // grad weight: target V + Y' bytes (shared)
 constexpr i64 kWgtMinTiles = 64;
 constexpr i64 kWgtMaxTiles = 512;
@@ -157,11 +158,6 @@ struct FwdPlan {
   i64 v_elems, m_elems, row_elems, tmp_elems, per_thread;  // per thread
 };
 
-i64 env_i64(const char* name, i64 def) {
-  const char* s = std::getenv(name);
-  return s ? std::atoll(s) : def;
-}
-
 FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const Geo g(p);
   const GemmBlocking blk = micro_blocking(elem);
@@ -172,7 +168,12 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   f.kc = ceil_div(g.Cg, f.kblocks);
   f.panels = ceil_div(g.Mg, f.mr);
   const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), g.Cg + g.Mg, "winograd block");
-  i64 tb = std::min(kMaxTiles, std::max(env_i64("WMIN", kMinTiles), env_i64("WBYTES", kBlockBytes) / per_tile));
+  // U streams from memory once per block: when it is too large to stay in the L3, bigger
+  // blocks (V and M then live in L3 too) measured faster (512->512 7px b8: 32 tiles
+  // 15.7 ms, 128 tiles 13.5 ms; 256->256 14px b8 stays fastest at 32).
+  const i64 u_bytes = checked_mul(checked_mul(16 * static_cast<i64>(elem), g.Mg, "winograd U"), g.Cg, "winograd U");
+  const i64 min_tiles = u_bytes > kBigU ? kBigUMinTiles : kMinTiles;
+  i64 tb = std::min(kMaxTiles, std::max(min_tiles, kBlockBytes / per_tile));
   tb = std::min(round_up(tb, f.nr), round_up(std::max<i64>(g.total, 1), f.nr));
   i64 blocks = ceil_div(std::max<i64>(g.total, 1), tb);
   const int tmax = std::max(threads_max, 1);
