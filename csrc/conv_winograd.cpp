@@ -62,9 +62,11 @@ constexpr i64 kMinTiles = 32;              // forward: smallest tile block
 constexpr i64 kMaxTiles = 1024;            // forward: largest tile block
 constexpr i64 kBigU = 8 << 20;             // forward: U (one group) above this many bytes ...
 constexpr i64 kBigUMinTiles = 128;         // ... gets blocks of at least this many tiles
-constexpr i64 kWgtBlockBytes = 4 << 20;    // grad weight: target V + Y' bytes (shared)
+// Grad weight: target bytes of the shared per-block buffers. Each block costs the threads
+// two barriers, so blocks are large (on a loaded machine a barrier can cost a time slice).
+constexpr i64 kWgtBlockBytes = 8 << 20;
 constexpr i64 kWgtMinTiles = 64;
-constexpr i64 kWgtMaxTiles = 512;
+constexpr i64 kWgtMaxTiles = 2048;
 
 // Elements rounded up to whole cache lines.
 inline i64 lines(i64 elems, std::size_t elem) {
@@ -455,7 +457,7 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
 // the micro-kernel's NR-column panels, and Y' written straight into MR-row panels.
 struct WgtPlan {
   int mr, nr;
-  i64 tw, blocks, co_panels, ci_panels, groups_of, tasks;
+  i64 tw, kc, blocks, co_panels, ci_panels, groups_of, tasks;  // kc: GEMM depth per kernel call
   int threads;
   i64 vps, aps, bps, dps;                 // position strides of V, Y' panels, V^T panels, dM
   i64 v_elems, b_elems, a_elems, shared;  // shared buffers (elements)
@@ -473,7 +475,8 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   w.mr = blk.mr;
   w.nr = blk.nr;
   const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), 2 * g.Cg + g.Mg, "winograd block");
-  i64 tw = std::min(std::min(kWgtMaxTiles, blk.kc), std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
+  w.kc = blk.kc;
+  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
   tw = std::max<i64>(8, tw / 8 * 8);
   tw = std::min(tw, round_up(std::max<i64>(g.total, 1), 8));
   w.tw = tw;
@@ -581,7 +584,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
         if (chan_panels) {
           // AVX-512 float32: B panels straight from the input, 16 channels per vector.
           const i64 chunks = ceil_div(std::max<i64>(nt, 1), kChanTiles), ci_items = wp.ci_panels * chunks;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static, 1)  // round robin: the heavy input items spread over the threads
           for (i64 item = 0; item < ci_items + rows_co; ++item) {
             if (nt <= 0) continue;
             if (item >= ci_items) {
@@ -634,10 +637,15 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
           for (i64 ip = ip0; ip < ip1; ++ip) {
             const T* a = Ap + pos * aps + ip * nt * MR;
             const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
-            for (i64 q = 0; q < wp.ci_panels; ++q) {
-              const int n = static_cast<int>(std::min(NR, Cg - q * NR));
-              const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
-              run(nt, a, Bp + pos * bps + q * nt * NR, C + ip * MR * Cg + q * NR, Cg, 1, m, n, b > 0);
+            // the block's tiles in K steps of at most kc, in increasing order
+            for (i64 k0 = 0; k0 < nt; k0 += wp.kc) {
+              const i64 kc = std::min(wp.kc, nt - k0);
+              for (i64 q = 0; q < wp.ci_panels; ++q) {
+                const int n = static_cast<int>(std::min(NR, Cg - q * NR));
+                const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
+                run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + ip * MR * Cg + q * NR, Cg, 1, m, n,
+                    b > 0 || k0 > 0);
+              }
             }
           }
         }
