@@ -1,5 +1,5 @@
-// Convolution lowering: an ordered candidate list (pointwise, depthwise, generic), the
-// unfolding B-panel packers the generic path feeds to the GEMM, the col2im scatter of
+// Convolution lowering: an ordered candidate list (pointwise, depthwise, winograd in
+// conv_winograd.cpp, generic), the unfolding B-panel packers the generic path feeds to the GEMM, the col2im scatter of
 // the backward input, and the threading. See conv.h for the overview.
 //
 // Threading and determinism: every parallel loop is a static partition of independent

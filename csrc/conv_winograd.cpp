@@ -23,22 +23,36 @@
 // path="generic" keeps the exact direct order.
 //
 // Forward: tasks = (group, block of Tb consecutive tiles, counted across the images of
-// the batch); each task transforms its tiles' input into V (16 x C_in/g x Tb), runs the 16
-// GEMMs into M (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output
-// element belongs to one tile, hence to one task; the GEMM sums over the channels in a
-// fixed order that depends only on C_in/g, so the result does not depend on Tb or on the
-// thread count. The transformed weights U (16 x C_out x C_in/g) are computed once per call.
+// the batch); each task transforms its tiles' input into V (16 x C_in/g x Tb, written
+// straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
+// micro-kernel directly (U is packed into MR-row panels once per call) into M
+// (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output element
+// belongs to one tile, hence to one task; the GEMM sums over the channels in K blocks
+// that depend only on C_in/g and the ISA, so the result does not depend on Tb or on the
+// thread count. Tb keeps V + M near kBlockBytes per thread (at least kBigUMinTiles tiles
+// when U outgrows the L3, as U is streamed once per block).
+//
+// Grad input: the forward Winograd convolution of dy with the flipped, channel-transposed
+// weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic).
 //
 // Grad weight: dW = G^T [ sum_tiles (A dY A^T) (.) (B^T d B) ] G. Tiles are taken in
-// blocks of a fixed size Tw (independent of the thread count); per block the threads
-// transform the input into V (16 x C_in/g x Tw) and dY into Y' (16 x Tw x C_out/g), then run
-// the 16 x (channel blocks) GEMMs dM[p] += V[p] Y'[p], block after block in increasing
-// order: each dM element is summed in the same order whatever the thread count.
+// blocks of a fixed size Tw (a function of the channel counts and the ISA, never of the
+// thread count); per block the threads write Y' = A dY A^T into MR-row panels and
+// V^T = (B^T d B)^T into NR-column panels (shared buffers, two barriers per block), then
+// run the 16 x (output-channel groups) GEMM tasks dM[p] += Y'[p] V[p]^T, block after
+// block and within a block in K steps of increasing order: each dM element is summed in
+// the same order whatever the thread count.
 //
-// Memory (all pyconv::scratch(), reused across calls): U (or, for grad weight, dM) of
-// 16 x C_out x C_in/g elements, plus per thread V, M and a GEMM workspace for one block of
-// tiles (the block is sized to keep V + M near kBlockBytes, so it is bounded by the
-// channel counts, never by the batch or the plane).
+// AVX-512 float32 uses panel kernels (winograd_avx512.cpp): masked gathers build 16 tiles'
+// (or 16 channels') patches per vector, masked scatters write 16 tiles' outputs; other
+// ISAs and float64 use the row kernels of winograd_kernels.h. Both do the same additions
+// in the same order.
+//
+// Memory (all pyconv::scratch(), reused across calls; winograd_workspace_bytes):
+// forward: packed U (16 x C_out x C_in/g, padded to MR rows) plus per thread V, M and
+// four zero-padded input rows; grad weight: dM (16 x C_out x C_in/g) plus the shared
+// per-block panels (about kWgtBlockBytes). Bounded by the channel counts and a row of
+// the plane, never by the batch.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -730,16 +744,19 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
   const i64 u = f.u_elems;
   i64 total = checked_add(u, checked_mul(f.per_thread, f.threads, "winograd workspace"), "winograd workspace");
   if (backward) {
+    // grad input (the mirrored forward plus the flipped weights) and grad weight use
+    // different scratch slots: their sum bounds what a backward call holds
+    i64 dx_part = 0;
     ConvParams q;
     if (mirrored(p, &q)) {
       const FwdPlan fq = fwd_plan(q, elem, threads);
-      total = std::max(total, checked_add(fq.u_elems + lines(checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), 9, "weight"), elem), checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
-                                          "winograd workspace"));
+      dx_part = checked_add(fq.u_elems + lines(checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), 9, "weight"), elem),
+                            checked_mul(fq.per_thread, fq.threads, "winograd workspace"), "winograd workspace");
     }
     const WgtPlan wp = wgt_plan(p, elem, threads);
-    total = std::max(total, checked_add(checked_add(wp.dm_elems, wp.shared, "winograd workspace"),
-                                        checked_mul(wp.per_thread, wp.threads, "winograd workspace"),
-                                        "winograd workspace"));
+    const i64 dw_part = checked_add(checked_add(wp.dm_elems, wp.shared, "winograd workspace"),
+                                    checked_mul(wp.per_thread, wp.threads, "winograd workspace"), "winograd workspace");
+    total = std::max(total, checked_add(dx_part, dw_part, "winograd workspace"));
   }
   return static_cast<std::size_t>(checked_mul(total, static_cast<i64>(elem), "winograd workspace bytes"));
 }
