@@ -105,6 +105,8 @@ void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned sh
 void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps);
 void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
                         const unsigned short* valid, float* out, i64 ps);
+void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,
+                              const unsigned char* valid, float* out, i64 ps);
 }  // namespace wino_avx512
 
 namespace avx2 {

@@ -584,8 +584,9 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   T* priv = ws + wp.shared;
   const int threads = wp.threads;
   const i64 in_plane = p.h.in * p.w.in;
-  const bool chan_panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 &&
-                           in_plane < (i64(1) << 27);
+  const i64 out_plane = p.h.out * p.w.out;
+  const bool chan_panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 && MR == 16 &&
+                           in_plane < (i64(1) << 27) && out_plane < (i64(1) << 27);
   // dM[g][pos][co][ci], summed over the tile blocks in increasing order.
 #pragma omp parallel num_threads(threads)
   {
@@ -598,11 +599,25 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
         if (chan_panels) {
           // AVX-512 float32: B panels straight from the input, 16 channels per vector.
           const i64 chunks = ceil_div(std::max<i64>(nt, 1), kChanTiles), ci_items = wp.ci_panels * chunks;
-#pragma omp for schedule(static, 1)  // round robin: the heavy input items spread over the threads
-          for (i64 item = 0; item < ci_items + rows_co; ++item) {
+          const i64 co_items = wp.co_panels * chunks;
+#pragma omp for schedule(static, 1)  // round robin: the input and grad-output items interleave
+          for (i64 item = 0; item < ci_items + co_items; ++item) {
             if (nt <= 0) continue;
-            if (item >= ci_items) {
-              grad_output_block(p, ge, dy, grp, item - ci_items, t0, nt, Ap, aps, MR);
+            if (item >= ci_items) {  // Y' of 16 output channels (one MR = 16 panel)
+              const i64 ip = (item - ci_items) / chunks, l0 = ((item - ci_items) % chunks) * kChanTiles;
+              const i64 cnt = std::min(kChanTiles, nt - l0);
+              if (cnt <= 0) continue;
+              i64 off[kChanTiles];
+              unsigned char valid[kChanTiles];
+              for (i64 l = 0; l < cnt; ++l) {
+                const i64 t = t0 + l0 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+                off[l] = (n * p.c_out + grp * Mg + ip * MR) * out_plane + 2 * i * p.w.out + 2 * j;
+                const bool r1 = 2 * i + 1 < p.h.out, c1 = 2 * j + 1 < p.w.out;
+                valid[l] = static_cast<unsigned char>(1u | (c1 ? 2u : 0u) | (r1 ? 4u : 0u) | (r1 && c1 ? 8u : 0u));
+              }
+              wino_avx512::grad_output_channels_f32(reinterpret_cast<const float*>(dy), out_plane, p.w.out,
+                                                    static_cast<int>(std::min(MR, Mg - ip * MR)), cnt, off, valid,
+                                                    reinterpret_cast<float*>(Ap + ip * nt * MR + l0 * MR), aps);
               continue;
             }
             const i64 q = item / chunks, l0 = (item % chunks) * kChanTiles, cnt = std::min(kChanTiles, nt - l0);

@@ -165,5 +165,34 @@ void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, con
   }
 }
 
+// Y' = A dY A^T for tiles of 16 output channels (grad weight's A panels): tile l's 2x2
+// outputs start at dy[off[l]] of the first channel (channels plane apart, lane j =
+// channel j < nch); output (a, b) exists where bit 2a + b of valid[l] is set. Position
+// pos of tile l goes to out[pos*ps + l*16 + j].
+void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,
+                              const unsigned char* valid, float* out, i64 ps) {
+  const __mmask16 mk = static_cast<__mmask16>(nch >= 16 ? 0xFFFF : ((1u << nch) - 1));
+  const __m512i ch = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                        _mm512_set1_epi32(static_cast<int>(plane)));
+  const __m512 z = _mm512_setzero_ps(), sign = _mm512_set1_ps(-0.0f);
+  for (i64 l = 0; l < nt; ++l) {
+    const float* s = dy + off[l];
+    const unsigned v = valid[l];
+    const __m512 d00 = (v & 1u) ? _mm512_mask_i32gather_ps(z, mk, ch, s, 4) : z;
+    const __m512 d01 = (v & 2u) ? _mm512_mask_i32gather_ps(z, mk, ch, s + 1, 4) : z;
+    const __m512 d10 = (v & 4u) ? _mm512_mask_i32gather_ps(z, mk, ch, s + row, 4) : z;
+    const __m512 d11 = (v & 8u) ? _mm512_mask_i32gather_ps(z, mk, ch, s + row + 1, 4) : z;
+    const __m512 z0[4] = {d00, _mm512_add_ps(d00, d01), _mm512_sub_ps(d00, d01), _mm512_xor_ps(d01, sign)};
+    const __m512 z1[4] = {d10, _mm512_add_ps(d10, d11), _mm512_sub_ps(d10, d11), _mm512_xor_ps(d11, sign)};
+    float* o = out + l * 16;
+    for (int q = 0; q < 4; ++q) {
+      _mm512_storeu_ps(o + (0 + q) * ps, z0[q]);
+      _mm512_storeu_ps(o + (4 + q) * ps, _mm512_add_ps(z0[q], z1[q]));
+      _mm512_storeu_ps(o + (8 + q) * ps, _mm512_sub_ps(z0[q], z1[q]));
+      _mm512_storeu_ps(o + (12 + q) * ps, _mm512_xor_ps(z1[q], sign));
+    }
+  }
+}
+
 }  // namespace wino_avx512
 }  // namespace pyconv
