@@ -1,6 +1,7 @@
 // Convolution lowering: an ordered candidate list (pointwise, depthwise, winograd in
-// conv_winograd.cpp, generic), the unfolding B-panel packers the generic path feeds to the GEMM, the col2im scatter of
-// the backward input, and the threading. See conv.h for the overview.
+// conv_winograd.cpp, generic), the unfolding B-panel packers the generic path feeds to
+// the GEMM, the col2im scatter of the backward input, and the threading. See conv.h for
+// the overview.
 //
 // Threading and determinism: every parallel loop is a static partition of independent
 // tasks, each owning a disjoint slice of the output, so no element is ever summed by two
@@ -1175,13 +1176,8 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
     // measured faster, the generic lowering otherwise.
     const bool wdx = forced || winograd_input_grad_preferred(p);
     const bool wdw = forced || winograd_weight_grad_preferred(p);
-    if (dx && p.n > 0 && !(wdx && winograd_backward_input<T>(p, dy, w, dx))) {
-      if (input_grad_as_forward(p, &q)) {
-        conv2d_backward<T>(p, dy, x, w, dx, nullptr, nullptr, ConvPath::generic);
-      } else {
-        backward_gemm<T>(p, false, dy, x, w, dx, nullptr);
-      }
-    }
+    if (dx && p.n > 0 && !(wdx && winograd_backward_input<T>(p, dy, w, dx)))
+      conv2d_backward<T>(p, dy, x, w, dx, nullptr, nullptr, ConvPath::generic);
     if (dw) {
       if (wdw)
         winograd_backward_weight<T>(p, dy, x, dw);
