@@ -1,6 +1,7 @@
-// Convolution lowering: an ordered candidate list (pointwise, depthwise, generic), the
-// unfolding B-panel packers the generic path feeds to the GEMM, the col2im scatter of
-// the backward input, and the threading. See conv.h for the overview.
+// Convolution lowering: an ordered candidate list (pointwise, depthwise, winograd in
+// conv_winograd.cpp, generic), the unfolding B-panel packers the generic path feeds to
+// the GEMM, the col2im scatter of the backward input, and the threading. See conv.h for
+// the overview.
 //
 // Threading and determinism: every parallel loop is a static partition of independent
 // tasks, each owning a disjoint slice of the output, so no element is ever summed by two
@@ -593,14 +594,16 @@ bool supports_generic(const ConvParams&) { return true; }
 struct Candidate {
   ConvPath id;
   const char* name;
-  bool (*supports)(const ConvParams&);
+  bool (*supports)(const ConvParams&);   // what the path can run (a forced path)
+  bool (*preferred)(const ConvParams&);  // where the automatic choice takes it
 };
 // Ordered: most specialised first, generic last. The order was set by measurement
 // (bench/conv.py): each specialised path beats the generic one on its shapes.
 constexpr Candidate kCandidates[] = {
-    {ConvPath::pointwise, "pointwise", supports_pointwise},
-    {ConvPath::depthwise, "depthwise", supports_depthwise},
-    {ConvPath::generic, "generic", supports_generic},
+    {ConvPath::pointwise, "pointwise", supports_pointwise, supports_pointwise},
+    {ConvPath::depthwise, "depthwise", supports_depthwise, supports_depthwise},
+    {ConvPath::winograd, "winograd", winograd_supports, winograd_preferred},
+    {ConvPath::generic, "generic", supports_generic, supports_generic},
 };
 
 // ---------------------------------------------------------------- forward
@@ -1159,7 +1162,8 @@ ConvPath conv_path_from_name(const char* name) {
   if (s == "auto") return ConvPath::automatic;
   for (const Candidate& c : kCandidates)
     if (s == c.name) return c.id;
-  throw std::invalid_argument("path must be 'auto', 'pointwise', 'depthwise' or 'generic', got '" + s + "'");
+  throw std::invalid_argument("path must be 'auto', 'pointwise', 'depthwise', 'winograd' or 'generic', got '" + s +
+                              "'");
 }
 
 const char* conv_path_name(ConvPath path) {
@@ -1177,7 +1181,7 @@ bool conv_path_supports(ConvPath path, const ConvParams& p) {
 
 ConvPath conv_choose_path(const ConvParams& p) {
   for (const Candidate& c : kCandidates)
-    if (c.supports(p)) return c.id;
+    if (c.preferred(p)) return c.id;
   return ConvPath::generic;
 }
 
@@ -1298,6 +1302,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
     total = std::max(total, checked_add(static_cast<i64>(conv_workspace_bytes(q, elem, false, threads)),
                                         checked_mul(wq + 64, 8, "weight bytes"), "workspace"));
   }
+  total = std::max(total, static_cast<i64>(winograd_workspace_bytes(p, elem, backward, threads)));
   return static_cast<std::size_t>(total);
 }
 
@@ -1308,6 +1313,7 @@ void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, 
   switch (path) {
     case ConvPath::pointwise: forward_gemm<T, true>(p, x, w, bias, y); break;
     case ConvPath::depthwise: depthwise_forward<T>(p, x, w, bias, y); break;
+    case ConvPath::winograd: winograd_forward<T>(p, x, w, bias, y); break;
     default: forward_gemm<T, false>(p, x, w, bias, y); break;
   }
 }
@@ -1315,12 +1321,27 @@ void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, 
 template <typename T>
 void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T* dx, T* dw,
                      T* db, ConvPath path) {
+  const bool forced = path != ConvPath::automatic;
   if (path == ConvPath::automatic) path = conv_choose_path(p);
   if (db) bias_grad<T>(p, dy, db);
   if (!dx && !dw) return;
   ConvParams q;
   if (path == ConvPath::depthwise) {
     depthwise_backward<T>(p, dy, x, w, dx, dw);
+  } else if (path == ConvPath::winograd) {
+    // Forced: every gradient through Winograd (grad input through generic only where a
+    // pad > 2 rules the mirrored problem out). Automatic: each gradient where Winograd
+    // measured faster, the generic lowering otherwise.
+    const bool wdx = forced || winograd_input_grad_preferred(p);
+    const bool wdw = forced || winograd_weight_grad_preferred(p);
+    if (dx && p.n > 0 && !(wdx && winograd_backward_input<T>(p, dy, w, dx)))
+      conv2d_backward<T>(p, dy, x, w, dx, nullptr, nullptr, ConvPath::generic);
+    if (dw) {
+      if (wdw)
+        winograd_backward_weight<T>(p, dy, x, dw);
+      else
+        backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
+    }
   } else if (dx && path == ConvPath::generic && input_grad_as_forward(p, &q)) {
     const i64 KK = p.h.kernel * p.w.kernel, Mg = p.cout_g(), Cg = p.cin_g();
     T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * KK) * sizeof(T)));

@@ -5,7 +5,12 @@
 //   pointwise  1x1, stride 1, no padding: the input plane is the GEMM's B matrix as is;
 //   depthwise  C_in/groups == 1 with groups > 1: direct kernels vectorised along W
 //              (AVX-512, stride 1: no padded copy, backward fused per input channel);
+//   winograd   3x3, stride 1, dilation 1: Winograd F(2x2,3x3) (conv_winograd.cpp), 2.25x
+//              fewer multiplies; NOT the direct summation order: on real data its error is
+//              a small constant factor above the direct sum's (see conv_winograd.cpp), on
+//              integer data of moderate size it is bit-exact like every other path;
 //   generic    implicit GEMM per (image, group) with the unfolding fused into B packing;
+//              the exact direct summation order: force path="generic" to get it;
 //              backward input = W^T dY in bounded column tiles + col2im scatter,
 //              backward weight = dY x unfold(X)^T with a transposing unfold packer.
 // Every entry point expects parameters already validated (bindings.cpp does it with
@@ -17,13 +22,14 @@
 
 namespace pyconv {
 
-enum class ConvPath : int { automatic = -1, pointwise = 0, depthwise = 1, generic = 2 };
+enum class ConvPath : int { automatic = -1, pointwise = 0, depthwise = 1, generic = 2, winograd = 3 };
 
-// "auto", "pointwise", "depthwise", "generic"; throws std::invalid_argument otherwise.
+// "auto", "pointwise", "depthwise", "winograd", "generic"; throws std::invalid_argument otherwise.
 ConvPath conv_path_from_name(const char* name);
 const char* conv_path_name(ConvPath path);
 bool conv_path_supports(ConvPath path, const ConvParams& p);
-// First candidate of the ordered list whose supports() accepts p.
+// First candidate of the ordered list whose preferred() accepts p (supports() says what a
+// forced path can run; preferred() where the automatic choice takes it).
 ConvPath conv_choose_path(const ConvParams& p);
 
 // Checks every field of p (sizes >= 0 or >= 1 as required, groups divide the channels,
@@ -56,6 +62,53 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
 // W): max((Ho-1)*sH + (kH-1)*dH + 1, H + kH*dH) rows of round_up(max(W, Wo), lanes) +
 // (kW-1)*dW columns.
 i64 dw_forward_buffer_elems(const ConvParams& p, int lanes);
+
+// ---- Winograd F(2x2,3x3) (csrc/conv_winograd.cpp)
+// Supported: 3x3 kernel, stride 1, dilation 1, any padding and groups.
+bool winograd_supports(const ConvParams& p);
+// Where the automatic choice takes it (measured faster than generic; bench/conv.py), and,
+// when it does, which gradients of an automatic backward go through it (the others take
+// the generic lowering).
+bool winograd_preferred(const ConvParams& p);
+bool winograd_input_grad_preferred(const ConvParams& p);
+bool winograd_weight_grad_preferred(const ConvParams& p);
+// Bytes of scratch a Winograd forward (backward: grad input and grad weight) call takes
+// with `threads` threads; 0 where it is not supported.
+std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads);
+// y = conv(x, w) + bias (bias may be null); p.n > 0.
+template <typename T>
+void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y);
+// dx as the forward Winograd convolution of dy with the flipped, channel-transposed
+// weights; false (nothing written) when the mirrored padding would be negative (a pad > 2).
+template <typename T>
+bool winograd_backward_input(const ConvParams& p, const T* dy, const T* w, T* dx);
+// dw through the Winograd domain, reduced over tile blocks in a fixed order.
+template <typename T>
+void winograd_backward_weight(const ConvParams& p, const T* dy, const T* x, T* dw);
+// Tile transforms per ISA (winograd_kernels.h compiled with each file's flags).
+#define PYCONV_WINO_DECL(ns)                                                                \
+  namespace ns {                                                                            \
+  void input_rows_f32(const float* const* rows, i64 len, float* out, i64 ps);               \
+  void input_rows_f64(const double* const* rows, i64 len, double* out, i64 ps);             \
+  void output_rows_f32(const float* m, i64 ps, i64 len, float bias, float* y0, float* y1);  \
+  void output_rows_f64(const double* m, i64 ps, i64 len, double bias, double* y0, double* y1); \
+  }
+PYCONV_WINO_DECL(wino_avx2)
+PYCONV_WINO_DECL(wino_avx512)
+#undef PYCONV_WINO_DECL
+// AVX-512 float32 panel kernels (16 tiles per vector, masked gathers / scatters; int32
+// offsets: callers check that the arrays' element counts fit). See winograd_avx512.cpp.
+namespace wino_avx512 {
+void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const int* off,
+                      const unsigned short* masks, float* out, i64 ccs, i64 ps);
+void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
+                      float* y);
+void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps);
+void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
+                        const unsigned short* valid, float* out, i64 ps);
+void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,
+                              const unsigned char* valid, float* out, i64 ps);
+}  // namespace wino_avx512
 
 namespace avx2 {
 // buf: dw_forward_buffer_elems(p, lanes) elements of per-thread scratch (stride-1 path).

@@ -17,6 +17,10 @@ def _gemm_checked(a: np.ndarray, b: np.ndarray, c0: Optional[np.ndarray] = None,
                   threads: int = 1) -> np.ndarray: ...
 
 # conv
+# path: "auto" (the ordered candidate list), or force one of "pointwise", "depthwise",
+# "winograd" (3x3, stride 1, dilation 1; not the direct summation order) or "generic"
+# (the exact direct order); a forced path that does not support the parameters is a
+# ValueError.
 def conv2d_forward(input: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray],
                    stride_h: int, stride_w: int, pad_h_lo: int, pad_h_hi: int, pad_w_lo: int,
                    pad_w_hi: int, dilation_h: int, dilation_w: int, groups: int,

@@ -1,1 +1,198 @@
-// Winograd F(2x2,3x3) lowering of the convolution family (placeholder until it lands).
+// Winograd F(2x2,3x3) tile transforms compiled with the AVX512 flags: the loops over
+// tiles in winograd_kernels.h vectorise; same operations in the same order as the
+// portable copy (csrc/conv_winograd.cpp), so the results are bitwise identical.
+#include "../conv.h"
+#include "winograd_kernels.h"
+
+namespace pyconv {
+namespace wino_avx512 {
+
+void input_rows_f32(const float* const* rows, i64 len, float* out, i64 ps) { wino_input_rows(rows, len, out, ps); }
+void input_rows_f64(const double* const* rows, i64 len, double* out, i64 ps) { wino_input_rows(rows, len, out, ps); }
+void output_rows_f32(const float* m, i64 ps, i64 len, float bias, float* y0, float* y1) {
+  wino_output_rows(m, ps, len, bias, y0, y1);
+}
+void output_rows_f64(const double* m, i64 ps, i64 len, double bias, double* y0, double* y1) {
+  wino_output_rows(m, ps, len, bias, y0, y1);
+}
+
+}  // namespace wino_avx512
+}  // namespace pyconv
+
+// ---- AVX-512 float32 panel kernels: 16 tiles (or 16 output channels) per vector, the
+// patches gathered with masks (masked-off lanes read nothing and give zeros), the same
+// additions in the same order as winograd_kernels.h, so the results equal the portable
+// ones bit for bit.
+#include <immintrin.h>
+
+namespace pyconv {
+namespace wino_avx512 {
+
+// V for 16 tiles and channels c0 .. c1-1: element (r, c) of tile l of channel ci is
+// x[ci*plane + off[l] + r*row + c] where masks[4r + c] has bit l set (else 0). Writes
+// position pos of channel ci to out[pos*ps + ci*ccs + l], l = 0..15.
+void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const int* off,
+                      const unsigned short* masks, float* out, i64 ccs, i64 ps) {
+  const __m512i vo = _mm512_loadu_si512(off);
+  __m512i idx[16];
+  __mmask16 mk[16];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) {
+      idx[4 * r + c] = _mm512_add_epi32(vo, _mm512_set1_epi32(static_cast<int>(r * row + c)));
+      mk[4 * r + c] = masks[4 * r + c];
+    }
+  const __m512 z = _mm512_setzero_ps();
+  // The panel's patches span at most 4 rows of 2*16+2 columns from the first tile's
+  // corner (when its 16 tiles sit in one tile row): those lines of channel ci + kAhead
+  // are prefetched (gathers get no help from the hardware prefetchers).
+  constexpr i64 kAhead = 2;
+  const int lo = off[0];
+  const bool one_row = off[15] - off[0] == 30;
+  for (i64 ci = c0; ci < c1; ++ci) {
+    const float* xc = x + ci * plane;
+    if (one_row && ci + kAhead < c1) {
+      const char* pf = reinterpret_cast<const char*>(xc + kAhead * plane + lo);
+      for (int r = 0; r < 4; ++r)
+        for (int b = 0; b <= 128; b += 64) _mm_prefetch(pf + r * row * 4 + b, _MM_HINT_T0);
+    }
+    __m512 a[4][4];
+    for (int r = 0; r < 4; ++r) {
+      const __m512 d0 = _mm512_mask_i32gather_ps(z, mk[4 * r + 0], idx[4 * r + 0], xc, 4);
+      const __m512 d1 = _mm512_mask_i32gather_ps(z, mk[4 * r + 1], idx[4 * r + 1], xc, 4);
+      const __m512 d2 = _mm512_mask_i32gather_ps(z, mk[4 * r + 2], idx[4 * r + 2], xc, 4);
+      const __m512 d3 = _mm512_mask_i32gather_ps(z, mk[4 * r + 3], idx[4 * r + 3], xc, 4);
+      a[r][0] = _mm512_sub_ps(d0, d2);
+      a[r][1] = _mm512_add_ps(d1, d2);
+      a[r][2] = _mm512_sub_ps(d2, d1);
+      a[r][3] = _mm512_sub_ps(d1, d3);
+    }
+    float* o = out + ci * ccs;
+    for (int c = 0; c < 4; ++c) {
+      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
+      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
+      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
+      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
+    }
+  }
+}
+
+// Outputs of 16 tiles of one channel: m[pos*ps + l] is M(pos, tile l); output (a, b) of
+// tile l goes to y[yoff[l] + a*row + b] where ymask[2a + b] has bit l set.
+void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
+                      float* y) {
+  __m512 s0[4], s1[4];
+  for (int r = 0; r < 4; ++r) {
+    const __m512 m0 = _mm512_loadu_ps(m + (4 * r + 0) * ps);
+    const __m512 m1 = _mm512_loadu_ps(m + (4 * r + 1) * ps);
+    const __m512 m2 = _mm512_loadu_ps(m + (4 * r + 2) * ps);
+    const __m512 m3 = _mm512_loadu_ps(m + (4 * r + 3) * ps);
+    s0[r] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+    s1[r] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+  }
+  const __m512 b = _mm512_set1_ps(bias);
+  const __m512i vo = _mm512_loadu_si512(yoff);
+  const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
+  const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
+  const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
+  const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
+  const __m512i one = _mm512_set1_epi32(1), down = _mm512_set1_epi32(static_cast<int>(row));
+  _mm512_mask_i32scatter_ps(y, ymask[0], vo, y00, 4);
+  _mm512_mask_i32scatter_ps(y, ymask[1], _mm512_add_epi32(vo, one), y01, 4);
+  _mm512_mask_i32scatter_ps(y, ymask[2], _mm512_add_epi32(vo, down), y10, 4);
+  _mm512_mask_i32scatter_ps(y, ymask[3], _mm512_add_epi32(_mm512_add_epi32(vo, down), one), y11, 4);
+}
+
+// U = G w G^T for one panel of 16 output channels (rows w + l*rs, l < m; rows past m
+// give zeros) and every input channel ci < cg: position pos of channel ci to
+// out[pos*ps + ci*16 + l]. Multiplications by 1/2 are exact, so any contraction into
+// FMAs gives the portable result.
+void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps) {
+  const __mmask16 mk = static_cast<__mmask16>(m >= 16 ? 0xFFFF : ((1u << m) - 1));
+  const __m512i base = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(static_cast<int>(rs)));
+  const __m512 h = _mm512_set1_ps(0.5f), z = _mm512_setzero_ps();
+  for (i64 ci = 0; ci < cg; ++ci) {
+    const float* k = w + ci * 9;
+    __m512 g[9];
+    for (int q = 0; q < 9; ++q) g[q] = _mm512_mask_i32gather_ps(z, mk, base, k + q, 4);
+    __m512 t[4][3];
+    for (int c = 0; c < 3; ++c) {
+      t[0][c] = g[c];
+      t[1][c] = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(g[c], g[3 + c]), g[6 + c]), h);
+      t[2][c] = _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(g[c], g[3 + c]), g[6 + c]), h);
+      t[3][c] = g[6 + c];
+    }
+    float* o = out + ci * 16;
+    for (int r = 0; r < 4; ++r) {
+      _mm512_storeu_ps(o + (4 * r + 0) * ps, t[r][0]);
+      _mm512_storeu_ps(o + (4 * r + 1) * ps, _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), h));
+      _mm512_storeu_ps(o + (4 * r + 2) * ps, _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(t[r][0], t[r][1]), t[r][2]), h));
+      _mm512_storeu_ps(o + (4 * r + 3) * ps, t[r][2]);
+    }
+  }
+}
+
+// V^T for tiles of 16 channels (grad weight's B panels): tile l of the nt tiles has its
+// corner at x[off[l]] of the first channel (channels plane apart, lane j = channel
+// j < nch) and element (r, c) inside the input where bit 4r + c of valid[l] is set.
+// Position pos of tile l goes to out[pos*ps + l*16 + j].
+void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
+                        const unsigned short* valid, float* out, i64 ps) {
+  const __mmask16 mk = static_cast<__mmask16>(nch >= 16 ? 0xFFFF : ((1u << nch) - 1));
+  const __m512i ch = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                        _mm512_set1_epi32(static_cast<int>(plane)));
+  const __m512 z = _mm512_setzero_ps();
+  for (i64 l = 0; l < nt; ++l) {
+    const float* xt = x + off[l];
+    const unsigned v = valid[l];
+    __m512 a[4][4];
+    for (int r = 0; r < 4; ++r) {
+      __m512 d[4];
+      for (int c = 0; c < 4; ++c)
+        d[c] = (v >> (4 * r + c)) & 1u ? _mm512_mask_i32gather_ps(z, mk, ch, xt + r * row + c, 4) : z;
+      a[r][0] = _mm512_sub_ps(d[0], d[2]);
+      a[r][1] = _mm512_add_ps(d[1], d[2]);
+      a[r][2] = _mm512_sub_ps(d[2], d[1]);
+      a[r][3] = _mm512_sub_ps(d[1], d[3]);
+    }
+    float* o = out + l * 16;
+    for (int c = 0; c < 4; ++c) {
+      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
+      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
+      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
+      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
+    }
+  }
+}
+
+// Y' = A dY A^T for tiles of 16 output channels (grad weight's A panels): tile l's 2x2
+// outputs start at dy[off[l]] of the first channel (channels plane apart, lane j =
+// channel j < nch); output (a, b) exists where bit 2a + b of valid[l] is set. Position
+// pos of tile l goes to out[pos*ps + l*16 + j].
+void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,
+                              const unsigned char* valid, float* out, i64 ps) {
+  const __mmask16 mk = static_cast<__mmask16>(nch >= 16 ? 0xFFFF : ((1u << nch) - 1));
+  const __m512i ch = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                        _mm512_set1_epi32(static_cast<int>(plane)));
+  const __m512 z = _mm512_setzero_ps(), sign = _mm512_set1_ps(-0.0f);
+  for (i64 l = 0; l < nt; ++l) {
+    const float* s = dy + off[l];
+    const unsigned v = valid[l];
+    const __m512 d00 = (v & 1u) ? _mm512_mask_i32gather_ps(z, mk, ch, s, 4) : z;
+    const __m512 d01 = (v & 2u) ? _mm512_mask_i32gather_ps(z, mk, ch, s + 1, 4) : z;
+    const __m512 d10 = (v & 4u) ? _mm512_mask_i32gather_ps(z, mk, ch, s + row, 4) : z;
+    const __m512 d11 = (v & 8u) ? _mm512_mask_i32gather_ps(z, mk, ch, s + row + 1, 4) : z;
+    const __m512 z0[4] = {d00, _mm512_add_ps(d00, d01), _mm512_sub_ps(d00, d01), _mm512_xor_ps(d01, sign)};
+    const __m512 z1[4] = {d10, _mm512_add_ps(d10, d11), _mm512_sub_ps(d10, d11), _mm512_xor_ps(d11, sign)};
+    float* o = out + l * 16;
+    for (int q = 0; q < 4; ++q) {
+      _mm512_storeu_ps(o + (0 + q) * ps, z0[q]);
+      _mm512_storeu_ps(o + (4 + q) * ps, _mm512_add_ps(z0[q], z1[q]));
+      _mm512_storeu_ps(o + (8 + q) * ps, _mm512_sub_ps(z0[q], z1[q]));
+      _mm512_storeu_ps(o + (12 + q) * ps, _mm512_xor_ps(z1[q], sign));
+    }
+  }
+}
+
+}  // namespace wino_avx512
+}  // namespace pyconv
