@@ -138,6 +138,28 @@ void s_col_add(const T* x, i64 ld, i64 rows, i64 w, double* acc) {
 }
 
 template <typename T>
+void s_col_welford(const T* x, i64 ld, i64 rows, i64 w, double r1, double r2, double* mean,
+                   double* m2) {
+  for (i64 j = 0; j < w; ++j) {
+    double mb, m2b;
+    if (rows == 4) {
+      double v[4];
+      for (int k = 0; k < 4; ++k) v[k] = static_cast<double>(x[k * ld + j]);
+      mb = ((v[0] + v[1]) + (v[2] + v[3])) * 0.25;
+      double e[4];
+      for (int k = 0; k < 4; ++k) e[k] = v[k] - mb;
+      m2b = (keep(e[0] * e[0]) + keep(e[1] * e[1])) + (keep(e[2] * e[2]) + keep(e[3] * e[3]));
+    } else {
+      mb = static_cast<double>(x[j]);
+      m2b = 0.0;
+    }
+    const double delta = mb - mean[j];
+    mean[j] = mean[j] + keep(delta * r1);
+    m2[j] = m2[j] + (m2b + keep(keep(delta * delta) * r2));
+  }
+}
+
+template <typename T>
 void s_col_m2(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
   auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
   auto sq = [&](i64 k, i64 j) {
@@ -240,6 +262,7 @@ bn::Ops<T> make_scalar_ops() {
   o.scale = &s_scale<T>;
   o.col_add = &s_col_add<T>;
   o.col_m2 = &s_col_m2<T>;
+  o.col_welford = &s_col_welford<T>;
   o.col_m2dy = &s_col_m2dy<T>;
   o.col_dy = &s_col_dy<T>;
   o.col_norm = &s_col_norm<T>;
@@ -439,6 +462,27 @@ void unit_stats(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i
   const i64 S = k.S, w = (c1 - c0) * S, n0 = e0 / S, n1 = e1 / S;
   const double rows = static_cast<double>(n1 - n0);
   const i64 ld = k.C * S;
+  if (!dy) {
+    // One pass from memory: Chan's update per column, 4 rows at a time.
+    std::fill(cw.mean, cw.mean + w, 0.0);
+    std::fill(cw.q, cw.q + w, 0.0);
+    i64 done = 0;
+    for_rows(k, c0, c1, n0, n1, 4, x, nullptr, [&](i64 off, i64 g) {
+      const double na = static_cast<double>(done), gb = static_cast<double>(g);
+      const double r1 = gb / (na + gb);
+      ops.col_welford(x + off, ld, g, w, r1, na * r1, cw.mean, cw.q);
+      done += g;
+    });
+    for (i64 c = c0; c < c1; ++c) {
+      Mom acc{0, 0, 0, 0, 0};
+      for (i64 s = 0; s < S; ++s) {
+        i64 j = (c - c0) * S + s;
+        merge(acc, Mom{rows, cw.mean[j], cw.q[j], 0, 0});
+      }
+      out[c - c0] = acc;
+    }
+    return;
+  }
   // The refinement of the column means is only needed where a column sum can round:
   // float32 values sum exactly in double (fewer than 2^29 rows), float64 ones may not.
   double* refine = sizeof(T) == sizeof(float) && rows < 536870912.0 ? nullptr : cw.r;
