@@ -915,10 +915,10 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
       i64 c0, c1, e0, e1;
       unit_range(plan, N, C, S, u, c0, c1, e0, e1);
       ColWork<T> cw = st.work(thread_index());
-      // column scheme: the next unit's x and dy stream in during the dx pass (measured:
-      // a clear gain for short runs; with long runs the L2 cannot hold both units, and
-      // in the forward pass no gain)
-      Ahead ah = plan.columns ? make_ahead<T>(plan, N, C, S, u + 1, x, dy, 1) : Ahead{};
+      // column scheme, data far larger than the caches: the next unit's x and dy stream
+      // in during the dx pass (measured: a clear gain for short runs; with long runs the
+      // L2 cannot hold both units, and in the forward pass no gain)
+      Ahead ah = plan.columns && k.stream ? make_ahead<T>(plan, N, C, S, u + 1, x, dy, 1) : Ahead{};
       reduce(cw, c0, c1, e0, e1, st.mom + c0);
       for (i64 c = c0; c < c1; ++c) finalize(c);
       unit_elementwise<T>(k, cw, pass, c0, c1, e0, e1, false, &ah);
