@@ -138,6 +138,28 @@ void s_col_add(const T* x, i64 ld, i64 rows, i64 w, double* acc) {
 }
 
 template <typename T>
+void s_col_welford(const T* x, i64 ld, i64 rows, i64 w, double r1, double r2, double* mean,
+                   double* m2) {
+  for (i64 j = 0; j < w; ++j) {
+    double mb, m2b;
+    if (rows == 4) {
+      double v[4];
+      for (int k = 0; k < 4; ++k) v[k] = static_cast<double>(x[k * ld + j]);
+      mb = ((v[0] + v[1]) + (v[2] + v[3])) * 0.25;
+      double e[4];
+      for (int k = 0; k < 4; ++k) e[k] = v[k] - mb;
+      m2b = (keep(e[0] * e[0]) + keep(e[1] * e[1])) + (keep(e[2] * e[2]) + keep(e[3] * e[3]));
+    } else {
+      mb = static_cast<double>(x[j]);
+      m2b = 0.0;
+    }
+    const double delta = mb - mean[j];
+    mean[j] = mean[j] + keep(delta * r1);
+    m2[j] = m2[j] + (m2b + keep(keep(delta * delta) * r2));
+  }
+}
+
+template <typename T>
 void s_col_m2(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
   auto dev = [&](i64 k, i64 j) { return static_cast<double>(x[k * ld + j]) - mean[j]; };
   auto sq = [&](i64 k, i64 j) {
@@ -240,6 +262,7 @@ bn::Ops<T> make_scalar_ops() {
   o.scale = &s_scale<T>;
   o.col_add = &s_col_add<T>;
   o.col_m2 = &s_col_m2<T>;
+  o.col_welford = &s_col_welford<T>;
   o.col_m2dy = &s_col_m2dy<T>;
   o.col_dy = &s_col_dy<T>;
   o.col_norm = &s_col_norm<T>;
@@ -299,6 +322,35 @@ inline void prefetch_bytes(const void* p, i64 bytes) {
   for (i64 k = 0; k < bytes; k += 64) __builtin_prefetch(c + k, 0, 3);
 }
 
+// Prefetches the next unit's input block (rows of row_bytes, ld_bytes apart, from a and
+// from b when set) into the caches while the current unit works from L2, spread over the
+// current unit's passes that do not read memory, so that the memory keeps streaming
+// during them. progress(f) prefetches up to fraction (phase + f) / phases of the block.
+struct Ahead {
+  const char* a = nullptr;
+  const char* b = nullptr;
+  i64 ld_bytes = 0, row_bytes = 0, rows = 0;
+  i64 done = 0;  // bytes prefetched so far, row-major
+  int phase = 0, phases = 1;
+
+  void progress(double f) {
+    if (!a) return;
+    const double total = static_cast<double>(rows) * static_cast<double>(row_bytes);
+    const i64 target = static_cast<i64>(total * (phase + std::min(f, 1.0)) / phases);
+    while (done < target) {
+      const i64 r = done / row_bytes, o = done % row_bytes;
+      const i64 off = r * ld_bytes + o;
+      __builtin_prefetch(a + off, 0, 2);
+      if (b) __builtin_prefetch(b + off, 0, 2);
+      done += 64 - (o & 63);
+    }
+  }
+  void next_phase() {
+    progress(1.0);
+    ++phase;
+  }
+};
+
 // One thread's column accumulators and per-column coefficients (kMaxCols each).
 template <typename T>
 struct ColWork {
@@ -331,13 +383,17 @@ using NoDeduce = typename Ident<T>::type;  // const T*, not used to deduce T
 // runs are long here, and the hardware prefetcher follows them better without help
 // (measured: software prefetch of the next row made these passes slower).
 template <typename T, typename F>
-inline void for_runs(const Ctx<T>& k, i64 c0, i64 c1, i64 e0, i64 e1, F&& f) {
+inline void for_runs(const Ctx<T>& k, i64 c0, i64 c1, i64 e0, i64 e1, F&& f,
+                     Ahead* ah = nullptr) {
   const i64 C = k.C, S = k.S;
   i64 e = e0;
   while (e < e1) {
     i64 n = e / S, s = e % S;
     i64 len = std::min(S - s, e1 - e);
-    for (i64 c = c0; c < c1; ++c) f(c, (n * C + c) * S + s, len);
+    for (i64 c = c0; c < c1; ++c) {
+      f(c, (n * C + c) * S + s, len);
+      if (ah) ah->progress((static_cast<double>(e - e0 + len) * (c - c0 + 1) / (c1 - c0)) / (e1 - e0));
+    }
     e += len;
   }
 }
@@ -347,7 +403,7 @@ inline void for_runs(const Ctx<T>& k, i64 c0, i64 c1, i64 e0, i64 e1, F&& f) {
 // may be null).
 template <typename T, typename F>
 inline void for_rows(const Ctx<T>& k, i64 c0, i64 c1, i64 n0, i64 n1, i64 group, NoDeduce<T> a,
-                     NoDeduce<T> b, F&& f) {
+                     NoDeduce<T> b, F&& f, Ahead* ah = nullptr) {
   const i64 w = (c1 - c0) * k.S;
   const i64 bytes = std::max<i64>(1, w * static_cast<i64>(sizeof(T)));
   const i64 dist = std::min<i64>(32, std::max<i64>(group, (kPrefetchBytes + bytes - 1) / bytes));
@@ -361,6 +417,7 @@ inline void for_rows(const Ctx<T>& k, i64 c0, i64 c1, i64 n0, i64 n1, i64 group,
     }
     f((n * k.C + c0) * k.S, g);
     n += g;
+    if (ah) ah->progress(static_cast<double>(n - n0) / static_cast<double>(n1 - n0));
   }
 }
 
@@ -368,7 +425,7 @@ inline void for_rows(const Ctx<T>& k, i64 c0, i64 c1, i64 n0, i64 n1, i64 group,
 // (backward) also sum dy and the co-moment.
 template <typename T>
 void unit_stats(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i64 e1,
-                Mom* out) {
+                Mom* out, Ahead* ah = nullptr) {
   const bn::Ops<T>& ops = *k.ops;
   const T* x = k.x;
   const T* dy = k.dy;
@@ -405,6 +462,27 @@ void unit_stats(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i
   const i64 S = k.S, w = (c1 - c0) * S, n0 = e0 / S, n1 = e1 / S;
   const double rows = static_cast<double>(n1 - n0);
   const i64 ld = k.C * S;
+  if (!dy) {
+    // One pass from memory: Chan's update per column, 4 rows at a time.
+    std::fill(cw.mean, cw.mean + w, 0.0);
+    std::fill(cw.q, cw.q + w, 0.0);
+    i64 done = 0;
+    for_rows(k, c0, c1, n0, n1, 4, x, nullptr, [&](i64 off, i64 g) {
+      const double na = static_cast<double>(done), gb = static_cast<double>(g);
+      const double r1 = gb / (na + gb);
+      ops.col_welford(x + off, ld, g, w, r1, na * r1, cw.mean, cw.q);
+      done += g;
+    });
+    for (i64 c = c0; c < c1; ++c) {
+      Mom acc{0, 0, 0, 0, 0};
+      for (i64 s = 0; s < S; ++s) {
+        i64 j = (c - c0) * S + s;
+        merge(acc, Mom{rows, cw.mean[j], cw.q[j], 0, 0});
+      }
+      out[c - c0] = acc;
+    }
+    return;
+  }
   // The refinement of the column means is only needed where a column sum can round:
   // float32 values sum exactly in double (fewer than 2^29 rows), float64 ones may not.
   double* refine = sizeof(T) == sizeof(float) && rows < 536870912.0 ? nullptr : cw.r;
@@ -421,7 +499,8 @@ void unit_stats(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1, i64 e0, i
     });
   else
     for_rows(k, c0, c1, n0, n1, 4, nullptr, nullptr,
-             [&](i64 off, i64 g) { ops.col_m2(x + off, ld, g, w, cw.mean, cw.q, refine); });
+             [&](i64 off, i64 g) { ops.col_m2(x + off, ld, g, w, cw.mean, cw.q, refine); }, ah);
+  if (ah) ah->next_phase();  // (only passed for the forward)
   for (i64 c = c0; c < c1; ++c) {
     Mom acc{0, 0, 0, 0, 0};
     for (i64 s = 0; s < S; ++s) {
@@ -498,7 +577,7 @@ enum class Pass { norm, dx, scale };
 // come from memory (nothing read them before in this unit): prefetch them.
 template <typename T>
 void unit_elementwise(const Ctx<T>& k, const ColWork<T>& cw, Pass pass, i64 c0, i64 c1, i64 e0,
-                      i64 e1, bool first) {
+                      i64 e1, bool first, Ahead* ah = nullptr) {
   const bn::Ops<T>& ops = *k.ops;
   const T* x = k.x;
   const T* dy = k.dy;
@@ -513,7 +592,7 @@ void unit_elementwise(const Ctx<T>& k, const ColWork<T>& cw, Pass pass, i64 c0, 
         ops.dx(x + off, dy + off, out + off, len, k.coef[c], k.stream);
       else
         ops.scale(dy + off, out + off, len, k.coef[c].a, k.stream);
-    });
+    }, ah);
   } else {
     const i64 w = (c1 - c0) * k.S, n0 = e0 / k.S, n1 = e1 / k.S;
     bn::ColCoef<T> cc = expand_coef(k, cw, c0, c1);
@@ -524,7 +603,7 @@ void unit_elementwise(const Ctx<T>& k, const ColWork<T>& cw, Pass pass, i64 c0, 
         ops.col_dx(x + off, dy + off, out + off, w, cc, k.stream);
       else
         ops.col_scale(dy + off, out + off, w, cc.a, k.stream);
-    });
+    }, ah);
   }
   if (k.stream) ops.fence();
 }
@@ -586,6 +665,25 @@ inline void unit_range(const Plan& p, i64 N, i64 C, i64 S, i64 u, i64& c0, i64& 
     e0 = 0;
     e1 = N * S;
   }
+}
+
+// The block of unit u (a non-split plan) to prefetch while the previous unit finishes:
+// x (and dy when given), `phases` passes of the previous unit to spread it over.
+template <typename T>
+Ahead make_ahead(const Plan& p, i64 N, i64 C, i64 S, i64 u, const T* x, const T* dy,
+                 int phases) {
+  Ahead ah;
+  if (p.split || u >= p.units()) return ah;
+  i64 c0, c1, e0, e1;
+  unit_range(p, N, C, S, u, c0, c1, e0, e1);
+  const i64 es = static_cast<i64>(sizeof(T));
+  ah.a = reinterpret_cast<const char*>(x + c0 * S);
+  ah.b = dy ? reinterpret_cast<const char*>(dy + c0 * S) : nullptr;
+  ah.ld_bytes = C * S * es;
+  ah.row_bytes = (c1 - c0) * S * es;
+  ah.rows = N;
+  ah.phases = phases;
+  return ah;
 }
 
 template <typename T>
@@ -817,9 +915,13 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
       i64 c0, c1, e0, e1;
       unit_range(plan, N, C, S, u, c0, c1, e0, e1);
       ColWork<T> cw = st.work(thread_index());
+      // column scheme, data far larger than the caches: the next unit's x and dy stream
+      // in during the dx pass (measured: a clear gain for short runs; with long runs the
+      // L2 cannot hold both units, and in the forward pass no gain)
+      Ahead ah = plan.columns && k.stream ? make_ahead<T>(plan, N, C, S, u + 1, x, dy, 1) : Ahead{};
       reduce(cw, c0, c1, e0, e1, st.mom + c0);
       for (i64 c = c0; c < c1; ++c) finalize(c);
-      unit_elementwise<T>(k, cw, pass, c0, c1, e0, e1, false);
+      unit_elementwise<T>(k, cw, pass, c0, c1, e0, e1, false, &ah);
     }
     return;
   }

@@ -70,6 +70,14 @@ struct Ops {
   // d = x[j] - mean[j]: g[j] += dy[j], cx[j] += dy[j] * d
   void (*col_dy)(const T* x, const T* dy, i64 ld, i64 rows, i64 w, const double* mean, double* g,
                  double* cx);
+  // One-pass column statistics (Chan's update with groups of rows): the `rows` row
+  // pieces (4, or 1) form a group b of count g = rows; for each column, with d = 4-row
+  // group mean ((x0 + x1) + (x2 + x3)) * 0.25 (or x0) and m2b = (e0^2 + e1^2) + (e2^2 + e3^2)
+  // (e_i = x_i - mean_b; 0 for one row):
+  //   delta = mean_b - mean[j];  mean[j] += delta * r1;  m2[j] += m2b + (delta * delta) * r2
+  // where the caller passes r1 = g / (n_a + g) and r2 = n_a * r1 (n_a rows merged before).
+  void (*col_welford)(const T* x, i64 ld, i64 rows, i64 w, double r1, double r2, double* mean,
+                      double* m2);
   // the element-wise kernels above with per-column coefficients
   void (*col_norm)(const T* x, T* y, i64 w, const ColCoef<T>& k, bool stream);
   void (*col_dx)(const T* x, const T* dy, T* dx, i64 w, const ColCoef<T>& k, bool stream);

@@ -529,6 +529,7 @@ py::object pool_scatter(py::object src, py::object indices, py::object h_obj, py
   i64 planes = pyconv::checked_mul(s[0], s[1], "batch*channels");
   i64 src_plane = pyconv::checked_mul(s[2], s[3], backward ? "grad_output plane" : "input plane");
   i64 dst_plane = pyconv::checked_mul(H, W, backward ? "input plane" : "output plane");
+  (void)src_plane;  // only checked here: the kernels take the sizes
   return dispatch_float(dt, [&](auto tag) -> py::object {
     using T = decltype(tag);
     auto sc = contiguous<T>(src);
@@ -540,8 +541,8 @@ py::object pool_scatter(py::object src, py::object indices, py::object h_obj, py
     i64 bad;
     {
       py::gil_scoped_release release;
-      bad = backward ? pyconv::max_pool_backward(planes, src_plane, dst_plane, sp, ip, dp)
-                     : pyconv::max_unpool(planes, src_plane, dst_plane, sp, ip, dp);
+      bad = backward ? pyconv::max_pool_backward(planes, s[2], s[3], H, W, sp, ip, dp)
+                     : pyconv::max_unpool(planes, s[2], s[3], H, W, sp, ip, dp);
     }
     if (bad >= 0)
       pool_index_error(s, ip, bad, dst_plane,

@@ -287,38 +287,145 @@ i64 first_bad(const i64* idx, i64 n, i64 limit) {
   return -1;
 }
 
-// ACCUMULATE: dst[idx] += src, else dst[idx] = src. Each plane: zero its destination,
-// then scatter in scan order, checking every index before its element is written.
-// Planes are independent (one thread each), so the result does not depend on the thread
-// count. (Assembling each plane in a cache-resident staging buffer and streaming it out
-// with non-temporal stores was measured: no faster here, the plane is in L1/L2 anyway.)
-template <typename T, bool ACCUMULATE>
-i64 scatter(i64 planes, i64 src_plane, i64 dst_plane, const T* src, const i64* idx, T* dst) {
-  if (planes == 0) return -1;
-  const double work = static_cast<double>(planes) * (src_plane + dst_plane);
-  const int nthreads = threads_for_work(work, 65536.0);
-  const std::size_t plane_bytes = sizeof(T) * static_cast<std::size_t>(dst_plane);
+// Zero a plane of dst_plane elements, then scatter src through idx in scan order,
+// checking every index before its element is written; pump() is called after every
+// block of kScatterBlock elements. False at the first bad index.
+constexpr i64 kScatterBlock = 256;
+
+template <typename T, bool ACCUMULATE, typename Pump>
+bool scatter_plane(i64 src_plane, i64 dst_plane, const T* sp, const i64* ip, T* dp, Pump&& pump) {
+  std::memset(dp, 0, sizeof(T) * static_cast<std::size_t>(dst_plane));
   const std::uint64_t lim = static_cast<std::uint64_t>(dst_plane);
-  i64 bad_plane = planes;  // smallest plane with a bad index
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (i64 pl = 0; pl < planes; ++pl) {
-    const i64* ip = idx + pl * src_plane;
-    const T* sp = src + pl * src_plane;
-    T* dp = dst + pl * dst_plane;
-    std::memset(dp, 0, plane_bytes);
-    // Each index is checked before its element is written; a bad one stops the plane
-    // (the caller raises and discards dst).
-    for (i64 i = 0; i < src_plane; ++i) {
+  for (i64 i0 = 0; i0 < src_plane; i0 += kScatterBlock) {
+    const i64 i1 = std::min(src_plane, i0 + kScatterBlock);
+    for (i64 i = i0; i < i1; ++i) {
       const i64 j = ip[i];
-      if (static_cast<std::uint64_t>(j) >= lim) {
-#pragma omp critical(pyconv_pool_scatter)
-        bad_plane = std::min(bad_plane, pl);
-        break;
-      }
+      if (static_cast<std::uint64_t>(j) >= lim) return false;
       if (ACCUMULATE)
         dp[j] += sp[i];
       else
         dp[j] = sp[i];
+    }
+    pump();
+  }
+  return true;
+}
+
+inline bool bwd_2x2_rows(const float* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W,
+                         float* out) {
+  return pool_avx2::bwd_2x2_rows_f32(g, idx, oh0, oh1, wo, W, out);
+}
+inline bool bwd_2x2_rows(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W,
+                         double* out) {
+  return pool_avx2::bwd_2x2_rows_f64(g, idx, oh0, oh1, wo, W, out);
+}
+
+// Destinations larger than this go out with non-temporal stores (they cannot stay in the
+// caches anyway; streaming saves the read for ownership of every line).
+constexpr i64 kPoolStreamBytes = 8ll << 20;
+// Largest plane assembled in a per-thread staging buffer before streaming (stays in L2).
+constexpr i64 kPoolStageBytes = 256 * 1024;
+
+// A finished plane in a staging buffer, streamed out to dst a slice at a time while the
+// next plane is built, so reads and writes of memory overlap. The whole 64-byte lines of
+// dst go out with non-temporal stores, the partial lines at both ends with ordinary ones.
+struct Pending {
+  char* dst = nullptr;
+  const char* src = nullptr;
+  i64 pos = 0, body_end = 0, bytes = 0;
+
+  void start(void* d, const void* s, i64 n) {
+    dst = static_cast<char*>(d);
+    src = static_cast<const char*>(s);
+    bytes = n;
+    const i64 head = static_cast<i64>((64 - (reinterpret_cast<std::uintptr_t>(dst) & 63)) & 63);
+    if (head >= n) {
+      std::memcpy(dst, src, static_cast<std::size_t>(n));
+      pos = body_end = n;
+      return;
+    }
+    std::memcpy(dst, src, static_cast<std::size_t>(head));
+    pos = head;
+    body_end = head + (n - head) / 64 * 64;
+  }
+  void pump(i64 lines) {
+    const i64 n = std::min(lines, (body_end - pos) / 64);
+    if (n > 0) pool_avx2::stream_lines(dst + pos, src + pos, n);
+    pos += n * 64;
+  }
+  void finish() {
+    if (!dst) return;
+    pump((body_end - pos) / 64);
+    std::memcpy(dst + body_end, src + body_end, static_cast<std::size_t>(bytes - body_end));
+    dst = nullptr;
+  }
+};
+
+// ACCUMULATE: dst[idx] += src, else dst[idx] = src. Planes are independent and split into
+// one contiguous range per thread, so the result does not depend on the thread count.
+// Each plane is built in one of two ways with identical results: (a) with AVX2, backward,
+// when every index of the plane lies in its own 2x2 stride-2 window (no input element in
+// two windows), the rows are written straight from the indices and grads (0 + g or 0),
+// one pass; (b) otherwise zero-fill + scatter in scan order. A large destination is built
+// plane by plane in two per-thread staging buffers (L2): while one plane is built, the
+// previous one streams out with non-temporal stores.
+template <typename T, bool ACCUMULATE>
+i64 scatter(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const T* src, const i64* idx,
+            T* dst) {
+  if (planes == 0) return -1;
+  const i64 src_plane = src_h * src_w, dst_plane = dst_h * dst_w;
+  const double work = static_cast<double>(planes) * (src_plane + dst_plane);
+  const int nthreads = threads_for_work(work, 65536.0);
+  const bool avx2 = has_avx2();
+  const bool try_2x2 = ACCUMULATE && avx2 && src_h <= dst_h / 2 && src_w <= dst_w / 2 &&
+                       dst_w < (i64(1) << 30);
+  const i64 plane_bytes = dst_plane * static_cast<i64>(sizeof(T));
+  const bool stream = avx2 && plane_bytes <= kPoolStageBytes &&
+                      static_cast<double>(plane_bytes) * static_cast<double>(planes) >
+                          static_cast<double>(kPoolStreamBytes);
+  const std::size_t stage_stride = static_cast<std::size_t>((plane_bytes + 63) / 64 * 64);
+  char* stage =
+      stream ? static_cast<char*>(scratch(kScratchOp0, 2 * stage_stride * nthreads)) : nullptr;
+  const i64 lines = plane_bytes / 64 + 1;
+  const i64 per_row = src_h > 0 ? (lines + src_h - 1) / src_h : lines;
+  const i64 per_block =
+      src_plane > 0 ? (lines * kScatterBlock + src_plane - 1) / src_plane : lines;
+  i64 bad_plane = planes;  // smallest plane with a bad index
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int t = 0; t < nthreads; ++t) {
+    const i64 p0 = planes * t / nthreads, p1 = planes * (t + 1) / nthreads;
+    char* mine = stream ? stage + 2 * stage_stride * thread_index() : nullptr;
+    Pending prev;
+    for (i64 pl = p0; pl < p1; ++pl) {
+      const i64* ip = idx + pl * src_plane;
+      const T* sp = src + pl * src_plane;
+      T* dp = dst + pl * dst_plane;
+      T* buf = stream ? reinterpret_cast<T*>(mine + (pl & 1) * stage_stride) : dp;
+      bool ok = false;
+      if (try_2x2) {
+        ok = true;
+        for (i64 oh = 0; ok && oh < src_h; ++oh) {
+          ok = bwd_2x2_rows(sp, ip, oh, oh + 1, src_w, dst_w, buf);
+          if (stream) prev.pump(per_row);
+        }
+        if (ok) std::fill(buf + 2 * src_h * dst_w, buf + dst_plane, T(0));
+      }
+      if (!ok)
+        ok = scatter_plane<T, ACCUMULATE>(src_plane, dst_plane, sp, ip, buf, [&] {
+          if (stream) prev.pump(per_block);
+        });
+      if (stream) prev.finish();
+      if (!ok) {
+        // a bad index stops the plane (the caller raises and discards dst)
+#pragma omp critical(pyconv_pool_scatter)
+        bad_plane = std::min(bad_plane, pl);
+        continue;
+      }
+      if (stream) prev.start(dp, buf, plane_bytes);
+    }
+    if (stream) {
+      prev.finish();
+      pool_avx2::store_fence();
     }
   }
   if (bad_plane < planes)
@@ -342,17 +449,20 @@ void pool_resolve(PoolParams& p) {
 void max_pool2d_forward(const PoolParams& p, const float* x, float* y, i64* idx) { forward(p, x, y, idx); }
 void max_pool2d_forward(const PoolParams& p, const double* x, double* y, i64* idx) { forward(p, x, y, idx); }
 
-i64 max_pool_backward(i64 planes, i64 sp, i64 dp, const float* s, const i64* i, float* d) {
-  return scatter<float, true>(planes, sp, dp, s, i, d);
+i64 max_pool_backward(i64 planes, i64 sh, i64 sw, i64 dh, i64 dw, const float* s, const i64* i,
+                      float* d) {
+  return scatter<float, true>(planes, sh, sw, dh, dw, s, i, d);
 }
-i64 max_pool_backward(i64 planes, i64 sp, i64 dp, const double* s, const i64* i, double* d) {
-  return scatter<double, true>(planes, sp, dp, s, i, d);
+i64 max_pool_backward(i64 planes, i64 sh, i64 sw, i64 dh, i64 dw, const double* s, const i64* i,
+                      double* d) {
+  return scatter<double, true>(planes, sh, sw, dh, dw, s, i, d);
 }
-i64 max_unpool(i64 planes, i64 sp, i64 dp, const float* s, const i64* i, float* d) {
-  return scatter<float, false>(planes, sp, dp, s, i, d);
+i64 max_unpool(i64 planes, i64 sh, i64 sw, i64 dh, i64 dw, const float* s, const i64* i, float* d) {
+  return scatter<float, false>(planes, sh, sw, dh, dw, s, i, d);
 }
-i64 max_unpool(i64 planes, i64 sp, i64 dp, const double* s, const i64* i, double* d) {
-  return scatter<double, false>(planes, sp, dp, s, i, d);
+i64 max_unpool(i64 planes, i64 sh, i64 sw, i64 dh, i64 dw, const double* s, const i64* i,
+               double* d) {
+  return scatter<double, false>(planes, sh, sw, dh, dw, s, i, d);
 }
 
 const char* max_pool2d_variant(const PoolParams& p, bool is_double, bool want_indices) {

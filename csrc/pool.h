@@ -25,22 +25,23 @@ void pool_resolve(PoolParams& p);
 void max_pool2d_forward(const PoolParams& p, const float* x, float* y, i64* idx);
 void max_pool2d_forward(const PoolParams& p, const double* x, double* y, i64* idx);
 
-// Scatter kernels over `planes` planes: src planes of src_plane elements, dst planes of
-// dst_plane elements. dst is fully overwritten (zeroed, then scattered).
+// Scatter kernels over `planes` planes: src planes of src_h*src_w elements, dst planes of
+// dst_h*dst_w elements (the caller checked both products fit int64). dst is fully
+// overwritten (zeroed, then scattered).
 // backward: dst[idx] += src (sequential order within a plane);
 // unpool:   dst[idx]  = src (the last write in scan order wins).
 // Every index is checked against [0, dst_plane) before its element is written. Returns
 // -1 on success, else the flat position (into idx) of the first out-of-range index; dst
 // is then unspecified (the callers discard it: dst is always a fresh array, so nothing
 // the caller can see has been written).
-i64 max_pool_backward(i64 planes, i64 src_plane, i64 dst_plane, const float* src,
+i64 max_pool_backward(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const float* src,
                       const i64* idx, float* dst);
-i64 max_pool_backward(i64 planes, i64 src_plane, i64 dst_plane, const double* src,
+i64 max_pool_backward(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const double* src,
                       const i64* idx, double* dst);
-i64 max_unpool(i64 planes, i64 src_plane, i64 dst_plane, const float* src, const i64* idx,
-               float* dst);
-i64 max_unpool(i64 planes, i64 src_plane, i64 dst_plane, const double* src, const i64* idx,
-               double* dst);
+i64 max_unpool(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const float* src,
+               const i64* idx, float* dst);
+i64 max_unpool(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const double* src,
+               const i64* idx, double* dst);
 
 // Name of the forward variant the candidate list picks for these params and dtype
 // (tests and benchmarks report it).
@@ -82,6 +83,21 @@ void row_s2_f64_taps4(const RowTask<double>& t, bool want_idx);
 void row_s2_f64_taps9(const RowTask<double>& t, bool want_idx);
 void row_s2_f64(const RowTask<double>& t, bool want_idx);
 void row_s1_f64(const RowTask<double>& t, bool want_idx);
+
+// Backward rows of a plane whose indices all lie in their own 2x2 stride-2 window
+// (output (oh, ow) covers input rows 2oh, 2oh+1 and columns 2ow, 2ow+1; the caller
+// checked 2*ho <= H, 2*wo <= W, W < 2**30): writes input rows [2*oh0, 2*oh1) of the plane
+// out (row length W), each element 0 + g where an index points at it and 0 elsewhere,
+// exactly what zero-fill + scatter-add gives (no input element lies in two windows).
+// g and idx are the plane's (ho, wo) arrays. Returns false, having written an unspecified
+// part of out, as soon as an index lies outside its window (the caller then scatters).
+bool bwd_2x2_rows_f32(const float* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W, float* out);
+bool bwd_2x2_rows_f64(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W,
+                      double* out);
+// Copies `lines` 64-byte lines from src to the 64-byte aligned dst with non-temporal
+// stores (no read for ownership); store_fence() orders them before later stores.
+void stream_lines(void* dst, const void* src, i64 lines);
+void store_fence();
 }  // namespace pool_avx2
 
 }  // namespace pyconv

@@ -292,6 +292,59 @@ def test_row_edges_and_narrow_interiors(isa, width):
         same(got[1], want[1])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 8, 16), (1, 1, 2, 2), (2, 2, 5, 40)])
+def test_backward_2x2_windows_built_directly(isa, shape):
+    """2x2/s2 indices: the AVX2 path writes each plane straight from indices and grads
+    (0 + g: a -0.0 grad gives +0.0, NaN stays NaN), bitwise as zero-fill + scatter-add;
+    a plane with an index outside its own window (still in range) falls back."""
+    rng = np.random.default_rng(sum(shape))
+    x = int_values(rng, shape, np.float32, -3, 3)
+    out, idx = pyconv.max_pool2d(x, 2, return_indices=True)
+    g = rng.integers(-5, 6, size=out.shape).astype(np.float32)
+    g.flat[::7] = -0.0
+    g.flat[3::11] = np.nan
+    for dt in (np.float32, np.float64):
+        got = pyconv.max_pool2d_backward(g.astype(dt), idx, shape)
+        same(got, ref.max_pool2d_backward(g.astype(dt), idx, shape))
+        assert not np.signbit(got[got == 0]).any()
+    # one plane gets an in-range index that lies in another window (and a duplicate)
+    idx2 = idx.copy()
+    idx2[-1, -1, -1, -1] = 0
+    idx2[0, 0, 0, 0] = shape[2] * shape[3] - 1
+    same(pyconv.max_pool2d_backward(g, idx2, shape), ref.max_pool2d_backward(g, idx2, shape))
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1)])
+def test_backward_streamed_large_equals_scalar(k, s, p):
+    """Destinations over 8 MiB are built in staging buffers and streamed out (odd widths:
+    rows not line-aligned); bitwise equal to the scalar path and across thread counts,
+    including a plane that falls back from the 2x2 construction."""
+    if pyconv.kernel_info()["detected_isa"] not in ("avx2", "avx512"):
+        pytest.skip("no AVX2 on this CPU")
+    rng = np.random.default_rng(k)
+    shape = (8, 40, 75, 77)  # 14.8 MB of float64, planes of 46200 bytes
+    x = int_values(rng, shape, np.float32, -50, 50)
+    out, idx = pyconv.max_pool2d(x, k, s, p, return_indices=True)
+    idx[1, 2, 5, 7] = 0
+    g = rng.integers(-9, 10, size=out.shape).astype(np.float64)
+    g.flat[::13] = -0.0
+    before, threads = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
+    res = []
+    try:
+        _core._set_isa("scalar")
+        want = pyconv.max_pool2d_backward(g, idx, shape)
+        _core._set_isa("avx2")
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            res.append(pyconv.max_pool2d_backward(g, idx, shape))
+    finally:
+        _core._set_isa(before)
+        pyconv.set_num_threads(threads)
+    for r in res:
+        same(r, want)
+    assert np.count_nonzero(want) > 0
+
+
 def test_threads_bitwise_equal(rng):
     x = rng.standard_normal((4, 8, 40, 50)).astype(np.float32)
     before = pyconv.get_num_threads()

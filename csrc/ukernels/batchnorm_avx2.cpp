@@ -281,6 +281,57 @@ void v_col_add(const T* x, i64 ld, i64 rows, i64 w, double* acc) {
   }
 }
 
+template <typename T>
+void v_col_welford(const T* x, i64 ld, i64 rows, i64 w, double r1, double r2, double* mean,
+                   double* m2) {
+  const __m256d vr1 = _mm256_set1_pd(r1), vr2 = _mm256_set1_pd(r2), q = _mm256_set1_pd(0.25);
+  i64 j = 0;
+  if (rows == 4) {
+    for (; j + 4 <= w; j += 4) {
+      __m256d v[4];
+      for (int k = 0; k < 4; ++k) v[k] = load4(x + k * ld + j);
+      const __m256d mb =
+          _mm256_mul_pd(_mm256_add_pd(_mm256_add_pd(v[0], v[1]), _mm256_add_pd(v[2], v[3])), q);
+      __m256d e[4];
+      for (int k = 0; k < 4; ++k) e[k] = _mm256_sub_pd(v[k], mb);
+      const __m256d m2b =
+          _mm256_add_pd(_mm256_add_pd(keep(_mm256_mul_pd(e[0], e[0])), keep(_mm256_mul_pd(e[1], e[1]))),
+                        _mm256_add_pd(keep(_mm256_mul_pd(e[2], e[2])), keep(_mm256_mul_pd(e[3], e[3]))));
+      const __m256d ma = _mm256_loadu_pd(mean + j);
+      const __m256d delta = _mm256_sub_pd(mb, ma);
+      _mm256_storeu_pd(mean + j, _mm256_add_pd(ma, keep(_mm256_mul_pd(delta, vr1))));
+      const __m256d t = _mm256_add_pd(m2b, keep(_mm256_mul_pd(keep(_mm256_mul_pd(delta, delta)), vr2)));
+      _mm256_storeu_pd(m2 + j, _mm256_add_pd(_mm256_loadu_pd(m2 + j), t));
+    }
+    for (; j < w; ++j) {
+      double v[4];
+      for (int k = 0; k < 4; ++k) v[k] = static_cast<double>(x[k * ld + j]);
+      const double mb = ((v[0] + v[1]) + (v[2] + v[3])) * 0.25;
+      double e[4];
+      for (int k = 0; k < 4; ++k) e[k] = v[k] - mb;
+      const double m2b =
+          (keep(e[0] * e[0]) + keep(e[1] * e[1])) + (keep(e[2] * e[2]) + keep(e[3] * e[3]));
+      const double delta = mb - mean[j];
+      mean[j] = mean[j] + keep(delta * r1);
+      m2[j] = m2[j] + (m2b + keep(keep(delta * delta) * r2));
+    }
+    return;
+  }
+  const __m256d zero = _mm256_setzero_pd();
+  for (; j + 4 <= w; j += 4) {
+    const __m256d ma = _mm256_loadu_pd(mean + j);
+    const __m256d delta = _mm256_sub_pd(load4(x + j), ma);
+    _mm256_storeu_pd(mean + j, _mm256_add_pd(ma, keep(_mm256_mul_pd(delta, vr1))));
+    const __m256d t = _mm256_add_pd(zero, keep(_mm256_mul_pd(keep(_mm256_mul_pd(delta, delta)), vr2)));
+    _mm256_storeu_pd(m2 + j, _mm256_add_pd(_mm256_loadu_pd(m2 + j), t));
+  }
+  for (; j < w; ++j) {
+    const double delta = static_cast<double>(x[j]) - mean[j];
+    mean[j] = mean[j] + keep(delta * r1);
+    m2[j] = m2[j] + (0.0 + keep(keep(delta * delta) * r2));
+  }
+}
+
 template <bool kRefine, typename T>
 void col_m2_impl(const T* x, i64 ld, i64 rows, i64 w, const double* mean, double* q, double* r) {
   if (rows == 4) {
@@ -453,6 +504,7 @@ bn::Ops<T> make_avx2_ops() {
   o.scale = &v_scale<Vt>;
   o.col_add = &v_col_add<T>;
   o.col_m2 = &v_col_m2<T>;
+  o.col_welford = &v_col_welford<T>;
   o.col_m2dy = &v_col_m2dy<T>;
   o.col_dy = &v_col_dy<T>;
   o.col_norm = &v_col_norm<Vt>;

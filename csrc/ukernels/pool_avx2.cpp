@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "params.h"
 #include "pool.h"
@@ -177,7 +178,131 @@ void row_dispatch(const pool_detail::RowTask<typename Tr::T>& t, bool want_idx) 
   }
 }
 
+// ---- backward of 2x2 stride-2 windows: each output row pair built in registers.
+
+// Zeroes out[a, b).
+template <typename T>
+inline void zero_range(T* out, i64 a, i64 b) {
+  for (i64 i = a; i < b; ++i) out[i] = T(0);
+}
+
+// One output (scalar): false if its index is not in its window.
+template <typename T>
+inline bool bwd_2x2_one(T gv, i64 j, i64 base, i64 W, T* r0, T* r1, i64 c) {
+  const i64 rel = j - base;
+  const T v = gv + T(0);
+  const T z = T(0);
+  if (rel != 0 && rel != 1 && rel != W && rel != W + 1) return false;
+  r0[c] = rel == 0 ? v : z;
+  r0[c + 1] = rel == 1 ? v : z;
+  r1[c] = rel == W ? v : z;
+  r1[c + 1] = rel == W + 1 ? v : z;
+  return true;
+}
+
+template <typename T, typename Step>
+inline bool bwd_2x2_rows(const T* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W, T* out,
+                         int lanes, Step&& step) {
+  for (i64 oh = oh0; oh < oh1; ++oh) {
+    T* r0 = out + 2 * oh * W;
+    T* r1 = r0 + W;
+    const T* gr = g + oh * wo;
+    const i64* ir = idx + oh * wo;
+    const i64 rbase = 2 * oh * W;
+    i64 ow = 0;
+    for (; ow + lanes <= wo; ow += lanes)
+      if (!step(gr + ow, ir + ow, rbase + 2 * ow, r0 + 2 * ow, r1 + 2 * ow)) return false;
+    for (; ow < wo; ++ow)
+      if (!bwd_2x2_one<T>(gr[ow], ir[ow], rbase + 2 * ow, W, r0, r1, 2 * ow)) return false;
+    zero_range(r0, 2 * wo, W);
+    zero_range(r1, 2 * wo, W);
+  }
+  return true;
+}
+
 }  // namespace
+
+bool bwd_2x2_rows_f32(const float* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W, float* out) {
+  const __m256i step64 = _mm256_set_epi64x(6, 4, 2, 0);
+  const __m256i lim = _mm256_set1_epi64x(W + 1);
+  const __m256i zero64 = _mm256_setzero_si256();
+  const __m256i lows = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  const __m256i c1 = _mm256_set1_epi32(1), cW = _mm256_set1_epi32(static_cast<int>(W)),
+                cW1 = _mm256_set1_epi32(static_cast<int>(W + 1));
+  const __m256 zf = _mm256_setzero_ps();
+  return bwd_2x2_rows<float>(g, idx, oh0, oh1, wo, W, out, 8,
+                              [&](const float* gp, const i64* ip, i64 base, float* r0, float* r1) {
+    const __m256i b0 = _mm256_add_epi64(_mm256_set1_epi64x(base), step64);
+    const __m256i b1 = _mm256_add_epi64(_mm256_set1_epi64x(base + 8), step64);
+    const __m256i rel0 = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ip)), b0);
+    const __m256i rel1 = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ip + 4)), b1);
+    const __m256i out_of_range =
+        _mm256_or_si256(_mm256_or_si256(_mm256_cmpgt_epi64(rel0, lim), _mm256_cmpgt_epi64(zero64, rel0)),
+                        _mm256_or_si256(_mm256_cmpgt_epi64(rel1, lim), _mm256_cmpgt_epi64(zero64, rel1)));
+    if (!_mm256_testz_si256(out_of_range, out_of_range)) return false;
+    // every rel is in [0, W+1]: its low 32 bits are the value
+    const __m256i rel = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(rel0, lows),
+                                                  _mm256_permutevar8x32_epi32(rel1, lows), 0x20);
+    const __m256 e0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, zero64));
+    const __m256 e1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, c1));
+    const __m256 eW = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, cW));
+    const __m256 eW1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(rel, cW1));
+    const __m256 any = _mm256_or_ps(_mm256_or_ps(e0, e1), _mm256_or_ps(eW, eW1));
+    if (_mm256_movemask_ps(any) != 0xFF) return false;
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(gp), zf);  // 0 + g, as the scatter-add
+    auto put = [&](float* r, __m256 ev, __m256 od) {
+      const __m256 a = _mm256_and_ps(ev, v), b = _mm256_and_ps(od, v);
+      const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);
+      _mm256_storeu_ps(r, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_storeu_ps(r + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    };
+    put(r0, e0, e1);
+    put(r1, eW, eW1);
+    return true;
+  });
+}
+
+bool bwd_2x2_rows_f64(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W,
+                      double* out) {
+  const __m256i step64 = _mm256_set_epi64x(6, 4, 2, 0);
+  const __m256i c0 = _mm256_setzero_si256(), c1 = _mm256_set1_epi64x(1),
+                cW = _mm256_set1_epi64x(W), cW1 = _mm256_set1_epi64x(W + 1);
+  const __m256d zd = _mm256_setzero_pd();
+  return bwd_2x2_rows<double>(g, idx, oh0, oh1, wo, W, out, 4,
+                               [&](const double* gp, const i64* ip, i64 base, double* r0, double* r1) {
+    const __m256i rel = _mm256_sub_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ip)),
+                                         _mm256_add_epi64(_mm256_set1_epi64x(base), step64));
+    const __m256d e0 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(rel, c0));
+    const __m256d e1 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(rel, c1));
+    const __m256d eW = _mm256_castsi256_pd(_mm256_cmpeq_epi64(rel, cW));
+    const __m256d eW1 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(rel, cW1));
+    const __m256d any = _mm256_or_pd(_mm256_or_pd(e0, e1), _mm256_or_pd(eW, eW1));
+    if (_mm256_movemask_pd(any) != 0xF) return false;
+    const __m256d v = _mm256_add_pd(_mm256_loadu_pd(gp), zd);
+    auto put = [&](double* r, __m256d ev, __m256d od) {
+      const __m256d a = _mm256_and_pd(ev, v), b = _mm256_and_pd(od, v);
+      const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);
+      _mm256_storeu_pd(r, _mm256_permute2f128_pd(lo, hi, 0x20));
+      _mm256_storeu_pd(r + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    };
+    put(r0, e0, e1);
+    put(r1, eW, eW1);
+    return true;
+  });
+}
+
+void stream_lines(void* dst, const void* src, i64 lines) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  for (i64 i = 0; i < lines * 64; i += 64) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), a);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+  }
+}
+
+void store_fence() { _mm_sfence(); }
 
 void row_s2_f32_taps4(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 4>(t, w); }
 void row_s2_f32_taps9(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 9>(t, w); }
