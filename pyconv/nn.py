@@ -138,6 +138,9 @@ class Parameter:
 
 # ------------------------------------------------------------------ module base
 
+_STATE_NAMES = frozenset(("_x", "_x2", "_mask", "_indices", "_in_shape", "_out_shape", "_batch_stats",
+                          "_saved", "_plan", "_plan_key", "_cached_out", "_shape_key", "_scale"))
+
 
 class Module:
     """Base class: registers Parameters, sub-modules and buffers set as attributes."""
@@ -149,6 +152,11 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
+        if name in _STATE_NAMES and not isinstance(value, (Parameter, Module)):
+            # the per-call state the built-in layers keep for backward (set on every
+            # forward): plain attributes, never parameters, buffers or sub-modules
+            object.__setattr__(self, name, value)
+            return
         if "_parameters" not in self.__dict__:
             raise AttributeError("Module.__init__() must be called before assigning attributes")
         if isinstance(value, (Parameter, Module)):
@@ -1001,6 +1009,7 @@ class CrossEntropyLoss:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
         self._cache = None
+        self._rows = None  # np.arange(N), kept between calls
 
     def __call__(self, logits, targets):
         return self.forward(logits, targets)
@@ -1017,11 +1026,14 @@ class CrossEntropyLoss:
             raise ValueError(f"targets must have shape ({n},), got {t.shape}")
         if n and (t.min() < 0 or t.max() >= c):
             raise IndexError(f"targets must lie in [0, {c}), got values in [{t.min()}, {t.max()}]")
-        z = logits.astype(np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
-        logp = z - lse
-        rows = np.arange(n)
+        # in place on one float64 copy: the same operations (and bits) as
+        # z = x - max(x); logp = z - log(sum(exp(z)))
+        logp = logits.astype(np.float64)
+        logp -= logp.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        rows = self._rows
+        if rows is None or rows.shape[0] != n:
+            rows = self._rows = np.arange(n)
         total = -logp[rows, t].sum()
         self._cache = (logp, t, logits.dtype)
         if self.reduction == "mean":
@@ -1034,7 +1046,7 @@ class CrossEntropyLoss:
         logp, t, dt = self._cache
         n = logp.shape[0]
         g = np.exp(logp)
-        g[np.arange(n), t] -= 1.0
+        g[self._rows, t] -= 1.0
         if self.reduction == "mean" and n:
             g /= n
         return g.astype(dt)
