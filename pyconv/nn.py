@@ -1048,7 +1048,8 @@ class CrossEntropyLoss:
         g = np.exp(logp)
         g[self._rows, t] -= 1.0
         if self.reduction == "mean" and n:
-            g /= n
+            # divided in float64, rounded once to the logits' dtype (as g /= n; g.astype(dt))
+            return np.divide(g, n, out=np.empty(g.shape, dt), casting="same_kind")
         return g.astype(dt)
 
 
