@@ -63,7 +63,7 @@ class Optimizer:
         ps = self.params
         off = self._offsets
         if self._one_dtype and all(p.grad is not None for p in ps) and len(set(self._steps)) == 1:
-            g = np.concatenate([p.grad.reshape(-1) for p in ps])
+            g = np.concatenate([p.grad for p in ps], axis=None)  # axis=None: flattened, in order
             return [_Unit(g, slice(0, off[-1]), list(range(len(ps))), off)]
         units = []
         for i, p in enumerate(ps):
