@@ -856,6 +856,10 @@ class ReLU(Module):
             raise RuntimeError("ReLU.backward called before forward")
         if not need_input_grad:
             return None
+        if type(grad_output) is np.ndarray and grad_output.dtype in F._FLOATS:
+            # the same products as grad_output * mask (False -> 0.0, True -> 1.0); NumPy's
+            # bool-to-float conversion inside a multiply is slower than a separate astype
+            return np.multiply(grad_output, self._mask.astype(grad_output.dtype))
         return grad_output * self._mask
 
 
