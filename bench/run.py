@@ -31,7 +31,13 @@ import time
 import traceback
 import types
 
-import numpy as np
+# OpenBLAS (NumPy's BLAS, which the reference uses) keeps its worker threads spinning for
+# about 0.1 s after each call (2**28 cycles by default). On a machine with few cores those
+# spinning threads steal time from the pyconv and torch rounds; 2**4 cycles makes them
+# sleep at once. It must be set before NumPy loads OpenBLAS; a value the user set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FAMILIES = ("gemm", "conv", "pool", "batchnorm", "nn")
@@ -293,6 +299,18 @@ def time_interleaved(calls: dict, budget: float, min_reps: int, max_reps: int, r
     return res
 
 
+def _quiesce(limit: float = 0.5, step: float = 0.01) -> None:
+    """Waits (at most `limit` seconds) until this process's helper threads are idle: a
+    BLAS pool whose threads still spin after the reference phase would slow the next
+    pyconv rounds. Idle means the process used under 20% of one core over `step`."""
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        c0, w0 = time.process_time(), time.perf_counter()  # CPU time of all threads
+        time.sleep(step)
+        if time.process_time() - c0 < 0.2 * (time.perf_counter() - w0):
+            return
+
+
 def _ratio(a, b):
     return a / b if (a is not None and b is not None and b > 0) else None
 
@@ -325,7 +343,14 @@ def bench_workload(mod_name, wl, threads_list, tc, roofs, args) -> list:
         for t in threads_list:
             tc.set(t)
             active = {k: f for k, f in calls.items() if f is not None and k not in sticky}
-            res = time_interleaved(active, args.budget, args.min_repeats, args.max_repeats, args.ref_limit)
+            # pyconv and torch share interleaved rounds; the NumPy reference runs in a phase
+            # of its own afterwards, so its BLAS threads never run beside the timed rounds.
+            res = time_interleaved({k: f for k, f in active.items() if k != "reference"},
+                                   args.budget, args.min_repeats, args.max_repeats, args.ref_limit)
+            if "reference" in active:
+                res.update(time_interleaved({"reference": active["reference"]}, args.budget,
+                                            args.min_repeats, args.max_repeats, args.ref_limit))
+                _quiesce()
             row = dict(base, threads=t, errors={}, skipped=dict(sticky))
             for k in IMPLS:
                 r = res.get(k)
@@ -768,9 +793,13 @@ def main(argv=None) -> int:
     notes = []
     try:
         import pyconv
-    except Exception as e:  # noqa: BLE001
-        pyconv = None
-        notes.append(f"pyconv could not be imported ({_describe(e)}): thread counts are not set for it")
+    except Exception as e:  # noqa: BLE001  (ImportError, or a broken build raising anything)
+        print(f"error: pyconv is not importable ({_describe(e)}), so there is nothing to benchmark.\n"
+              "Install it from the repository root first, as README.md says:\n"
+              '    pip install ".[bench]"\n'
+              "or, for a development checkout, build it in place with ./dev-build.sh and run\n"
+              "    PYTHONPATH=. python bench/run.py ...", file=sys.stderr)
+        return 2
     dirs = search_dirs(args.path)
     wls = collect_workloads(args.families, dirs, args.quick, notes)
     if args.filter:

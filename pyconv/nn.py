@@ -122,11 +122,24 @@ class Parameter:
         else:
             self.grad += g
 
+    def _accumulate_fresh(self, g: Optional[np.ndarray]) -> None:
+        """accumulate() for a gradient array that nothing else references (a kernel's new
+        output): the first one becomes ``grad`` itself instead of being copied."""
+        if (g is not None and self.grad is None and self.requires_grad and type(g) is np.ndarray
+                and g.dtype == self.data.dtype and g.shape == self.data.shape and g.flags.c_contiguous
+                and g.flags.writeable):
+            self.grad = g
+        else:
+            self.accumulate(g)
+
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
 # ------------------------------------------------------------------ module base
+
+_STATE_NAMES = frozenset(("_x", "_x2", "_mask", "_indices", "_in_shape", "_out_shape", "_batch_stats",
+                          "_saved", "_plan", "_plan_key", "_cached_out", "_shape_key", "_scale"))
 
 
 class Module:
@@ -139,6 +152,11 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
+        if name in _STATE_NAMES and not isinstance(value, (Parameter, Module)):
+            # the per-call state the built-in layers keep for backward (set on every
+            # forward): plain attributes, never parameters, buffers or sub-modules
+            object.__setattr__(self, name, value)
+            return
         if "_parameters" not in self.__dict__:
             raise AttributeError("Module.__init__() must be called before assigning attributes")
         if isinstance(value, (Parameter, Module)):
@@ -331,8 +349,10 @@ class Sequential(Module):
     def backward(self, grad_output, need_input_grad: bool = True):
         mods = list(self._modules.values())
         g = grad_output
-        for i in range(len(mods) - 1, -1, -1):
-            g = mods[i].backward(g, need_input_grad=(need_input_grad or i > 0))
+        for i in range(len(mods) - 1, 0, -1):
+            g = mods[i].backward(g, need_input_grad=True)
+        if mods:
+            g = mods[0].backward(g, need_input_grad=need_input_grad)
         return g
 
 
@@ -373,6 +393,27 @@ class _ConvNd(Module):
         self.weight = Parameter(_uniform(g, bound, wshape, dt))
         self.bias = Parameter(_uniform(g, bound, (self.out_channels,), dt)) if bias else None
         self._x = None
+        self._plan_key = None
+        self._plan = None
+
+    def _get_plan(self, x, w, b):
+        """(kernel parameters, output shape) for a batched 2D call, or None (other calls
+        take the functional path). The functional layer validates a configuration the
+        first time it is seen (raising its usual errors); the result is kept, keyed by
+        everything it depends on, so repeated calls skip the argument normalisation."""
+        if self._nd != 2 or type(x) is not np.ndarray or x.ndim != 4 or type(w) is not np.ndarray:
+            return None
+        try:
+            key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (type(b), b.shape, b.dtype),
+                   self.stride, self.padding, self.dilation, self.groups)
+            hash(key)
+        except TypeError:  # an unhashable padding form: no caching
+            return None
+        if key != self._plan_key:
+            _, _, params, out_shape, _ = F._conv_args(x, w, b, self.stride, self.padding, self.dilation,
+                                                      self.groups, 2, "conv2d")
+            self._plan_key, self._plan = key, (params, out_shape)
+        return self._plan
 
     def _pads(self, spatial):
         return _shapes.resolve_conv_padding(self.padding, tuple(spatial), self.kernel_size,
@@ -386,7 +427,13 @@ class _ConvNd(Module):
 
     def forward(self, x):
         self._x = x
-        return self._fwd(x, self.weight.data, None if self.bias is None else self.bias.data)
+        w = self.weight.data
+        b = None if self.bias is None else self.bias.data
+        plan = self._get_plan(x, w, b)
+        if plan is None:
+            return self._fwd(x, w, b)
+        params, out_shape = plan
+        return F._check_output(_core.conv2d_forward(x, w, b, *params), out_shape, "conv2d")
 
     def backward(self, grad_output, need_input_grad: bool = True):
         if self._x is None:
@@ -395,10 +442,23 @@ class _ConvNd(Module):
                 self.bias is not None and self.bias.requires_grad)
         if not any(mask):
             return None
-        gi, gw, gb = self._bwd(grad_output, self._x, self.weight.data, mask)
-        self.weight.accumulate(gw)
+        x, w = self._x, self.weight.data
+        plan = self._get_plan(x, w, None if self.bias is None else self.bias.data)
+        if (plan is not None and type(grad_output) is np.ndarray and grad_output.dtype == x.dtype
+                and grad_output.shape == plan[1]):
+            params, _ = plan
+            gi, gw, gb = _core.conv2d_backward(grad_output, x, w, *params, *mask)
+            if gi is not None:
+                F._check_output(gi, x.shape, "conv2d_backward grad_input")
+            if gw is not None:
+                F._check_output(gw, w.shape, "conv2d_backward grad_weight")
+            if gb is not None:
+                F._check_output(gb, (w.shape[0],), "conv2d_backward grad_bias")
+        else:
+            gi, gw, gb = self._bwd(grad_output, x, w, mask)
+        self.weight._accumulate_fresh(gw)
         if self.bias is not None:
-            self.bias.accumulate(gb)
+            self.bias._accumulate_fresh(gb)
         return gi
 
     def _shape_info(self, in_shape, rf, jump):
@@ -480,6 +540,12 @@ class _MaxPoolNd(Module):
         self.ceil_mode = bool(ceil_mode)
         self._indices = None
         self._in_shape = None
+        self._plan_key = None  # (input shape, dtype, window): a 2D configuration already validated
+
+    def _key(self, x):
+        if self._nd != 2 or type(x) is not np.ndarray or x.ndim != 4:
+            return None
+        return (x.shape, x.dtype, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def _args(self):
         if self._nd == 1:
@@ -487,11 +553,22 @@ class _MaxPoolNd(Module):
         return self.kernel_size, self.stride, self.padding, self.dilation
 
     def forward(self, x):
-        pool = F.max_pool1d if self._nd == 1 else F.max_pool2d
-        k, s, p, d = self._args()
-        out, idx = pool(x, k, s, p, d, ceil_mode=self.ceil_mode, return_indices=True)
+        key = self._key(x)
+        if key is not None and key == self._plan_key:
+            # this configuration went through the functional checks before: call the kernel
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+            out, idx = _core.max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, self.ceil_mode, True)
+            F._check_output(out, self._out_shape, "max_pool")
+            F._check_output(idx, self._out_shape, "max_pool indices")
+            self._in_shape = x.shape
+        else:
+            pool = F.max_pool1d if self._nd == 1 else F.max_pool2d
+            k, s, p, d = self._args()
+            out, idx = pool(x, k, s, p, d, ceil_mode=self.ceil_mode, return_indices=True)
+            self._in_shape = tuple(np.shape(x))
+            if key is not None:
+                self._plan_key, self._out_shape = key, out.shape
         self._indices = idx
-        self._in_shape = tuple(np.shape(x))
         return (out, idx) if self.return_indices else out
 
     def backward(self, grad_output, need_input_grad: bool = True):
@@ -501,8 +578,14 @@ class _MaxPoolNd(Module):
             grad_output = grad_output[0]
         if not need_input_grad:
             return None
+        idx = self._indices
+        if (self._nd == 2 and type(grad_output) is np.ndarray and grad_output.dtype in F._FLOATS
+                and grad_output.shape == idx.shape and idx.ndim == 4 and len(self._in_shape) == 4):
+            H, W = self._in_shape[2], self._in_shape[3]
+            gi = _core.max_pool2d_backward(grad_output, idx, H, W)
+            return F._check_output(gi, idx.shape[:2] + (H, W), "max_pool backward")
         bwd = F.max_pool1d_backward if self._nd == 1 else F.max_pool2d_backward
-        return bwd(grad_output, self._indices, self._in_shape)
+        return bwd(grad_output, idx, self._in_shape)
 
     def _shape_info(self, in_shape, rf, jump):
         nd = self._nd
@@ -630,6 +713,22 @@ class _BatchNorm(Module):
             self.register_buffer("num_batches_tracked", None)
         self._x = None
         self._batch_stats = True
+        self._saved = None  # (save_mean, save_invstd, eps) of the last training-mode forward
+
+    def _vectors_ok(self, x, vecs) -> bool:
+        """True when every non-None vector is a writable (C,) array of x's dtype and x has a
+        float dtype: the arguments the functional layer would accept without a word, so
+        the kernel can be called directly."""
+        dt = x.dtype
+        if dt not in F._FLOATS:
+            return False
+        c = (x.shape[1],)
+        for v in vecs:
+            if v is not None and (type(v) is not np.ndarray or v.dtype != dt or v.shape != c
+                                  or not v.flags.writeable):
+                return False
+        eps = self.eps
+        return type(eps) is float and 0.0 <= eps < math.inf
 
     def _check(self, x):
         if not isinstance(x, np.ndarray) or x.ndim not in self._ndims:
@@ -654,7 +753,18 @@ class _BatchNorm(Module):
             rm = rv = None  # eval without running stats, or training without tracking
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        out = F.batch_norm(x, rm, rv, w, b, training=use_batch, momentum=momentum, eps=self.eps)
+        self._saved = None
+        if (use_batch and self._vectors_ok(x, (rm, rv, w, b)) and math.isfinite(momentum)
+                and x.size >= 2 * x.shape[1]):
+            # the checks F.batch_norm makes, done above: call the kernel, keeping the batch
+            # statistics for backward
+            out, mean, invstd = _core.batch_norm_forward(x, rm, rv, w, b, True, momentum, self.eps, True)
+            F._check_output(out, x.shape, "batch_norm")
+            F._check_output(mean, (x.shape[1],), "batch_norm")
+            F._check_output(invstd, (x.shape[1],), "batch_norm")
+            self._saved = (mean, invstd, self.eps)
+        else:
+            out = F.batch_norm(x, rm, rv, w, b, training=use_batch, momentum=momentum, eps=self.eps)
         self._x = x
         self._batch_stats = use_batch
         return out
@@ -663,14 +773,25 @@ class _BatchNorm(Module):
         if self._x is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         w = None if self.weight is None else self.weight.data
+        x = self._x
+        saved = self._saved if (self._saved is not None and self._saved[2] == self.eps) else None
         if self._batch_stats:
-            gi, gw, gb = F.batch_norm_backward(grad_output, self._x, w, None, None, training=True, eps=self.eps)
+            if (saved is not None and type(grad_output) is np.ndarray and grad_output.dtype == x.dtype
+                    and grad_output.shape == x.shape and self._vectors_ok(x, (w,))):
+                gi, gw, gb = _core.batch_norm_backward(grad_output, x, w, None, None, True, self.eps,
+                                                       saved[0], saved[1])
+                F._check_output(gi, x.shape, "batch_norm_backward")
+                if w is not None:
+                    F._check_output(gw, w.shape, "batch_norm_backward")
+                    F._check_output(gb, w.shape, "batch_norm_backward")
+            else:
+                gi, gw, gb = F.batch_norm_backward(grad_output, x, w, None, None, training=True, eps=self.eps)
         else:
-            gi, gw, gb = F.batch_norm_backward(grad_output, self._x, w, self.running_mean, self.running_var,
+            gi, gw, gb = F.batch_norm_backward(grad_output, x, w, self.running_mean, self.running_var,
                                                training=False, eps=self.eps)
         if self.weight is not None:
-            self.weight.accumulate(gw)
-            self.bias.accumulate(gb)
+            self.weight._accumulate_fresh(gw)
+            self.bias._accumulate_fresh(gb)
         return gi if need_input_grad else None
 
     def _shape_info(self, in_shape, rf, jump):
@@ -698,6 +819,22 @@ class BatchNorm1d(_BatchNorm):
 # ------------------------------------------------------------------ elementwise and shape
 
 
+_ZEROS = {}  # dtype -> a read-only zero array, grown on demand (see _zeros_like)
+
+
+def _zeros_like(x: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous zero array of x's shape and dtype, a view of a buffer kept
+    per dtype. np.maximum(x, zeros) gives the same values as np.maximum(x, 0) (NaN and
+    signed zeros included) but runs NumPy's vectorised array-array loop, about 3x faster
+    than the scalar-broadcast one."""
+    buf = _ZEROS.get(x.dtype)
+    if buf is None or buf.size < x.size:
+        buf = np.zeros(max(x.size, 4096), x.dtype)
+        buf.flags.writeable = False
+        _ZEROS[x.dtype] = buf
+    return buf[:x.size].reshape(x.shape)
+
+
 class ReLU(Module):
     def __init__(self, inplace: bool = False):
         super().__init__()
@@ -705,7 +842,12 @@ class ReLU(Module):
         self._mask = None
 
     def forward(self, x):
-        out = np.maximum(x, x.dtype.type(0))  # NaN propagates, as torch.relu
+        if type(x) is np.ndarray and x.dtype in F._FLOATS and x.flags.c_contiguous:
+            zero = _zeros_like(x)
+            out = np.maximum(x, zero)  # NaN propagates, as torch.relu
+            self._mask = np.greater(out, zero)
+            return out
+        out = np.maximum(x, x.dtype.type(0))
         self._mask = out > 0
         return out
 
@@ -714,6 +856,10 @@ class ReLU(Module):
             raise RuntimeError("ReLU.backward called before forward")
         if not need_input_grad:
             return None
+        if type(grad_output) is np.ndarray and grad_output.dtype in F._FLOATS:
+            # the same products as grad_output * mask (False -> 0.0, True -> 1.0); NumPy's
+            # bool-to-float conversion inside a multiply is slower than a separate astype
+            return np.multiply(grad_output, self._mask.astype(grad_output.dtype))
         return grad_output * self._mask
 
 
@@ -758,6 +904,8 @@ class Flatten(Module):
         self.start_dim = int(start_dim)
         self.end_dim = int(end_dim)
         self._in_shape = None
+        self._cached_out = None
+        self._shape_key = None
 
     def _out_shape(self, shape):
         nd = len(shape)
@@ -769,8 +917,12 @@ class Flatten(Module):
         return tuple(shape[:s]) + (int(np.prod(shape[s:e + 1])),) + tuple(shape[e + 1:])
 
     def forward(self, x):
-        self._in_shape = x.shape
-        return x.reshape(self._out_shape(x.shape))
+        shape = x.shape
+        if shape != self._in_shape or self._shape_key != (self.start_dim, self.end_dim):
+            self._cached_out = self._out_shape(shape)
+            self._shape_key = (self.start_dim, self.end_dim)
+        self._in_shape = shape
+        return x.reshape(self._cached_out)
 
     def backward(self, grad_output, need_input_grad: bool = True):
         if not need_input_grad:
@@ -808,26 +960,30 @@ class Linear(Module):
         self._in_shape = None
 
     def forward(self, x):
-        F._check_array(x, "input")
-        F._check_same_dtype(x, weight=self.weight.data)
+        w = self.weight.data
+        if not (type(x) is np.ndarray and x.dtype == w.dtype and x.dtype in F._FLOATS):
+            F._check_array(x, "input")
+            F._check_same_dtype(x, weight=w)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: input of shape {x.shape} does not end in in_features={self.in_features}")
         self._in_shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         self._x2 = x2
-        y = _matmul(x2, self.weight.data.T)
+        y = _matmul(x2, w.T)
         if self.bias is not None:
             y += self.bias.data
-        return y.reshape(x.shape[:-1] + (self.out_features,))
+        return y if x.ndim == 2 else y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, grad_output, need_input_grad: bool = True):
         if self._x2 is None:
             raise RuntimeError("Linear.backward called before forward")
-        g2 = np.asarray(grad_output).reshape(-1, self.out_features)
+        g2 = np.asarray(grad_output)
+        if g2.ndim != 2 or g2.shape[1] != self.out_features:
+            g2 = g2.reshape(-1, self.out_features)
         if self.weight.requires_grad:
-            self.weight.accumulate(_matmul(g2.T, self._x2))
+            self.weight._accumulate_fresh(_matmul(g2.T, self._x2))
         if self.bias is not None and self.bias.requires_grad:
-            self.bias.accumulate(g2.sum(axis=0, dtype=np.float64).astype(g2.dtype))
+            self.bias._accumulate_fresh(g2.sum(axis=0, dtype=np.float64).astype(g2.dtype))
         if not need_input_grad:
             return None
         return _matmul(g2, self.weight.data).reshape(self._in_shape)
@@ -857,6 +1013,7 @@ class CrossEntropyLoss:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
         self._cache = None
+        self._rows = None  # np.arange(N), kept between calls
 
     def __call__(self, logits, targets):
         return self.forward(logits, targets)
@@ -873,11 +1030,14 @@ class CrossEntropyLoss:
             raise ValueError(f"targets must have shape ({n},), got {t.shape}")
         if n and (t.min() < 0 or t.max() >= c):
             raise IndexError(f"targets must lie in [0, {c}), got values in [{t.min()}, {t.max()}]")
-        z = logits.astype(np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
-        logp = z - lse
-        rows = np.arange(n)
+        # in place on one float64 copy: the same operations (and bits) as
+        # z = x - max(x); logp = z - log(sum(exp(z)))
+        logp = logits.astype(np.float64)
+        logp -= logp.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        rows = self._rows
+        if rows is None or rows.shape[0] != n:
+            rows = self._rows = np.arange(n)
         total = -logp[rows, t].sum()
         self._cache = (logp, t, logits.dtype)
         if self.reduction == "mean":
@@ -890,9 +1050,10 @@ class CrossEntropyLoss:
         logp, t, dt = self._cache
         n = logp.shape[0]
         g = np.exp(logp)
-        g[np.arange(n), t] -= 1.0
+        g[self._rows, t] -= 1.0
         if self.reduction == "mean" and n:
-            g /= n
+            # divided in float64, rounded once to the logits' dtype (as g /= n; g.astype(dt))
+            return np.divide(g, n, out=np.empty(g.shape, dt), casting="same_kind")
         return g.astype(dt)
 
 

@@ -63,7 +63,7 @@ class Optimizer:
         ps = self.params
         off = self._offsets
         if self._one_dtype and all(p.grad is not None for p in ps) and len(set(self._steps)) == 1:
-            g = np.concatenate([p.grad.reshape(-1) for p in ps])
+            g = np.concatenate([p.grad for p in ps], axis=None)  # axis=None: flattened, in order
             return [_Unit(g, slice(0, off[-1]), list(range(len(ps))), off)]
         units = []
         for i, p in enumerate(ps):
@@ -79,13 +79,16 @@ class Optimizer:
         return np.concatenate([self.params[i].data.reshape(-1) for i in u.params])
 
     def _apply(self, u: _Unit, delta: np.ndarray) -> None:
-        """p.data -= delta (flat, in the unit's layout)."""
-        start = u.offsets[0]
+        """p.data -= delta (flat, in the unit's layout), in place."""
+        params, steps, off = self.params, self._steps, u.offsets
+        start = off[0]
         for k, i in enumerate(u.params):
-            p = self.params[i]
-            lo, hi = u.offsets[k] - start, u.offsets[k + 1] - start
-            p.data -= delta[lo:hi].reshape(p.data.shape).astype(p.data.dtype, copy=False)
-            self._steps[i] += 1
+            d = params[i].data
+            seg = delta[off[k] - start:off[k + 1] - start].reshape(d.shape)
+            if seg.dtype != d.dtype:
+                seg = seg.astype(d.dtype)
+            np.subtract(d, seg, out=d)
+            steps[i] += 1
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:

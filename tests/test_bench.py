@@ -222,3 +222,53 @@ def test_thread_control_gives_torch_the_requested_threads():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[(1, 1), (2, 2), (1, 1), (2, 2)]"
+
+
+def test_unimportable_pyconv_is_one_clear_error(famdir, tmp_path):
+    """Without an importable pyconv the harness says so once, with the install command,
+    and exits non-zero (not a table of 'setup error' rows and exit 0). A shadow package
+    that fails to import stands in for a checkout that was never built or installed."""
+    shadow = tmp_path / "shadow"
+    (shadow / "pyconv").mkdir(parents=True)
+    (shadow / "pyconv" / "__init__.py").write_text("raise ImportError('no compiled extension here')\n")
+    env = dict(os.environ, PYTHONPATH=str(shadow))
+    env.pop("PYCONV_BENCH_PATH", None)
+    p = subprocess.run([sys.executable, RUN, "--path", str(famdir), "--family", "fakeok", "--threads", "1",
+                        "--budget", "0.005", "--bw-mib", "2"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert p.returncode != 0
+    assert p.stderr.count("pyconv is not importable") == 1, p.stderr
+    assert "no compiled extension here" in p.stderr and 'pip install ".[bench]"' in p.stderr
+    assert "setup error" not in p.stdout and "## fake" not in p.stdout
+
+
+def test_reference_is_timed_after_the_interleaved_rounds():
+    """pyconv and torch alternate; the NumPy reference runs in its own phase afterwards
+    (its BLAS threads must not run beside the pyconv rounds), at every thread count."""
+    code = textwrap.dedent(f"""
+        import sys, types
+        sys.path.insert(0, {os.path.join(ROOT, 'bench')!r})
+        import run
+        from common import Workload
+        log = []
+        calls = {{k: (lambda k=k: log.append(k)) for k in ("pyconv", "torch", "reference")}}
+        wl = Workload("fake", "order", "fwd", "flops", 1.0, lambda: dict(calls))
+        args = types.SimpleNamespace(no_torch=False, no_reference=False, budget=10.0, min_repeats=3,
+                                     max_repeats=3, ref_limit=10.0)
+        class TC:
+            def set(self, t):
+                log.append(t)
+        roofs = {{"fma": {{}}, "bandwidth": {{}}}}
+        rows = run.bench_workload("fake", wl, [1, 2], TC(), roofs, args)
+        assert [r["reference_n"] for r in rows] == [3, 3], rows
+        print(log)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    log = eval(out.stdout.strip())
+    for t in (1, 2):
+        seg = log[log.index(t) + 1:(log.index(2) if t == 1 else len(log))]
+        first_ref = seg.index("reference")
+        assert seg.count("pyconv") >= 3 and seg.count("torch") >= 3
+        assert all(k == "reference" for k in seg[first_ref:])       # nothing after the reference starts
+        assert "reference" not in seg[:first_ref]

@@ -666,3 +666,125 @@ def test_optimiser_flat_path_equals_per_parameter_path(make, rng):
         for p, q in zip(pa, pb):
             assert np.array_equal(p.data, q.data)
     assert not np.array_equal(pa[0].data, data[0])
+
+
+# ------------------------------------------------------------------ layer fast paths
+# Once a configuration has passed the functional layer's checks, Conv2d, MaxPool2d and
+# BatchNorm call the kernels directly. These tests pin that the direct calls give the
+# functional API's results bit for bit, follow changes of shape, dtype and settings, and
+# still raise the functional layer's errors.
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_layer_fast_paths_equal_functional_calls(dt, rng):
+    conv = nn.Conv2d(3, 5, 3, stride=(1, 2), padding=((1, 0), (2, 1)), dtype=dt, rng=rng)
+    pool = nn.MaxPool2d(2, stride=1, padding=1)
+    bn = nn.BatchNorm2d(5, dtype=dt)
+    for n, h, w in ((2, 7, 9), (2, 7, 9), (3, 6, 5), (2, 7, 9)):  # repeats, a new shape, back again
+        x = rng.standard_normal((n, 3, h, w)).astype(dt)
+        y = conv(x)
+        assert np.array_equal(y, pyconv.conv2d(x, conv.weight.data, conv.bias.data, (1, 2), ((1, 0), (2, 1))))
+        rm0, rv0 = bn.running_mean.copy(), bn.running_var.copy()
+        z = bn(y)
+        ref = pyconv.batch_norm(y, rm0, rv0, bn.weight.data, bn.bias.data, training=True)
+        assert np.array_equal(z, ref)
+        assert np.array_equal(bn.running_mean, rm0) and np.array_equal(bn.running_var, rv0)
+        p, idx = pool(z), pool._indices
+        pr, ir = pyconv.max_pool2d(z, 2, 1, 1, return_indices=True)
+        assert np.array_equal(p, pr) and np.array_equal(idx, ir)
+
+        gp = rng.standard_normal(p.shape).astype(dt)
+        gz = pool.backward(gp)
+        assert np.array_equal(gz, pyconv.max_pool2d_backward(gp, ir, z.shape))
+        conv.zero_grad()
+        bn.zero_grad()
+        gy = bn.backward(gz)
+        gy_ref, gw_ref, gb_ref = pyconv.batch_norm_backward(gz, y, bn.weight.data, training=True)
+        # the layer reuses the forward's batch statistics; float32 gives the same bits
+        # as recomputing them, float64 can differ in the last place
+        tol = dict(rtol=0, atol=0) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gy, gy_ref, **tol)
+        np.testing.assert_allclose(bn.weight.grad, gw_ref, **tol)
+        np.testing.assert_allclose(bn.bias.grad, gb_ref, **tol)
+        gx = conv.backward(gy)
+        gx_ref, gw, gb = pyconv.conv2d_backward(gy, x, conv.weight.data, (1, 2), ((1, 0), (2, 1)))
+        assert np.array_equal(gx, gx_ref) and np.array_equal(conv.weight.grad, gw)
+        assert np.array_equal(conv.bias.grad, gb)
+
+
+def test_layer_fast_paths_follow_setting_changes_and_keep_errors(rng):
+    conv = nn.Conv2d(2, 4, 3, padding=1, rng=rng)
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    conv(x)
+    conv(x)
+    conv.stride = (2, 2)  # a changed setting takes effect at once
+    assert conv(x).shape == (2, 4, 3, 3)
+    assert np.array_equal(conv(x), pyconv.conv2d(x, conv.weight.data, conv.bias.data, 2, 1))
+    with pytest.raises(TypeError, match="share one dtype"):
+        conv(x.astype(np.float64))
+    with pytest.raises(ValueError, match="weight.shape\\[1\\]"):
+        conv(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    conv(x)
+    with pytest.raises(ValueError, match="grad_output must have shape"):
+        conv.backward(np.zeros((2, 4, 6, 6), np.float32))
+    with pytest.raises(TypeError, match="share one dtype"):
+        conv.backward(np.zeros((2, 4, 3, 3), np.float64))
+
+    pool = nn.MaxPool2d(2)
+    pool(x)
+    pool(x)
+    with pytest.raises(TypeError, match="dtype float32 or float64"):
+        pool(x.astype(np.int32))
+    pool.kernel_size = (3, 3)
+    assert np.array_equal(pool(x), pyconv.max_pool2d(x, 3, 2))
+    with pytest.raises(TypeError, match="grad_output"):
+        pool.backward(np.zeros((2, 2, 2, 2), np.int64))
+
+    bn = nn.BatchNorm2d(2)
+    bn(x)
+    with pytest.raises(TypeError, match="share one dtype"):
+        bn(x.astype(np.float64))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(x[:1, :, :1, :1])
+    bn(x)
+    with pytest.raises(ValueError, match="grad_output shape"):
+        bn.backward(np.zeros((2, 2, 6, 5), np.float32))
+    bn.eps = 0.5  # statistics saved under another eps are not reused
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    bn.zero_grad()
+    got = bn.backward(g)
+    assert np.array_equal(got, pyconv.batch_norm_backward(g, x, bn.weight.data, eps=0.5)[0])
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_relu_matches_numpy_maximum_bitwise(dt, rng):
+    special = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-40, -1e-40, 2.5, -2.5], dt)
+    x = np.concatenate([special, rng.standard_normal(1000).astype(dt)]).reshape(2, -1, 5)
+    relu = nn.ReLU()
+    ibits = np.int32 if dt == np.float32 else np.int64
+    for arr in (x, x[:, ::-1], np.asfortranarray(x)):  # contiguous (fast path) and other layouts
+        y = relu(arr)
+        assert np.array_equal(y.view(ibits), np.maximum(arr, dt(0)).view(ibits))
+        g = rng.standard_normal(arr.shape).astype(dt)
+        assert np.array_equal(relu.backward(g), g * (np.maximum(arr, dt(0)) > 0))
+    big = rng.standard_normal((3, 4000)).astype(dt)  # larger than any earlier input
+    assert np.array_equal(relu(big), np.maximum(big, dt(0)))
+
+
+def test_fresh_gradients_are_owned_and_accumulate(rng):
+    lin = nn.Linear(4, 3, rng=rng)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    g = rng.standard_normal((5, 3)).astype(np.float32)
+    lin(x)
+    lin.backward(g)
+    first = lin.weight.grad.copy()
+    assert lin.weight.grad.flags.writeable and lin.weight.grad.flags.owndata
+    lin(x)
+    lin.backward(g)
+    assert np.array_equal(lin.weight.grad, first + first)  # the second pass adds
+    np.testing.assert_allclose(first, g.T.astype(F64) @ x, rtol=1e-5, atol=1e-6)
+    conv = nn.Conv2d(1, 2, 3, rng=rng)
+    conv.weight.requires_grad = False
+    conv(rng.standard_normal((1, 1, 5, 5)).astype(np.float32))
+    conv.backward(np.ones((1, 2, 3, 3), np.float32))
+    assert conv.weight.grad is None and conv.bias.grad is not None
