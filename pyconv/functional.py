@@ -112,16 +112,52 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, nd, name)
     return x, weight, params, (x.shape[0], cout) + tuple(out), batched
 
 
-def _conv_forward(input, weight, bias, stride, padding, dilation, groups, nd, name):
+_ALGORITHMS = ("auto", "pointwise", "depthwise", "winograd", "generic")
+
+
+def _check_algorithm(algorithm, name):
+    if not isinstance(algorithm, str):
+        raise TypeError(f"{name}: algorithm must be a str, got {type(algorithm).__name__}")
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(f"{name}: algorithm must be one of {', '.join(map(repr, _ALGORITHMS))}, "
+                         f"got {algorithm!r}")
+    return algorithm
+
+
+def _run_forced(fn, algorithm, name, *args):
+    """Calls a _core convolution entry point with a forced path; a path that does not
+    support the parameters is reported in terms of the public `algorithm` argument."""
+    try:
+        return fn(*args, algorithm)
+    except ValueError as e:
+        if algorithm != "auto" and "does not support" in str(e):
+            raise ValueError(f"{name}: algorithm={algorithm!r} does not support these parameters "
+                             f"(it needs: {_ALGORITHM_NEEDS[algorithm]}); use algorithm='auto'") from None
+        raise
+
+
+_ALGORITHM_NEEDS = {
+    "pointwise": "a 1x1 kernel, stride 1, no padding",
+    "depthwise": "C_in/groups == 1 with groups > 1",
+    "winograd": "a 3x3 kernel, stride 1, dilation 1",
+    "generic": "nothing: it runs every convolution",
+}
+
+
+def _conv_forward(input, weight, bias, stride, padding, dilation, groups, nd, name, algorithm="auto"):
+    _check_algorithm(algorithm, name)
     x, w, params, out_shape, batched = _conv_args(input, weight, bias, stride, padding, dilation,
                                                   groups, nd, name)
-    y = _check_output(_core.conv2d_forward(x, w, bias, *params), out_shape, name)
+    y = _check_output(_run_forced(_core.conv2d_forward, algorithm, name, x, w, bias, *params),
+                      out_shape, name)
     if nd == 1:
         y = y[:, :, 0, :]
     return y if batched else y[0]
 
 
-def _conv_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask, nd, name):
+def _conv_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask, nd, name,
+                   algorithm="auto"):
+    _check_algorithm(algorithm, name)
     x, w, params, out_shape, batched = _conv_args(input, weight, None, stride, padding, dilation,
                                                   groups, nd, name)
     _check_array(grad_output, "grad_output")
@@ -137,7 +173,7 @@ def _conv_backward(grad_output, input, weight, stride, padding, dilation, groups
     dy = grad_output if batched else grad_output[None]
     if nd == 1:
         dy = dy[:, :, None, :]
-    gi, gw, gb = _core.conv2d_backward(dy, x, w, *params, *mask)
+    gi, gw, gb = _run_forced(_core.conv2d_backward, algorithm, name, dy, x, w, *params, *mask)
     if gi is not None:
         gi = _check_output(gi, x.shape, name + " grad_input")
         if nd == 1:
@@ -153,31 +189,33 @@ def _conv_backward(grad_output, input, weight, stride, padding, dilation, groups
     return gi, gw, gb
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
     """2D convolution (cross-correlation) of NCHW or CHW input with weight
     (C_out, C_in/groups, kH, kW). padding: int, (ph, pw), ((top, bottom), (left, right)),
-    'valid' or 'same'."""
-    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d")
+    'valid' or 'same'. algorithm: 'auto' (the measured candidate list) or a forced lowering,
+    see _ALGORITHMS; 'generic' sums every output in the direct order, 'winograd' (which
+    'auto' takes for 3x3 stride-1 convolutions with enough channels) does not."""
+    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d", algorithm)
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
     """1D convolution of NCL or CL input with weight (C_out, C_in/groups, k). padding: int,
     (p,), (lo, hi), ((lo, hi),), 'valid', 'same' or 'causal'."""
-    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d")
+    return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d", algorithm)
 
 
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
-                    output_mask=(True, True, True)):
+                    output_mask=(True, True, True), *, algorithm="auto"):
     """(grad_input, grad_weight, grad_bias) of conv2d; slots whose mask is False are None."""
     return _conv_backward(grad_output, input, weight, stride, padding, dilation, groups,
-                          output_mask, 2, "conv2d_backward")
+                          output_mask, 2, "conv2d_backward", algorithm)
 
 
 def conv1d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1,
-                    output_mask=(True, True, True)):
+                    output_mask=(True, True, True), *, algorithm="auto"):
     """(grad_input, grad_weight, grad_bias) of conv1d; slots whose mask is False are None."""
     return _conv_backward(grad_output, input, weight, stride, padding, dilation, groups,
-                          output_mask, 1, "conv1d_backward")
+                          output_mask, 1, "conv1d_backward", algorithm)
 
 
 # ============================ end conv ============================

@@ -814,3 +814,52 @@ def test_weight_grad_pieces_reproducible(dtype, shape, wshape, kw):
     terms = int(np.prod(dy.shape[2:])) * shape[0]
     bound = rbwd(np.abs(dy).astype(np.float64), np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), **kw)[1]
     _assert_close(got[0], want.astype(dtype), bound, np.sqrt(terms))
+
+
+# ---------------------------------------------------------------- public algorithm choice
+
+def test_algorithm_keyword_selects_the_lowering():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 32, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 32, 12, 12)).astype(np.float32)
+    kw = dict(padding=1)
+    for alg in ("winograd", "generic"):
+        y = pyconv.conv2d(x, w, algorithm=alg, **kw)
+        np.testing.assert_array_equal(y, _core.conv2d_forward(x, w, None, 1, 1, 1, 1, 1, 1, 1, 1, 1, alg))
+        g = pyconv.conv2d_backward(dy, x, w, algorithm=alg, **kw)
+        c = _core.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1, True, True, True, alg)
+        for a, b in zip(g, c):
+            np.testing.assert_array_equal(a, b)
+    # the two lowerings sum in different orders: equal to tolerance, not bit for bit
+    yr = ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, **kw)
+    bound = 32 * 9 * 2.0**-24 * ref.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), None, **kw)
+    for alg in ("auto", "winograd", "generic"):
+        err = np.abs(pyconv.conv2d(x, w, algorithm=alg, **kw) - yr)
+        assert np.all(err <= 4 * bound + 1e-6), alg
+    # integer-valued data: every lowering is exact
+    xi, wi = np.round(x * 2), np.round(w * 2)
+    want = ref.conv2d(xi, wi, None, **kw)
+    for alg in ("auto", "winograd", "generic"):
+        np.testing.assert_array_equal(pyconv.conv2d(xi, wi, algorithm=alg, **kw), want)
+    # conv1d: a depthwise and a pointwise case through their named lowerings
+    x1 = rng.standard_normal((2, 6, 20))
+    np.testing.assert_array_equal(pyconv.conv1d(x1, np.ones((6, 1, 3)), groups=6, algorithm="depthwise"),
+                                  pyconv.conv1d(x1, np.ones((6, 1, 3)), groups=6, algorithm="auto"))
+    np.testing.assert_array_equal(pyconv.conv1d(x1, np.ones((4, 6, 1)), algorithm="pointwise"),
+                                  pyconv.conv1d(x1, np.ones((4, 6, 1))))
+
+
+def test_algorithm_keyword_errors():
+    x = np.ones((1, 4, 6, 6))
+    w = np.ones((4, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"algorithm='winograd' does not support.*3x3"):
+        pyconv.conv2d(x, w, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"algorithm='pointwise' does not support"):
+        pyconv.conv2d_backward(np.ones((1, 4, 2, 2)), x, w, algorithm="pointwise")
+    with pytest.raises(ValueError, match=r"algorithm must be one of"):
+        pyconv.conv2d(x, w, algorithm="fft")
+    with pytest.raises(TypeError, match=r"algorithm must be a str"):
+        pyconv.conv1d(np.ones((1, 4, 6)), np.ones((4, 4, 3)), algorithm=None)
+    with pytest.raises(TypeError):
+        pyconv.conv2d(x, w, None, 1, 0, 1, 1, "generic")  # keyword-only
