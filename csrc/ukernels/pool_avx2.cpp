@@ -189,6 +189,7 @@ inline void zero_range(T* out, i64 a, i64 b) {
 // One output (scalar): false if its index is not in its window.
 template <typename T>
 inline bool bwd_2x2_one(T gv, i64 j, i64 base, i64 W, T* r0, T* r1, i64 c) {
+  if (j < base || j > base + W + 1) return false;  // also keeps j - base from overflowing
   const i64 rel = j - base;
   const T v = gv + T(0);
   const T z = T(0);
