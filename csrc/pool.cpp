@@ -292,12 +292,25 @@ i64 first_bad(const i64* idx, i64 n, i64 limit) {
 // block of kScatterBlock elements. False at the first bad index.
 constexpr i64 kScatterBlock = 256;
 
+inline bool scatter_add_block(const float* s, const i64* i, i64 n, i64 lim, float* d) {
+  return pool_avx2::scatter_add_block_f32(s, i, n, lim, d);
+}
+inline bool scatter_add_block(const double* s, const i64* i, i64 n, i64 lim, double* d) {
+  return pool_avx2::scatter_add_block_f64(s, i, n, lim, d);
+}
+
 template <typename T, bool ACCUMULATE, typename Pump>
 bool scatter_plane(i64 src_plane, i64 dst_plane, const T* sp, const i64* ip, T* dp, Pump&& pump) {
   std::memset(dp, 0, sizeof(T) * static_cast<std::size_t>(dst_plane));
   const std::uint64_t lim = static_cast<std::uint64_t>(dst_plane);
+  const bool vec = ACCUMULATE && has_avx2();
   for (i64 i0 = 0; i0 < src_plane; i0 += kScatterBlock) {
     const i64 i1 = std::min(src_plane, i0 + kScatterBlock);
+    if (vec) {
+      if (!scatter_add_block(sp + i0, ip + i0, i1 - i0, dst_plane, dp)) return false;
+      pump();
+      continue;
+    }
     for (i64 i = i0; i < i1; ++i) {
       const i64 j = ip[i];
       if (static_cast<std::uint64_t>(j) >= lim) return false;

@@ -291,6 +291,49 @@ bool bwd_2x2_rows_f64(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo,
   });
 }
 
+namespace {
+// dst[idx[i]] += src[i] for i in [0, n) in order, after checking the whole block of
+// indices against [0, limit) with vector compares (nothing is written if one is bad).
+template <typename T>
+inline bool scatter_add_block(const T* src, const i64* idx, i64 n, i64 limit, T* dst) {
+  constexpr i64 kAhead = 1024;
+  const __m256i lim = _mm256_set1_epi64x(limit - 1);
+  const __m256i neg = _mm256_set1_epi64x(-1);
+  __m256i bad = _mm256_setzero_si256();
+  i64 i = 0;
+  for (; i + 4 <= n; i += 4) {
+    // the streams run ahead of the hardware prefetcher's reach: ask for the lines a few
+    // blocks ahead (prefetches never fault, so running past the arrays is harmless)
+    if ((i & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(idx + i + kAhead), _MM_HINT_T0);
+    if ((i & 15) == 0)
+      _mm_prefetch(reinterpret_cast<const char*>(src + i + kAhead), _MM_HINT_T0);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
+    bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(v, lim), _mm256_cmpgt_epi64(neg, v)));
+  }
+  std::uint64_t tail_bad = 0;
+  for (; i < n; ++i)
+    tail_bad |= static_cast<std::uint64_t>(idx[i]) >= static_cast<std::uint64_t>(limit);
+  if (!_mm256_testz_si256(bad, bad) || tail_bad) return false;
+  i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const i64 j0 = idx[i], j1 = idx[i + 1], j2 = idx[i + 2], j3 = idx[i + 3];
+    dst[j0] += src[i];
+    dst[j1] += src[i + 1];
+    dst[j2] += src[i + 2];
+    dst[j3] += src[i + 3];
+  }
+  for (; i < n; ++i) dst[idx[i]] += src[i];
+  return true;
+}
+}  // namespace
+
+bool scatter_add_block_f32(const float* src, const i64* idx, i64 n, i64 limit, float* dst) {
+  return scatter_add_block<float>(src, idx, n, limit, dst);
+}
+bool scatter_add_block_f64(const double* src, const i64* idx, i64 n, i64 limit, double* dst) {
+  return scatter_add_block<double>(src, idx, n, limit, dst);
+}
+
 void stream_lines(void* dst, const void* src, i64 lines) {
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
