@@ -298,7 +298,7 @@ template <typename T>
 inline bool scatter_add_block(const T* src, const i64* idx, i64 n, i64 limit, T* dst) {
   constexpr i64 kAhead = 1024;
   const __m256i lim = _mm256_set1_epi64x(limit - 1);
-  const __m256i neg = _mm256_set1_epi64x(-1);
+  const __m256i zero = _mm256_setzero_si256();
   __m256i bad = _mm256_setzero_si256();
   i64 i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -308,7 +308,7 @@ inline bool scatter_add_block(const T* src, const i64* idx, i64 n, i64 limit, T*
     if ((i & 15) == 0)
       _mm_prefetch(reinterpret_cast<const char*>(src + i + kAhead), _MM_HINT_T0);
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
-    bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(v, lim), _mm256_cmpgt_epi64(neg, v)));
+    bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(v, lim), _mm256_cmpgt_epi64(zero, v)));
   }
   std::uint64_t tail_bad = 0;
   for (; i < n; ++i)
