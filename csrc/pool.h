@@ -99,8 +99,9 @@ bool bwd_2x2_rows_f64(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo,
 bool scatter_add_block_f32(const float* src, const i64* idx, i64 n, i64 limit, float* dst);
 bool scatter_add_block_f64(const double* src, const i64* idx, i64 n, i64 limit, double* dst);
 // Copies `lines` 64-byte lines from src to the 64-byte aligned dst with non-temporal
-// stores (no read for ownership); store_fence() orders them before later stores.
-void stream_lines(void* dst, const void* src, i64 lines);
+// stores (no read for ownership), zeroing each src line after it if zero_src;
+// store_fence() orders them before later stores.
+void stream_lines(void* dst, void* src, i64 lines, bool zero_src);
 void store_fence();
 }  // namespace pool_avx2
 

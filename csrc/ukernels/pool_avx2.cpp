@@ -334,14 +334,19 @@ bool scatter_add_block_f64(const double* src, const i64* idx, i64 n, i64 limit, 
   return scatter_add_block<double>(src, idx, n, limit, dst);
 }
 
-void stream_lines(void* dst, const void* src, i64 lines) {
+void stream_lines(void* dst, void* src, i64 lines, bool zero_src) {
   char* d = static_cast<char*>(dst);
-  const char* s = static_cast<const char*>(src);
+  char* s = static_cast<char*>(src);
+  const __m256i z = _mm256_setzero_si256();
   for (i64 i = 0; i < lines * 64; i += 64) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
     _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), a);
     _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    if (zero_src) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + i), z);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + i + 32), z);
+    }
   }
 }
 
