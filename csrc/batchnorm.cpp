@@ -248,6 +248,19 @@ void s_col_scale(const T* dy, T* dx, i64 w, const T* a, bool) {
   for (i64 j = 0; j < w; ++j) dx[j] = dy[j] * a[j];
 }
 
+template <typename T>
+void s_norm_runs(const T* x, T* y, i64 nruns, i64 S, const bn::Coef<T>* coef, i64 c, i64 C) {
+  for (i64 r = 0; r < nruns; ++r) {
+    s_norm<T>(x + r * S, y + r * S, S, coef[c], false);
+    if (++c == C) c = 0;
+  }
+}
+
+template <typename T>
+void s_copy_out(T* dst, const T* src, i64 n, bool) {
+  std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(n));
+}
+
 void s_fence() {}
 
 template <typename T>
@@ -268,6 +281,8 @@ bn::Ops<T> make_scalar_ops() {
   o.col_norm = &s_col_norm<T>;
   o.col_dx = &s_col_dx<T>;
   o.col_scale = &s_col_scale<T>;
+  o.norm_runs = &s_norm_runs<T>;
+  o.copy_out = &s_copy_out<T>;
   o.fence = &s_fence;
   return o;
 }
@@ -765,6 +780,47 @@ const Ops<double>& scalar_ops_f64() {
 }
 }  // namespace bn
 
+// Eval forward in memory order: the (n, c) runs are split into one contiguous range per
+// thread and walked linearly (the hardware prefetcher sees one stream in, one out). Long
+// runs go straight to norm; short runs (S < kChunkedMinS) are normalised a chunk of whole
+// runs at a time into a per-thread staging buffer (L1) placed at the destination's
+// alignment, then copied out (non-temporal for large outputs). Element-wise only: any
+// split gives the same bits.
+constexpr i64 kRunsMinS = 8;            // shorter runs keep the column scheme
+constexpr i64 kRunStageElems = 2048;    // elements per staged chunk (about)
+
+template <typename T>
+void eval_forward_runs(const bn::Ops<T>& ops, const T* x, T* y, i64 N, i64 C, i64 S,
+                       const bn::Coef<T>* coef, bool stream, int threads) {
+  const i64 runs = N * C;
+  const bool staged = S < kChunkedMinS;
+  const i64 per = std::max<i64>(1, kRunStageElems / S);
+  const std::size_t stride = round64(static_cast<std::size_t>(per * S + 16) * sizeof(T) + 64);
+  char* stage = staged ? static_cast<char*>(scratch(kScratchOp0, stride * threads)) : nullptr;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int t = 0; t < threads; ++t) {
+    const i64 r0 = runs * t / threads, r1 = runs * (t + 1) / threads;
+    if (!staged) {
+      i64 c = r0 % C;
+      for (i64 r = r0; r < r1; ++r) {
+        ops.norm(x + r * S, y + r * S, S, coef[c], stream);
+        if (++c == C) c = 0;
+      }
+    } else {
+      char* mine = stage + stride * static_cast<std::size_t>(thread_index());
+      for (i64 r = r0; r < r1; r += per) {
+        const i64 nr = std::min(per, r1 - r);
+        T* dst = y + r * S;
+        const std::size_t mis = reinterpret_cast<std::uintptr_t>(dst) & 63;
+        T* buf = reinterpret_cast<T*>(mine + (mis % sizeof(T) == 0 ? mis : 0));
+        ops.norm_runs(x + r * S, buf, nr, S, coef, r % C, C);
+        ops.copy_out(dst, buf, nr * S, stream);
+      }
+    }
+    if (stream) ops.fence();
+  }
+}
+
 template <typename T>
 void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training,
                        const double* mean_in, const double* var_in, const double* weight,
@@ -796,6 +852,10 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
 
   if (!training)
     for (i64 c = 0; c < C; ++c) coef_from(c, mean_in[c], var_in[c]);
+  if (!training && S >= kRunsMinS) {
+    eval_forward_runs<T>(*k.ops, x, y, N, C, S, st.coef, k.stream, plan.threads);
+    return;
+  }
   const i64 units = plan.units();
   if (!training || !plan.split) {
     // Each unit: statistics (from memory), then the normalising pass (from L2).
