@@ -290,7 +290,7 @@ i64 first_bad(const i64* idx, i64 n, i64 limit) {
 // Zero a plane of dst_plane elements (unless it is known to be zero), then scatter src through idx in scan order,
 // checking every index before its element is written; pump() is called after every
 // block of kScatterBlock elements. False at the first bad index.
-constexpr i64 kScatterBlock = 256;
+constexpr i64 kScatterBlock = 64;
 
 inline bool scatter_add_block(const float* s, const i64* i, i64 n, i64 lim, float* d) {
   return pool_avx2::scatter_add_block_f32(s, i, n, lim, d);
