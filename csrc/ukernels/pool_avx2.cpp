@@ -209,6 +209,15 @@ inline bool bwd_2x2_rows(const T* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i
     const T* gr = g + oh * wo;
     const i64* ir = idx + oh * wo;
     const i64 rbase = 2 * oh * W;
+    // the index and grad streams, a few rows ahead (prefetches never fault)
+    {
+      constexpr i64 kAhead = 1024;
+      const char* pi = reinterpret_cast<const char*>(ir + kAhead);
+      const char* pg = reinterpret_cast<const char*>(gr + kAhead);
+      const i64 ib = wo * 8, gb = wo * static_cast<i64>(sizeof(T));
+      for (i64 o = 0; o < ib; o += 64) _mm_prefetch(pi + o, _MM_HINT_T0);
+      for (i64 o = 0; o < gb; o += 64) _mm_prefetch(pg + o, _MM_HINT_T0);
+    }
     i64 ow = 0;
     for (; ow + lanes <= wo; ow += lanes)
       if (!step(gr + ow, ir + ow, rbase + 2 * ow, r0 + 2 * ow, r1 + 2 * ow)) return false;
