@@ -409,6 +409,31 @@ def test_backward_streamed_bad_index_reported(pos, bad):
         pyconv.set_num_threads(threads)
 
 
+def test_unpool_streamed_large_equals_reference():
+    """Unpooling into a destination over 8 MiB (staged planes, zeroed as they stream out
+    and reused): equal to the reference (a duplicated index with another value: the later
+    element wins) and to a NumPy scatter elsewhere, at 1, 2 and 3 threads."""
+    rng = np.random.default_rng(9)
+    shape = (8, 48, 80, 84)
+    x = int_values(rng, shape, np.float32, -50, 50)
+    out, idx = pyconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    idx[1, 3, 4, 5] = idx[1, 3, 4, 6]
+    out[1, 3, 4, 5] = 1000.0  # the earlier write, overwritten by out[1, 3, 4, 6]
+    planes = shape[0] * shape[1]
+    want = np.zeros((planes, shape[2] * shape[3]), np.float32)
+    np.put_along_axis(want, idx.reshape(planes, -1), out.reshape(planes, -1), axis=1)
+    want = want.reshape(shape)
+    want[:2] = ref.max_unpool2d(out[:2], idx[:2], 3, 2, 1, output_size=shape[2:])
+    assert want[1, 3].max() < 1000.0
+    threads = pyconv.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            same(pyconv.max_unpool2d(out, idx, 3, 2, 1, output_size=shape[2:]), want)
+    finally:
+        pyconv.set_num_threads(threads)
+
+
 def test_threads_bitwise_equal(rng):
     x = rng.standard_normal((4, 8, 40, 50)).astype(np.float32)
     before = pyconv.get_num_threads()
