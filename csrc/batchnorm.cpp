@@ -808,7 +808,7 @@ const Ops<double>& scalar_ops_f64() {
 // alignment, then copied out (non-temporal for large outputs). Element-wise only: any
 // split gives the same bits.
 constexpr i64 kRunsMinS = 8;            // shorter runs keep the column scheme
-constexpr i64 kRunStageElems = 2048;    // elements per staged chunk (about)
+constexpr i64 kRunStageElems = 1024;    // elements per staged chunk (about)
 
 template <typename T>
 void eval_forward_runs(const bn::Ops<T>& ops, const T* x, T* y, i64 N, i64 C, i64 S,
