@@ -82,6 +82,15 @@ struct Ops {
   void (*col_norm)(const T* x, T* y, i64 w, const ColCoef<T>& k, bool stream);
   void (*col_dx)(const T* x, const T* dy, T* dx, i64 w, const ColCoef<T>& k, bool stream);
   void (*col_scale)(const T* dy, T* dx, i64 w, const T* a, bool stream);
+  // Eval forward over consecutive runs: run r in [0, nruns) normalises x[r*S, (r+1)*S)
+  // into y[r*S, ...) with coef[(c + r) mod C] (c < C), as norm does. Requires S >= 8;
+  // y is a staging buffer with room for 8 elements past nruns*S (a run's last vector
+  // may spill there or into the next run, which then overwrites it); x is read only
+  // inside [0, nruns*S).
+  void (*norm_runs)(const T* x, T* y, i64 nruns, i64 S, const Coef<T>* coef, i64 c, i64 C);
+  // dst[0, n) = src[0, n); with `stream`, the whole 64-byte lines of dst by non-temporal
+  // stores (src has dst's alignment modulo 64 for full speed; any alignment is correct)
+  void (*copy_out)(T* dst, const T* src, i64 n, bool stream);
   // orders earlier non-temporal stores before later ordinary ones (end of a unit)
   void (*fence)();
 };

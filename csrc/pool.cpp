@@ -287,17 +287,31 @@ i64 first_bad(const i64* idx, i64 n, i64 limit) {
   return -1;
 }
 
-// Zero a plane of dst_plane elements, then scatter src through idx in scan order,
+// Zero a plane of dst_plane elements (unless it is known to be zero), then scatter src through idx in scan order,
 // checking every index before its element is written; pump() is called after every
 // block of kScatterBlock elements. False at the first bad index.
-constexpr i64 kScatterBlock = 256;
+constexpr i64 kScatterBlock = 64;
+
+inline bool scatter_add_block(const float* s, const i64* i, i64 n, i64 lim, float* d) {
+  return pool_avx2::scatter_add_block_f32(s, i, n, lim, d);
+}
+inline bool scatter_add_block(const double* s, const i64* i, i64 n, i64 lim, double* d) {
+  return pool_avx2::scatter_add_block_f64(s, i, n, lim, d);
+}
 
 template <typename T, bool ACCUMULATE, typename Pump>
-bool scatter_plane(i64 src_plane, i64 dst_plane, const T* sp, const i64* ip, T* dp, Pump&& pump) {
-  std::memset(dp, 0, sizeof(T) * static_cast<std::size_t>(dst_plane));
+bool scatter_plane(i64 src_plane, i64 dst_plane, const T* sp, const i64* ip, T* dp, bool zeroed,
+                   Pump&& pump) {
+  if (!zeroed) std::memset(dp, 0, sizeof(T) * static_cast<std::size_t>(dst_plane));
   const std::uint64_t lim = static_cast<std::uint64_t>(dst_plane);
+  const bool vec = ACCUMULATE && has_avx2();
   for (i64 i0 = 0; i0 < src_plane; i0 += kScatterBlock) {
     const i64 i1 = std::min(src_plane, i0 + kScatterBlock);
+    if (vec) {
+      if (!scatter_add_block(sp + i0, ip + i0, i1 - i0, dst_plane, dp)) return false;
+      pump();
+      continue;
+    }
     for (i64 i = i0; i < i1; ++i) {
       const i64 j = ip[i];
       if (static_cast<std::uint64_t>(j) >= lim) return false;
@@ -331,32 +345,39 @@ constexpr i64 kPoolStageBytes = 256 * 1024;
 // dst go out with non-temporal stores, the partial lines at both ends with ordinary ones.
 struct Pending {
   char* dst = nullptr;
-  const char* src = nullptr;
+  char* src = nullptr;
   i64 pos = 0, body_end = 0, bytes = 0;
+  bool zero = false;  // zero the staging bytes once they are out (the buffer's next plane
+                      // then needs no zero-fill)
 
-  void start(void* d, const void* s, i64 n) {
+  void start(void* d, void* s, i64 n, bool zero_src) {
     dst = static_cast<char*>(d);
-    src = static_cast<const char*>(s);
+    src = static_cast<char*>(s);
     bytes = n;
+    zero = zero_src;
     const i64 head = static_cast<i64>((64 - (reinterpret_cast<std::uintptr_t>(dst) & 63)) & 63);
     if (head >= n) {
-      std::memcpy(dst, src, static_cast<std::size_t>(n));
+      copy_out(0, n);
       pos = body_end = n;
       return;
     }
-    std::memcpy(dst, src, static_cast<std::size_t>(head));
+    copy_out(0, head);
     pos = head;
     body_end = head + (n - head) / 64 * 64;
   }
+  void copy_out(i64 a, i64 b) {
+    std::memcpy(dst + a, src + a, static_cast<std::size_t>(b - a));
+    if (zero) std::memset(src + a, 0, static_cast<std::size_t>(b - a));
+  }
   void pump(i64 lines) {
     const i64 n = std::min(lines, (body_end - pos) / 64);
-    if (n > 0) pool_avx2::stream_lines(dst + pos, src + pos, n);
+    if (n > 0) pool_avx2::stream_lines(dst + pos, src + pos, n, zero);
     pos += n * 64;
   }
   void finish() {
     if (!dst) return;
     pump((body_end - pos) / 64);
-    std::memcpy(dst + body_end, src + body_end, static_cast<std::size_t>(bytes - body_end));
+    copy_out(body_end, bytes);
     dst = nullptr;
   }
 };
@@ -395,6 +416,10 @@ i64 scatter(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const T* src
   for (int t = 0; t < nthreads; ++t) {
     const i64 p0 = planes * t / nthreads, p1 = planes * (t + 1) / nthreads;
     char* mine = stream ? stage + 2 * stage_stride * thread_index() : nullptr;
+    // A staging buffer is zero when its plane has been streamed out (Pending zeroes it);
+    // both start zeroed. A plane stopped by a bad index leaves its buffer dirty.
+    bool clean[2] = {true, true};
+    if (stream) std::memset(mine, 0, 2 * stage_stride);
     Pending prev;
     for (i64 pl = p0; pl < p1; ++pl) {
       const i64* ip = idx + pl * src_plane;
@@ -402,18 +427,27 @@ i64 scatter(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const T* src
       T* dp = dst + pl * dst_plane;
       T* buf = stream ? reinterpret_cast<T*>(mine + (pl & 1) * stage_stride) : dp;
       bool ok = false;
+      const int b = static_cast<int>(pl & 1);
       if (try_2x2) {
         ok = true;
-        for (i64 oh = 0; ok && oh < src_h; ++oh) {
+        i64 oh = 0;
+        for (; ok && oh < src_h; ++oh) {
           ok = bwd_2x2_rows(sp, ip, oh, oh + 1, src_w, dst_w, buf);
           if (stream) prev.pump(per_row);
         }
-        if (ok) std::fill(buf + 2 * src_h * dst_w, buf + dst_plane, T(0));
+        if (ok) {
+          std::fill(buf + 2 * src_h * dst_w, buf + dst_plane, T(0));
+        } else if (stream && clean[b]) {
+          // rows [0, 2*oh) may have been written (oh is one past the failed row)
+          std::fill(buf, buf + 2 * oh * dst_w, T(0));
+        }
       }
+      const bool scattered = !ok;
       if (!ok)
-        ok = scatter_plane<T, ACCUMULATE>(src_plane, dst_plane, sp, ip, buf, [&] {
+        ok = scatter_plane<T, ACCUMULATE>(src_plane, dst_plane, sp, ip, buf, stream && clean[b], [&] {
           if (stream) prev.pump(per_block);
         });
+      clean[b] = false;
       if (stream) prev.finish();
       if (!ok) {
         // a bad index stops the plane (the caller raises and discards dst)
@@ -421,7 +455,12 @@ i64 scatter(i64 planes, i64 src_h, i64 src_w, i64 dst_h, i64 dst_w, const T* src
         bad_plane = std::min(bad_plane, pl);
         continue;
       }
-      if (stream) prev.start(dp, buf, plane_bytes);
+      if (stream) {
+        // A scattered plane's buffer is zeroed as it streams out (the next plane in it
+        // most likely scatters too); a plane built from 2x2 windows needs no zeroes.
+        prev.start(dp, buf, plane_bytes, scattered);
+        clean[b] = scattered;  // once finished (before this buffer's next use)
+      }
     }
     if (stream) {
       prev.finish();

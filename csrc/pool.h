@@ -94,9 +94,14 @@ void row_s1_f64(const RowTask<double>& t, bool want_idx);
 bool bwd_2x2_rows_f32(const float* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W, float* out);
 bool bwd_2x2_rows_f64(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i64 W,
                       double* out);
+// dst[idx[i]] += src[i] for i in [0, n), in order, once every index of the block is known
+// to lie in [0, limit); false (nothing written) if one does not.
+bool scatter_add_block_f32(const float* src, const i64* idx, i64 n, i64 limit, float* dst);
+bool scatter_add_block_f64(const double* src, const i64* idx, i64 n, i64 limit, double* dst);
 // Copies `lines` 64-byte lines from src to the 64-byte aligned dst with non-temporal
-// stores (no read for ownership); store_fence() orders them before later stores.
-void stream_lines(void* dst, const void* src, i64 lines);
+// stores (no read for ownership), zeroing each src line after it if zero_src;
+// store_fence() orders them before later stores.
+void stream_lines(void* dst, void* src, i64 lines, bool zero_src);
 void store_fence();
 }  // namespace pool_avx2
 

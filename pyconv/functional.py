@@ -6,6 +6,8 @@ kernel's output shape against it. The C++ entry points validate again on their o
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _core
@@ -444,7 +446,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise ValueError(f"running_mean and running_var are required when training=False ({missing} is None)")
-    if training and input.shape[0] * int(np.prod(input.shape[2:], dtype=np.int64)) < 2:
+    if training and input.shape[0] * math.prod(input.shape[2:]) < 2:
         raise ValueError(
             f"batch_norm: expected more than 1 value per channel when training, got input of shape {input.shape}"
         )

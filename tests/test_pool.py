@@ -1,5 +1,7 @@
 """Max-pool with switches, its backward and unpool: against the NumPy reference, PyTorch,
 between kernel paths (scalar / AVX2), across layouts and thread counts, and on bad input."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
@@ -343,6 +345,93 @@ def test_backward_streamed_large_equals_scalar(k, s, p):
     for r in res:
         same(r, want)
     assert np.count_nonzero(want) > 0
+
+
+def test_backward_streamed_mixed_planes_equals_scalar():
+    """Streamed float32 destination whose planes alternate at random between indices that
+    fit 2x2 windows (built directly), 3x3/s2/p1 indices (scattered, staging buffers reused
+    zeroed) and 2x2 indices with one index moved into the 3x3 window late in the plane (the
+    direct build fails after writing rows; those rows are cleared): bitwise equal to the
+    scalar path and the reference, at 1, 2 and 3 threads."""
+    if pyconv.kernel_info()["detected_isa"] not in ("avx2", "avx512"):
+        pytest.skip("no AVX2 on this CPU")
+    rng = np.random.default_rng(7)
+    shape = (8, 48, 80, 84)  # 10.3 MB of float32
+    x = int_values(rng, shape, np.float32, -50, 50)
+    _, i2 = pyconv.max_pool2d(x, 2, 2, 0, return_indices=True)
+    _, i3 = pyconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert i2.shape == i3.shape
+    kind = rng.integers(0, 3, size=shape[:2])
+    idx = np.where((kind == 1)[:, :, None, None], i3, i2)
+    late = np.argwhere(kind == 2)
+    for n, c in late:
+        oh = int(rng.integers(1, i2.shape[2]))
+        ow = int(rng.integers(1, i2.shape[3]))
+        idx[n, c, oh, ow] = (2 * oh) * shape[3] + 2 * ow - 1  # left column of the 3x3 window
+    g = rng.integers(-9, 10, size=i2.shape).astype(np.float32)
+    g.flat[::13] = -0.0
+    before, threads = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
+    res = []
+    try:
+        _core._set_isa("scalar")
+        want = pyconv.max_pool2d_backward(g, idx, shape)
+        _core._set_isa("avx2")
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            res.append(pyconv.max_pool2d_backward(g, idx, shape))
+    finally:
+        _core._set_isa(before)
+        pyconv.set_num_threads(threads)
+    for r in res:
+        same(r, want)
+    same(want[:1, :4], ref.max_pool2d_backward(g[:1, :4], idx[:1, :4], (1, 4) + shape[2:]))
+    assert not np.signbit(want[want == 0]).any()
+
+
+@pytest.mark.parametrize("pos", [(0, 0, 0, 0), (3, 7, 39, 41), (5, 20, 6, 17), (7, 47, 39, 40)])
+@pytest.mark.parametrize("bad", [-1, 80 * 84, 2**62])
+def test_backward_streamed_bad_index_reported(pos, bad):
+    """A bad index anywhere in a streamed destination (first element, last element of a
+    plane, inside a checked block, the block tail) raises IndexError naming its position,
+    with every thread count."""
+    rng = np.random.default_rng(3)
+    shape = (8, 48, 80, 84)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out, idx = pyconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    idx[pos] = bad
+    threads = pyconv.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            with pytest.raises(IndexError, match=re.escape(str(pos))):
+                _core.max_pool2d_backward(out, idx, 80, 84)
+    finally:
+        pyconv.set_num_threads(threads)
+
+
+def test_unpool_streamed_large_equals_reference():
+    """Unpooling into a destination over 8 MiB (staged planes, zeroed as they stream out
+    and reused): equal to the reference (a duplicated index with another value: the later
+    element wins) and to a NumPy scatter elsewhere, at 1, 2 and 3 threads."""
+    rng = np.random.default_rng(9)
+    shape = (8, 48, 80, 84)
+    x = int_values(rng, shape, np.float32, -50, 50)
+    out, idx = pyconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    idx[1, 3, 4, 5] = idx[1, 3, 4, 6]
+    out[1, 3, 4, 5] = 1000.0  # the earlier write, overwritten by out[1, 3, 4, 6]
+    planes = shape[0] * shape[1]
+    want = np.zeros((planes, shape[2] * shape[3]), np.float32)
+    np.put_along_axis(want, idx.reshape(planes, -1), out.reshape(planes, -1), axis=1)
+    want = want.reshape(shape)
+    want[:2] = ref.max_unpool2d(out[:2], idx[:2], 3, 2, 1, output_size=shape[2:])
+    assert want[1, 3].max() < 1000.0
+    threads = pyconv.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            same(pyconv.max_unpool2d(out, idx, 3, 2, 1, output_size=shape[2:]), want)
+    finally:
+        pyconv.set_num_threads(threads)
 
 
 def test_threads_bitwise_equal(rng):

@@ -8,6 +8,8 @@
 
 #include "batchnorm.h"
 
+#include <cstring>
+
 namespace pyconv {
 namespace {
 
@@ -490,6 +492,61 @@ void v_col_scale(const typename Vt::T* dy, typename Vt::T* dx, i64 w, const type
       [&](i64 i) { return Vt::mul(Vt::load(dy + i), Vt::load(a + i)); });
 }
 
+template <class Vt>
+void v_norm_runs(const typename Vt::T* x, typename Vt::T* y, i64 nruns, i64 S,
+                 const bn::Coef<typename Vt::T>* coef, i64 c, i64 C) {
+  using T = typename Vt::T;
+  using V = typename Vt::V;
+  constexpr int W = Vt::W;
+  for (i64 r = 0; r < nruns; ++r) {
+    const bn::Coef<T>& k = coef[c];
+    if (++c == C) c = 0;
+    const V mh = Vt::set1(k.mean_hi), ml = Vt::set1(k.mean_lo), a = Vt::set1(k.a),
+            b = Vt::set1(k.b);
+    const T* xr = x + r * S;
+    T* yr = y + r * S;
+    auto f = [&](i64 i) {
+      V d = Vt::sub(Vt::sub(Vt::load(xr + i), mh), ml);
+      Vt::store(yr + i, Vt::add(keep(Vt::mul(d, a)), b));
+    };
+    i64 i = 0;
+    for (; i + W <= S; i += W) f(i);
+    if (i == S) continue;
+    if (r + 1 < nruns) {
+      // the last partial vector reads into the next run (S >= W: it exists and is at
+      // least one vector long) and spills into its first vector, stored after this one
+      f(i);
+    } else {
+      const T smh = k.mean_hi, sml = k.mean_lo, sa = k.a, sb = k.b;
+      for (; i < S; ++i) {
+        T d = (xr[i] - smh) - sml;
+        yr[i] = keep(d * sa) + sb;
+      }
+    }
+  }
+}
+
+template <typename T>
+void v_copy_out(T* dst, const T* src, i64 n, bool stream) {
+  char* d = reinterpret_cast<char*>(dst);
+  const char* s = reinterpret_cast<const char*>(src);
+  const i64 bytes = n * static_cast<i64>(sizeof(T));
+  const i64 head = static_cast<i64>((64 - (reinterpret_cast<std::uintptr_t>(d) & 63)) & 63);
+  if (!stream || head + 64 > bytes) {
+    std::memcpy(d, s, static_cast<std::size_t>(bytes));
+    return;
+  }
+  std::memcpy(d, s, static_cast<std::size_t>(head));
+  const i64 end = head + (bytes - head) / 64 * 64;
+  for (i64 i = head; i < end; i += 64) {
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), u);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), v);
+  }
+  std::memcpy(d + end, s + end, static_cast<std::size_t>(bytes - end));
+}
+
 void v_fence() { _mm_sfence(); }
 
 template <typename T, class Vt>
@@ -510,6 +567,8 @@ bn::Ops<T> make_avx2_ops() {
   o.col_norm = &v_col_norm<Vt>;
   o.col_dx = &v_col_dx<Vt>;
   o.col_scale = &v_col_scale<Vt>;
+  o.norm_runs = &v_norm_runs<Vt>;
+  o.copy_out = &v_copy_out<T>;
   o.fence = &v_fence;
   return o;
 }

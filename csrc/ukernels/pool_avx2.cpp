@@ -210,6 +210,15 @@ inline bool bwd_2x2_rows(const T* g, const i64* idx, i64 oh0, i64 oh1, i64 wo, i
     const T* gr = g + oh * wo;
     const i64* ir = idx + oh * wo;
     const i64 rbase = 2 * oh * W;
+    // the index and grad streams, a few rows ahead (prefetches never fault)
+    {
+      constexpr i64 kAhead = 1024;
+      const char* pi = reinterpret_cast<const char*>(ir + kAhead);
+      const char* pg = reinterpret_cast<const char*>(gr + kAhead);
+      const i64 ib = wo * 8, gb = wo * static_cast<i64>(sizeof(T));
+      for (i64 o = 0; o < ib; o += 64) _mm_prefetch(pi + o, _MM_HINT_T0);
+      for (i64 o = 0; o < gb; o += 64) _mm_prefetch(pg + o, _MM_HINT_T0);
+    }
     i64 ow = 0;
     for (; ow + lanes <= wo; ow += lanes)
       if (!step(gr + ow, ir + ow, rbase + 2 * ow, r0 + 2 * ow, r1 + 2 * ow)) return false;
@@ -292,14 +301,62 @@ bool bwd_2x2_rows_f64(const double* g, const i64* idx, i64 oh0, i64 oh1, i64 wo,
   });
 }
 
-void stream_lines(void* dst, const void* src, i64 lines) {
+namespace {
+// dst[idx[i]] += src[i] for i in [0, n) in order, after checking the whole block of
+// indices against [0, limit) with vector compares (nothing is written if one is bad).
+template <typename T>
+inline bool scatter_add_block(const T* src, const i64* idx, i64 n, i64 limit, T* dst) {
+  constexpr i64 kAhead = 1024;
+  const __m256i lim = _mm256_set1_epi64x(limit - 1);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i bad = _mm256_setzero_si256();
+  i64 i = 0;
+  for (; i + 4 <= n; i += 4) {
+    // the streams run ahead of the hardware prefetcher's reach: ask for the lines a few
+    // blocks ahead (prefetches never fault, so running past the arrays is harmless)
+    if ((i & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(idx + i + kAhead), _MM_HINT_T0);
+    if ((i & 15) == 0)
+      _mm_prefetch(reinterpret_cast<const char*>(src + i + kAhead), _MM_HINT_T0);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
+    bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi64(v, lim), _mm256_cmpgt_epi64(zero, v)));
+  }
+  std::uint64_t tail_bad = 0;
+  for (; i < n; ++i)
+    tail_bad |= static_cast<std::uint64_t>(idx[i]) >= static_cast<std::uint64_t>(limit);
+  if (!_mm256_testz_si256(bad, bad) || tail_bad) return false;
+  i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const i64 j0 = idx[i], j1 = idx[i + 1], j2 = idx[i + 2], j3 = idx[i + 3];
+    dst[j0] += src[i];
+    dst[j1] += src[i + 1];
+    dst[j2] += src[i + 2];
+    dst[j3] += src[i + 3];
+  }
+  for (; i < n; ++i) dst[idx[i]] += src[i];
+  return true;
+}
+}  // namespace
+
+bool scatter_add_block_f32(const float* src, const i64* idx, i64 n, i64 limit, float* dst) {
+  return scatter_add_block<float>(src, idx, n, limit, dst);
+}
+bool scatter_add_block_f64(const double* src, const i64* idx, i64 n, i64 limit, double* dst) {
+  return scatter_add_block<double>(src, idx, n, limit, dst);
+}
+
+void stream_lines(void* dst, void* src, i64 lines, bool zero_src) {
   char* d = static_cast<char*>(dst);
-  const char* s = static_cast<const char*>(src);
+  char* s = static_cast<char*>(src);
+  const __m256i z = _mm256_setzero_si256();
   for (i64 i = 0; i < lines * 64; i += 64) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
     const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
     _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), a);
     _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    if (zero_src) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + i), z);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + i + 32), z);
+    }
   }
 }
 
