@@ -98,27 +98,22 @@ struct Kernels {
   void (*out)(const T*, i64, i64, T, T*, T*);
 };
 
-void in_portable_f32(const float* const* r, i64 n, float* o, i64 ps) { wino_input_rows(r, n, o, ps); }
-void in_portable_f64(const double* const* r, i64 n, double* o, i64 ps) { wino_input_rows(r, n, o, ps); }
-void out_portable_f32(const float* m, i64 ps, i64 n, float b, float* y0, float* y1) {
-  wino_output_rows(m, ps, n, b, y0, y1);
-}
-void out_portable_f64(const double* m, i64 ps, i64 n, double b, double* y0, double* y1) {
-  wino_output_rows(m, ps, n, b, y0, y1);
-}
+namespace wino_portable {
+PYCONV_WINO_ROW_KERNELS
+}  // namespace wino_portable
 
 Kernels<float> kernels(float*) {
   switch (active_isa()) {
     case Isa::avx512: return {wino_avx512::input_rows_f32, wino_avx512::output_rows_f32};
     case Isa::avx2: return {wino_avx2::input_rows_f32, wino_avx2::output_rows_f32};
-    default: return {in_portable_f32, out_portable_f32};
+    default: return {wino_portable::input_rows_f32, wino_portable::output_rows_f32};
   }
 }
 Kernels<double> kernels(double*) {
   switch (active_isa()) {
     case Isa::avx512: return {wino_avx512::input_rows_f64, wino_avx512::output_rows_f64};
     case Isa::avx2: return {wino_avx2::input_rows_f64, wino_avx2::output_rows_f64};
-    default: return {in_portable_f64, out_portable_f64};
+    default: return {wino_portable::input_rows_f64, wino_portable::output_rows_f64};
   }
 }
 

@@ -91,3 +91,21 @@ inline void wino_output_rows(const T* m, std::int64_t ps, std::int64_t len, T bi
 }
 
 }  // namespace
+
+// The four row entry points every ISA file defines (inside its own namespace) around the
+// templates above, so each is compiled with that file's flags.
+#define PYCONV_WINO_ROW_KERNELS                                                                  \
+  void input_rows_f32(const float* const* rows, std::int64_t len, float* out, std::int64_t ps) { \
+    wino_input_rows(rows, len, out, ps);                                                         \
+  }                                                                                              \
+  void input_rows_f64(const double* const* rows, std::int64_t len, double* out, std::int64_t ps) { \
+    wino_input_rows(rows, len, out, ps);                                                         \
+  }                                                                                              \
+  void output_rows_f32(const float* m, std::int64_t ps, std::int64_t len, float bias, float* y0,  \
+                       float* y1) {                                                              \
+    wino_output_rows(m, ps, len, bias, y0, y1);                                                  \
+  }                                                                                              \
+  void output_rows_f64(const double* m, std::int64_t ps, std::int64_t len, double bias, double* y0, \
+                       double* y1) {                                                             \
+    wino_output_rows(m, ps, len, bias, y0, y1);                                                  \
+  }
