@@ -344,7 +344,8 @@ pyconv::ConvPath conv_path_arg(const std::string& path, const pyconv::ConvParams
     value_error(e.what());
   }
   if (!pyconv::conv_path_supports(id, p))
-    value_error(std::string("path '") + path + "' does not support these convolution parameters");
+    value_error(std::string("path '") + path + "' does not support these convolution parameters (it needs " +
+                pyconv::conv_path_needs(id) + ")");
   return id;
 }
 

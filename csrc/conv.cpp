@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -596,14 +597,18 @@ struct Candidate {
   const char* name;
   bool (*supports)(const ConvParams&);   // what the path can run (a forced path)
   bool (*preferred)(const ConvParams&);  // where the automatic choice takes it
+  const char* needs;                     // what supports() asks for, in words (error messages)
 };
 // Ordered: most specialised first, generic last. The order was set by measurement
 // (bench/conv.py): each specialised path beats the generic one on its shapes.
 constexpr Candidate kCandidates[] = {
-    {ConvPath::pointwise, "pointwise", supports_pointwise, supports_pointwise},
-    {ConvPath::depthwise, "depthwise", supports_depthwise, supports_depthwise},
-    {ConvPath::winograd, "winograd", winograd_supports, winograd_preferred},
-    {ConvPath::generic, "generic", supports_generic, supports_generic},
+    {ConvPath::pointwise, "pointwise", supports_pointwise, supports_pointwise,
+     "a 1x1 kernel, stride 1 and no padding"},
+    {ConvPath::depthwise, "depthwise", supports_depthwise, supports_depthwise,
+     "C_in/groups == 1 with groups > 1"},
+    {ConvPath::winograd, "winograd", winograd_supports, winograd_preferred,
+     "a 3x3 kernel, stride 1 and dilation 1"},
+    {ConvPath::generic, "generic", supports_generic, supports_generic, "nothing: it runs every convolution"},
 };
 
 // ---------------------------------------------------------------- forward
@@ -1162,8 +1167,16 @@ ConvPath conv_path_from_name(const char* name) {
   if (s == "auto") return ConvPath::automatic;
   for (const Candidate& c : kCandidates)
     if (s == c.name) return c.id;
-  throw std::invalid_argument("path must be 'auto', 'pointwise', 'depthwise', 'winograd' or 'generic', got '" + s +
-                              "'");
+  std::string names = "'auto'";
+  for (std::size_t i = 0; i < std::size(kCandidates); ++i)
+    names += std::string(i + 1 < std::size(kCandidates) ? ", '" : " or '") + kCandidates[i].name + "'";
+  throw std::invalid_argument("path must be " + names + ", got '" + s + "'");
+}
+
+const char* conv_path_needs(ConvPath path) {
+  for (const Candidate& c : kCandidates)
+    if (c.id == path) return c.needs;
+  return "nothing";
 }
 
 const char* conv_path_name(ConvPath path) {

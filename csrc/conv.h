@@ -27,6 +27,8 @@ enum class ConvPath : int { automatic = -1, pointwise = 0, depthwise = 1, generi
 // "auto", "pointwise", "depthwise", "winograd", "generic"; throws std::invalid_argument otherwise.
 ConvPath conv_path_from_name(const char* name);
 const char* conv_path_name(ConvPath path);
+// What the path's supports() asks of the parameters, in words (for error messages).
+const char* conv_path_needs(ConvPath path);
 bool conv_path_supports(ConvPath path, const ConvParams& p);
 // First candidate of the ordered list whose preferred() accepts p (supports() says what a
 // forced path can run; preferred() where the automatic choice takes it).

@@ -127,23 +127,18 @@ def _check_algorithm(algorithm, name):
 
 
 def _run_forced(fn, algorithm, name, *args):
-    """Calls a _core convolution entry point with a forced path; a path that does not
-    support the parameters is reported in terms of the public `algorithm` argument."""
+    """Calls a _core convolution entry point with `algorithm` as its path; _core's error for
+    a path that cannot run the parameters (which says what the path needs) is reworded for
+    the public argument."""
     try:
         return fn(*args, algorithm)
     except ValueError as e:
-        if algorithm != "auto" and "does not support" in str(e):
-            raise ValueError(f"{name}: algorithm={algorithm!r} does not support these parameters "
-                             f"(it needs: {_ALGORITHM_NEEDS[algorithm]}); use algorithm='auto'") from None
+        prefix = f"path '{algorithm}' does not support"
+        msg = str(e)
+        if msg.startswith(prefix):
+            raise ValueError(f"{name}: algorithm={algorithm!r} does not support{msg[len(prefix):]}; "
+                             "use algorithm='auto'") from None
         raise
-
-
-_ALGORITHM_NEEDS = {
-    "pointwise": "a 1x1 kernel, stride 1, no padding",
-    "depthwise": "C_in/groups == 1 with groups > 1",
-    "winograd": "a 3x3 kernel, stride 1, dilation 1",
-    "generic": "nothing: it runs every convolution",
-}
 
 
 def _conv_forward(input, weight, bias, stride, padding, dilation, groups, nd, name, algorithm="auto"):
