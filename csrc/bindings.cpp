@@ -285,8 +285,8 @@ void register_gemm(py::module_& m) {
     py::gil_scoped_release release;
     return pyconv::fma_peak_gflops(static_cast<int>(t), s);
   }, py::arg("threads"), py::arg("seconds"),
-  "FP32 FMA peak of this machine in GFLOP/s (12 independent 256-bit FMA chains per thread; "
-  "a portable multiply-add loop on CPUs without AVX2).");
+  "FP32 FMA peak of this machine in GFLOP/s (12 independent FMA chains per thread, 512-bit "
+  "on AVX-512 CPUs, 256-bit on AVX2 ones; a portable multiply-add loop on CPUs without AVX2).");
 }
 
 // ============================ end gemm ============================

@@ -381,8 +381,12 @@ void gemm(i64 M, i64 N, i64 K, const T* a, i64 a_rs, i64 a_cs, const BPanelSourc
 
 double fma_peak_gflops(int threads, double seconds) {
   if (threads < 1) threads = 1;
-  if (detected_isa() == Isa::scalar) return gemm_detail::scalar_peak_gflops(threads, seconds);
-  return gemm_detail::avx2_fma_peak_gflops(threads, seconds);
+  switch (detected_isa()) {  // the machine's peak, whatever PYCONV_ISA forces
+    case Isa::scalar: return gemm_detail::scalar_peak_gflops(threads, seconds);
+    case Isa::avx2: return gemm_detail::avx2_fma_peak_gflops(threads, seconds);
+    case Isa::avx512: return gemm_detail::avx512_fma_peak_gflops(threads, seconds);
+  }
+  return 0.0;
 }
 
 #define PYCONV_INSTANTIATE_GEMM(T)                                                         \

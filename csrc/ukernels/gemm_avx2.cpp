@@ -8,11 +8,21 @@
 #include <algorithm>
 #include <chrono>
 
+#include "fma_peak.h"
 #include "gemm_ukernel.h"
 
 namespace pyconv {
 namespace gemm_detail {
 namespace {  // internal linkage: never merged with the portable translation unit's code
+
+struct PeakYmm {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V set1(float v) { return _mm256_set1_ps(v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_store_ps(p, v); }
+};
 
 constexpr int kMR = 6;
 constexpr int kNR32 = 16;
@@ -305,44 +315,7 @@ GemmKernel<double> avx2_kernel_f64() {
 }
 
 double avx2_fma_peak_gflops(int threads, double seconds) {
-  using clock = std::chrono::steady_clock;
-  double total_flops = 0;
-  auto t0 = clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : total_flops)
-  {
-    __m256 x0 = _mm256_set1_ps(1.00f), x1 = _mm256_set1_ps(1.01f), x2 = _mm256_set1_ps(1.02f);
-    __m256 x3 = _mm256_set1_ps(1.03f), x4 = _mm256_set1_ps(1.04f), x5 = _mm256_set1_ps(1.05f);
-    __m256 x6 = _mm256_set1_ps(1.06f), x7 = _mm256_set1_ps(1.07f), x8 = _mm256_set1_ps(1.08f);
-    __m256 x9 = _mm256_set1_ps(1.09f), x10 = _mm256_set1_ps(1.10f), x11 = _mm256_set1_ps(1.11f);
-    const __m256 mul = _mm256_set1_ps(0.999999f), add = _mm256_set1_ps(1e-6f);
-    long long iters = 0;
-    auto start = clock::now();
-    for (;;) {
-      for (int r = 0; r < 16384; ++r) {
-        x0 = _mm256_fmadd_ps(x0, mul, add); x1 = _mm256_fmadd_ps(x1, mul, add);
-        x2 = _mm256_fmadd_ps(x2, mul, add); x3 = _mm256_fmadd_ps(x3, mul, add);
-        x4 = _mm256_fmadd_ps(x4, mul, add); x5 = _mm256_fmadd_ps(x5, mul, add);
-        x6 = _mm256_fmadd_ps(x6, mul, add); x7 = _mm256_fmadd_ps(x7, mul, add);
-        x8 = _mm256_fmadd_ps(x8, mul, add); x9 = _mm256_fmadd_ps(x9, mul, add);
-        x10 = _mm256_fmadd_ps(x10, mul, add); x11 = _mm256_fmadd_ps(x11, mul, add);
-        // Opaque to the optimiser: the chains must really run every iteration.
-        __asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4), "+x"(x5));
-        __asm__ volatile("" : "+x"(x6), "+x"(x7), "+x"(x8), "+x"(x9), "+x"(x10), "+x"(x11));
-      }
-      iters += 16384;
-      if (std::chrono::duration<double>(clock::now() - start).count() >= seconds) break;
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
-                             _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
-    alignas(32) float out[8];
-    _mm256_store_ps(out, s);
-    volatile float sink = out[0];
-    (void)sink;
-    total_flops += 12.0 * 8.0 * 2.0 * static_cast<double>(iters);
-  }
-  double dt = std::chrono::duration<double>(clock::now() - t0).count();
-  return dt > 0 ? total_flops / dt * 1e-9 : 0.0;
+  return fma_peak_loop<PeakYmm>(threads, seconds);
 }
 
 }  // namespace gemm_detail

@@ -62,6 +62,9 @@ double avx2_fma_peak_gflops(int threads, double seconds);
 // and OS have them. Same NR as the AVX2 kernels, MR = 16.
 GemmKernel<float> avx512_kernel_f32();
 GemmKernel<double> avx512_kernel_f64();
+// FP32 FMA peak with 512-bit FMAs (on cores with two 512-bit FMA pipes, twice the AVX2
+// figure; on Zen 4, whose 512-bit FMAs are double-pumped, the same).
+double avx512_fma_peak_gflops(int threads, double seconds);
 
 }  // namespace gemm_detail
 }  // namespace pyconv
