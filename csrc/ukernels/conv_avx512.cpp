@@ -511,6 +511,131 @@ inline void tail_block_r(int r, const DwGeom& g, const float* src, const __m256*
   corr_block_k3c<DwF8, R, 1>(g, src, wv, om, oh0, c0, init, accumulate, out);
 }
 
+// Centred 3x3 (dilation 1, ow_off 1), row streaming: one pass down a strip of NC
+// vectors (plus, for float with HALF, an 8-lane tail) keeps three rows of accumulators
+// live; each source row is loaded once (NC+2 aligned vectors, side taps by lane shifts)
+// and feeds the three output rows it belongs to, and the oldest of them is stored.
+// Every output sums its taps in (kh, kw) order after init, as the blocked kernels do.
+template <class S, int NC, bool HALF>
+struct RollK3 {
+  using T = typename S::T;
+  using V = typename S::V;
+  using M = typename S::M;
+  static constexpr int L = S::L;
+  V acc[3][NC > 0 ? NC : 1];
+  __m256 acch[3];
+
+  // Step k: output rows k (kh 0, starts), k-1 (kh 1), k-2 (kh 2, then stored); the
+  // accumulator slot of row o is o mod 3, which is J for row k (k = J mod 3).
+  template <int J>
+  inline void step(i64 k, const DwGeom& g, const T* src, const V* w, const M* mb, const M* om, __mmask8 omh,
+                   i64 c0, V init, __m256 inith, bool accumulate, T* out) {
+    constexpr int s0 = J, s1 = (J + 2) % 3, s2 = (J + 1) % 3;
+    const i64 Ho = g.Ho, Wo = g.Wo, ih = k - g.oh_off;
+    const bool r0 = k < Ho, r1 = k >= 1 && k - 1 < Ho, r2 = k >= 2;
+    if (r0) {
+      T* o = out + k * Wo + c0;
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) acc[s0][c] = accumulate ? S::load(om[c], o + c * L) : init;
+      if constexpr (HALF) acch[s0] = accumulate ? _mm256_maskz_loadu_ps(omh, o + NC * L) : inith;
+    }
+    if (ih >= 0 && ih < g.Hs) {
+      const T* row = src + ih * g.Ws;
+      V b[NC + 2];
+#pragma GCC unroll 6
+      for (int c = 0; c < NC + 2; ++c) b[c] = S::load(mb[c], at(row, c0 + (c - 1) * L));
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+        const V vl = shift_in_left<S>(b[c + 1], b[c]), vc = b[c + 1], vr = shift_in_right<S>(b[c + 1], b[c + 2]);
+        if (r0) acc[s0][c] = S::fma(w[2], vr, S::fma(w[1], vc, S::fma(w[0], vl, acc[s0][c])));
+        if (r1) acc[s1][c] = S::fma(w[5], vr, S::fma(w[4], vc, S::fma(w[3], vl, acc[s1][c])));
+        if (r2) acc[s2][c] = S::fma(w[8], vr, S::fma(w[7], vc, S::fma(w[6], vl, acc[s2][c])));
+      }
+      if constexpr (HALF) {
+        // the tail's lanes are lanes 0-7 of b[NC+1]; its neighbours lane 15 of b[NC] and
+        // lane 8 of b[NC+1]
+        const __m512 last = b[NC + 1];
+        const __m256 hc = _mm512_castps512_ps256(last);
+        const __m256 hp = _mm512_extractf32x8_ps(b[NC], 1), hn = _mm512_extractf32x8_ps(last, 1);
+        const __m256 vl = shift_in_left<DwF8>(hc, hp), vr = shift_in_right<DwF8>(hc, hn);
+        auto f = [&](int t, __m256 a) {
+          a = _mm256_fmadd_ps(_mm512_castps512_ps256(w[t]), vl, a);
+          a = _mm256_fmadd_ps(_mm512_castps512_ps256(w[t + 1]), hc, a);
+          return _mm256_fmadd_ps(_mm512_castps512_ps256(w[t + 2]), vr, a);
+        };
+        if (r0) acch[s0] = f(0, acch[s0]);
+        if (r1) acch[s1] = f(3, acch[s1]);
+        if (r2) acch[s2] = f(6, acch[s2]);
+      }
+    }
+    if (r2) {
+      T* o = out + (k - 2) * Wo + c0;
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) S::store(o + c * L, om[c], acc[s2][c]);
+      if constexpr (HALF) _mm256_mask_storeu_ps(o + NC * L, omh, acch[s2]);
+    }
+  }
+
+  static void run(const DwGeom& g, const T* src, const T* wk, i64 c0, T init, bool accumulate, T* out) {
+    RollK3 st;
+    V w[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) w[t] = S::set1(wk[t]);
+    M mb[NC + 2], om[NC > 0 ? NC : 1];
+#pragma GCC unroll 6
+    for (int c = 0; c < NC + 2; ++c) {
+      const i64 col = c0 + (c - 1) * L;
+      mb[c] = lane_bits<S>(-col, g.Ws - col);
+    }
+    mb[0] = static_cast<M>(mb[0] & (M(1) << (L - 1)));  // only the last lane of vector -1 is used
+    // vector NC: its first lane only, or with HALF the tail (8 lanes) and its neighbour
+    mb[NC + 1] = static_cast<M>(mb[NC + 1] & (HALF ? M(0x1ff) : M(1)));
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) om[c] = lane_bits<S>(0, g.Wo - (c0 + c * L));
+    const __mmask8 omh = HALF ? lane_bits<DwF8>(0, g.Wo - (c0 + NC * L)) : 0;
+    const V vi = S::set1(init);
+    const __m256 vih = _mm256_set1_ps(static_cast<float>(init));
+    const i64 steps = g.Ho + 2;
+    i64 k = 0;
+    for (; k + 3 <= steps; k += 3) {
+      st.template step<0>(k, g, src, w, mb, om, omh, c0, vi, vih, accumulate, out);
+      st.template step<1>(k + 1, g, src, w, mb, om, omh, c0, vi, vih, accumulate, out);
+      st.template step<2>(k + 2, g, src, w, mb, om, omh, c0, vi, vih, accumulate, out);
+    }
+    if (k < steps) st.template step<0>(k, g, src, w, mb, om, omh, c0, vi, vih, accumulate, out);
+    if (k + 1 < steps) st.template step<1>(k + 1, g, src, w, mb, om, omh, c0, vi, vih, accumulate, out);
+  }
+};
+
+// The whole plane in strips of at most 4 vectors (3 when the float tail rides along).
+template <class S>
+void roll_plane_k3c(const DwGeom& g, const typename S::T* src, const typename S::T* wk, typename S::T init,
+                    bool accumulate, typename S::T* out) {
+  constexpr int L = S::L;
+  const bool half = S::L == 16 && g.Wo % L > 0 && g.Wo % L <= L / 2;
+  const i64 nvec = half ? g.Wo / L : (g.Wo + L - 1) / L;
+  i64 v = 0;
+  if (half) {
+    for (; nvec - v > 3; v += 4) RollK3<S, 4, false>::run(g, src, wk, v * L, init, accumulate, out);
+    if constexpr (S::L == 16) {
+      switch (nvec - v) {
+        case 3: RollK3<S, 3, true>::run(g, src, wk, v * L, init, accumulate, out); break;
+        case 2: RollK3<S, 2, true>::run(g, src, wk, v * L, init, accumulate, out); break;
+        case 1: RollK3<S, 1, true>::run(g, src, wk, v * L, init, accumulate, out); break;
+        default: RollK3<S, 0, true>::run(g, src, wk, v * L, init, accumulate, out); break;
+      }
+    }
+    return;
+  }
+  for (; nvec - v > 4; v += 4) RollK3<S, 4, false>::run(g, src, wk, v * L, init, accumulate, out);
+  switch (nvec - v) {
+    case 4: RollK3<S, 4, false>::run(g, src, wk, v * L, init, accumulate, out); break;
+    case 3: RollK3<S, 3, false>::run(g, src, wk, v * L, init, accumulate, out); break;
+    case 2: RollK3<S, 2, false>::run(g, src, wk, v * L, init, accumulate, out); break;
+    default: RollK3<S, 1, false>::run(g, src, wk, v * L, init, accumulate, out); break;
+  }
+}
+
 template <class S>
 void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* wk, typename S::T init,
                 bool accumulate, typename S::T* out) {
@@ -518,6 +643,10 @@ void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* 
   using M = typename S::M;
   constexpr int L = S::L;
   const bool k3 = g.kH == 3 && g.kW == 3 && g.dh == 1 && g.dw == 1;
+  if (k3 && g.ow_off == 1) {  // 0.151 ms against 0.210 for the 8x2 blocks (3x3 c256 56px)
+    roll_plane_k3c<S>(g, src, wk, init, accumulate, out);
+    return;
+  }
   V wv[9];
   if (k3)
     for (int t = 0; t < 9; ++t) wv[t] = S::set1(wk[t]);
