@@ -258,6 +258,8 @@ struct DwF8 {
   static V load(M m, const T* p) { return _mm256_maskz_loadu_ps(m, p); }
   static void store(T* p, M m, V v) { _mm256_mask_storeu_ps(p, m, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static void flush(V a, __m512d* d) { d[0] = _mm512_add_pd(d[0], _mm512_cvtps_pd(a)); }
 };
 template <typename T> struct DwTraits;
 template <> struct DwTraits<float> { using type = DwF; };
@@ -815,6 +817,92 @@ void weight_plane_k3(const DwGeom& g, const typename S::T* dy, const typename S:
   for (int t = 0; t < KK; ++t) reduce_into<S>(dacc[t], acc + t);
 }
 
+// Fused backward of a 3x3 'same' plane (stride 1, dilation 1, padding 1 on every side:
+// dy, dx and x are all H x W), one column of vectors at a time, streaming down the
+// rows: the three dy rows around row j stay in registers as their three column shifts
+// (masked loads, zeros outside the plane), so each dy and x vector is loaded once for
+// dx row j (dy correlated with the flipped kernel, taps in its (kh, kw) order) and for
+// the weight-gradient taps of x row j. Rows outside the plane are skipped, never
+// multiplied as zeros, and lanes past the row are zero in both dy and x, as in the
+// scalar loops. Float weight sums run per lane over at most kDwFlush rows, then go into
+// the double sums d.
+template <class S>
+inline void fused_same3_column(i64 H, i64 W, const typename S::T* dy, const typename S::T* x,
+                               const typename S::T* wk, bool accumulate, typename S::T* dx, i64 c,
+                               __m512d (*d)[2]) {
+  using V = typename S::V;
+  using M = typename S::M;
+  V w[9];
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) w[t] = S::set1(wk[t]);
+  M mk[3];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw) mk[kw] = tap_mask<S>(c, kw - 1, W, W);
+  const M om = mk[1];
+  V a[9];
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) a[t] = S::zero();
+  V p[3], q[3], n[3];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw) {
+    p[kw] = S::zero();
+    n[kw] = S::zero();
+    q[kw] = S::load(mk[kw], at(dy, c + kw - 1));
+  }
+  i64 rows = 0;
+  for (i64 j = 0; j < H; ++j) {
+    const bool prev = j > 0, next = j + 1 < H;
+    if (next) {
+      const typename S::T* r = dy + (j + 1) * W;
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw) n[kw] = S::load(mk[kw], at(r, c + kw - 1));
+    }
+    typename S::T* o = dx + j * W + c;
+    V s = accumulate ? S::load(om, o) : S::zero();
+    if (prev) s = S::fma(w[6], p[2], S::fma(w[7], p[1], S::fma(w[8], p[0], s)));
+    s = S::fma(w[3], q[2], S::fma(w[4], q[1], S::fma(w[5], q[0], s)));
+    if (next) s = S::fma(w[0], n[2], S::fma(w[1], n[1], S::fma(w[2], n[0], s)));
+    S::store(o, om, s);
+    const typename S::T* xr = x + j * W;
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      const V xv = S::load(mk[kw], at(xr, c + kw - 1));
+      if (next) a[kw] = S::fma(n[1], xv, a[kw]);
+      a[3 + kw] = S::fma(q[1], xv, a[3 + kw]);
+      if (prev) a[6 + kw] = S::fma(p[1], xv, a[6 + kw]);
+    }
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      p[kw] = q[kw];
+      q[kw] = n[kw];
+    }
+    if (++rows == kDwFlush) {
+      rows = 0;
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) {
+        S::flush(a[t], d[t]);
+        a[t] = S::zero();
+      }
+    }
+  }
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) S::flush(a[t], d[t]);
+}
+
+template <class S>
+void fused_same3_plane(i64 H, i64 W, const typename S::T* dy, const typename S::T* x, const typename S::T* wk,
+                       bool accumulate, typename S::T* dx, double* acc) {
+  constexpr int L = S::L;
+  const bool half = S::L == 16 && W % L > 0 && W % L <= L / 2;
+  const i64 nvec = half ? W / L : (W + L - 1) / L;
+  __m512d d[9][2];
+  for (int t = 0; t < 9; ++t) d[t][0] = d[t][1] = _mm512_setzero_pd();
+  for (i64 v = 0; v < nvec; ++v) fused_same3_column<S>(H, W, dy, x, wk, accumulate, dx, v * L, d);
+  if constexpr (S::L == 16)
+    if (half) fused_same3_column<DwF8>(H, W, dy, x, wk, accumulate, dx, nvec * L, d);
+  for (int t = 0; t < 9; ++t) reduce_into<S>(d[t], acc + t);
+}
+
 constexpr int kDwTaps = 8;
 
 template <class S>
@@ -902,6 +990,15 @@ void dw_weight_plane(const DwGeom& g, const T* dy, const T* x, double* acc) {
   else
     weight_plane_any<S>(g, dy, x, acc);
 }
+template <typename T>
+void dw_backward_same3_plane(i64 H, i64 W, const T* dy, const T* x, const T* wk, bool accumulate, T* dx,
+                             double* acc) {
+  fused_same3_plane<typename DwTraits<T>::type>(H, W, dy, x, wk, accumulate, dx, acc);
+}
+template void dw_backward_same3_plane<float>(i64, i64, const float*, const float*, const float*, bool, float*,
+                                             double*);
+template void dw_backward_same3_plane<double>(i64, i64, const double*, const double*, const double*, bool,
+                                              double*, double*);
 template void dw_corr_plane<float>(const DwGeom&, const float*, const float*, float, bool, float*);
 template void dw_corr_plane<double>(const DwGeom&, const double*, const double*, double, bool, double*);
 template void dw_weight_plane<float>(const DwGeom&, const float*, const float*, double*);
