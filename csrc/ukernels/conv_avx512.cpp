@@ -213,6 +213,12 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
 // load as zeros, nothing outside the row is touched) and inside the output row. The
 // masks depend only on the column position, so they are computed once per call for a
 // strip of columns and reused down the plane.
+//
+// Forms: the centred 3x3 (dilation 1, one column of padding on the left: MobileNet's
+// layers, and their input gradients) streams each strip of up to 4 vectors down the
+// plane row by row (RollK3); the backward of a 3x3 'same' plane computes dx and dw in
+// one pass (fused_same3_plane); other 3x3 planes use R x NC register blocks, any other
+// kernel the any-kernel blocks and tap groups.
 
 using avx512::DwGeom;
 using avx512::kDwMaxKw;
@@ -288,7 +294,8 @@ inline typename S::M tap_mask(i64 c, i64 off, i64 Wo, i64 Ws) {
 }
 
 constexpr int kDwR = 8;          // output rows per register block (8 x 2 measured best
-                                 // for 3x3 56px: 0.22 ms against 0.27 for 4 x 4)
+                                 // for the blocked 3x3 at 56px: 0.22 ms against 0.27 for
+                                 // 4 x 4; the centred 3x3 is row-streamed instead)
 constexpr int kDwNC = 2;         // vectors per row per register block
 constexpr i64 kDwStripVecs = 64; // output vectors per column strip (masks precomputed)
 
@@ -376,64 +383,6 @@ inline __m256 shift_in_right<DwF8>(__m256 cur, __m256 next) {
   return _mm256_castsi256_ps(_mm256_alignr_epi32(_mm256_castps_si256(next), _mm256_castps_si256(cur), 1));
 }
 
-template <class S, int R, int NC>
-inline void corr_block_k3c(const DwGeom& g, const typename S::T* src, const typename S::V* wv,
-                           const typename S::M* om, i64 oh0, i64 c0, typename S::V init, bool accumulate,
-                           typename S::T* out) {
-  using T = typename S::T;
-  using V = typename S::V;
-  using M = typename S::M;
-  constexpr int L = S::L, KH = 3, KW = 3;
-  const i64 Wo = g.Wo, Ws = g.Ws, Hs = g.Hs, ih0 = oh0 - g.oh_off;
-  T* o = out + oh0 * Wo + c0;
-  V w[KH * KW];
-#pragma GCC unroll 9
-  for (int t = 0; t < KH * KW; ++t) w[t] = wv[t];
-  // source vectors -1 .. NC, aligned with the output vectors: lanes inside the row
-  M mb[NC + 2], mo[NC];
-#pragma GCC unroll 10
-  for (int c = 0; c < NC + 2; ++c) {
-    const i64 col = c0 + (c - 1) * L;
-    mb[c] = lane_bits<S>(-col, Ws - col);
-  }
-  mb[0] = static_cast<M>(mb[0] & (M(1) << (L - 1)));  // only the last lane of vector -1 is used
-  mb[NC + 1] = static_cast<M>(mb[NC + 1] & M(1));      // only the first lane of vector NC
-#pragma GCC unroll 8
-  for (int c = 0; c < NC; ++c) mo[c] = om[c];
-  V acc[R][NC];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) acc[r][c] = accumulate ? S::load(mo[c], o + r * Wo + c * L) : init;
-#pragma GCC unroll 16
-  for (int ii = 0; ii < R + KH - 1; ++ii) {
-    const i64 ih = ih0 + ii;
-    if (ih < 0 || ih >= Hs) continue;
-    const T* row = src + ih * Ws;
-    V b[NC + 2];
-#pragma GCC unroll 10
-    for (int c = 0; c < NC + 2; ++c) b[c] = S::load(mb[c], at(row, c0 + (c - 1) * L));
-#pragma GCC unroll 3
-    for (int kw = 0; kw < KW; ++kw) {
-      V v[NC];
-#pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c)
-        v[c] = kw == 1 ? b[c + 1] : kw == 0 ? shift_in_left<S>(b[c + 1], b[c]) : shift_in_right<S>(b[c + 1], b[c + 2]);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const int kh = ii - r;
-        if (kh < 0 || kh >= KH) continue;
-#pragma GCC unroll 8
-        for (int c = 0; c < NC; ++c) acc[r][c] = S::fma(w[kh * KW + kw], v[c], acc[r][c]);
-      }
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) S::store(o + r * Wo + c * L, mo[c], acc[r][c]);
-}
-
 // Any kernel size and dilation: taps in (kh, kw) order, one masked load per tap.
 template <class S, int R, int NC>
 inline void corr_block_any(const DwGeom& g, const typename S::T* src, const typename S::T* wk,
@@ -466,9 +415,7 @@ template <class S, int R, int NC>
 inline void corr_block(bool k3, const DwGeom& g, const typename S::T* src, const typename S::T* wk,
                        const typename S::V* wv, const typename S::M* msk, const typename S::M* om, i64 oh0,
                        i64 c0, typename S::V init, bool accumulate, typename S::T* out) {
-  if (k3 && g.ow_off == 1)
-    corr_block_k3c<S, R, NC>(g, src, wv, om, oh0, c0, init, accumulate, out);
-  else if (k3)
+  if (k3)
     corr_block_k3<S, R, NC>(g, src, wv, msk, om, oh0, c0, init, accumulate, out);
   else
     corr_block_any<S, R, NC>(g, src, wk, msk, om, oh0, c0, init, accumulate, out);
@@ -498,19 +445,6 @@ inline void corr_block_r(int r, int nc, bool k3, const DwGeom& g, const typename
     }
   }
   corr_block_nc<S, R>(nc, k3, g, src, wk, wv, msk, om, oh0, c0, init, accumulate, out);
-}
-
-// The centred 3x3 block on the 8-lane tail of a float row, r <= R rows.
-template <int R>
-inline void tail_block_r(int r, const DwGeom& g, const float* src, const __m256* wv, const __mmask8* om,
-                         i64 oh0, i64 c0, __m256 init, bool accumulate, float* out) {
-  if constexpr (R > 1) {
-    if (r < R) {
-      tail_block_r<R - 1>(r, g, src, wv, om, oh0, c0, init, accumulate, out);
-      return;
-    }
-  }
-  corr_block_k3c<DwF8, R, 1>(g, src, wv, om, oh0, c0, init, accumulate, out);
 }
 
 // Centred 3x3 (dilation 1, ow_off 1), row streaming: one pass down a strip of NC
@@ -653,25 +587,7 @@ void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* 
   if (k3)
     for (int t = 0; t < 9; ++t) wv[t] = S::set1(wk[t]);
   const V vi = S::set1(init);
-  // float, centred 3x3, at most 8 columns past the last whole vector: those go through
-  // the 8-lane block (56 px: 3 whole vectors and 8 columns, an eighth of the work)
-  const bool half = S::L == 16 && k3 && g.ow_off == 1 && g.Wo % L > 0 && g.Wo % L <= L / 2;
-  __m256 wh[9], vh = _mm256_setzero_ps();
-  __mmask8 omh = 0;
-  if constexpr (S::L == 16) {
-    if (half) {
-      for (int t = 0; t < 9; ++t) wh[t] = _mm256_set1_ps(static_cast<float>(wk[t]));
-      vh = _mm256_set1_ps(static_cast<float>(init));
-      omh = lane_bits<DwF8>(0, g.Wo % L);
-    }
-  }
-  const i64 kW = g.kW, nvec = half ? g.Wo / L : (g.Wo + L - 1) / L;
-  if (nvec == 0 && half) {
-    for (i64 oh0 = 0; oh0 < g.Ho; oh0 += kDwR)
-      if constexpr (S::L == 16)
-        tail_block_r<kDwR>(static_cast<int>(lmin(kDwR, g.Ho - oh0)), g, src, wh, &omh, oh0, 0, vh, accumulate, out);
-    return;
-  }
+  const i64 kW = g.kW, nvec = (g.Wo + L - 1) / L;
   M om[kDwStripVecs];
   M msk[kDwStripVecs * kDwMaxKw];
   for (i64 v0 = 0; v0 < nvec; v0 += kDwStripVecs) {  // column strips
@@ -690,8 +606,6 @@ void corr_plane(const DwGeom& g, const typename S::T* src, const typename S::T* 
         const i64 c0 = (v0 + v) * L;
         corr_block_r<S, kDwR>(r, nc, k3, g, src, wk, wv, mk, o, oh0, c0, vi, accumulate, out);
       }
-      if constexpr (S::L == 16)
-        if (half && v0 + nv == nvec) tail_block_r<kDwR>(r, g, src, wh, &omh, oh0, nvec * L, vh, accumulate, out);
     }
   }
 }
