@@ -1018,6 +1018,9 @@ void depthwise_backward_avx512(const ConvParams& p, const T* dy, const T* x, con
   const i64 tasks = p.c_in;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(conv_threads(p), tasks)));
   const avx512::DwGeom gf = dw_geom_forward(p), gi = dw_geom_input(p);
+  // 3x3 'same' planes (stride 1, dilation 1, padding 1 all round): the fused plane kernel
+  const bool same3 = p.h.kernel == 3 && p.w.kernel == 3 && p.h.dilation == 1 && p.w.dilation == 1 &&
+                     p.h.pad_lo == 1 && p.h.pad_hi == 1 && p.w.pad_lo == 1 && p.w.pad_hi == 1;
   // Per thread: the flipped kernel (KK values) and KK double sums.
   const std::size_t acc_per = per_thread(static_cast<std::size_t>(KK) * sizeof(double), 1);
   const std::size_t wf_per = per_thread(static_cast<std::size_t>(KK) * sizeof(T), 1);
@@ -1028,6 +1031,16 @@ void depthwise_backward_avx512(const ConvParams& p, const T* dy, const T* x, con
     char* mine = ws + per * thread_index();
     double* acc = reinterpret_cast<double*>(mine);
     T* wf = reinterpret_cast<T*>(mine + acc_per);
+    if (same3 && dx && dw && mult == 1) {  // one pass per plane for dx and dw
+      for (i64 r = 0; r < KK; ++r) acc[r] = 0;
+      for (i64 n = 0; n < p.n; ++n) {
+        const i64 t = n * p.c_in + g;
+        avx512::dw_backward_same3_plane<T>(p.h.in, p.w.in, dy + t * out_plane, x + t * in_plane, w + g * KK, false,
+                                           dx + t * in_plane, acc);
+      }
+      for (i64 r = 0; r < KK; ++r) dw[g * KK + r] = static_cast<T>(acc[r]);
+      continue;
+    }
     for (i64 n = 0; n < p.n; ++n) {
       const T* xp = x + (n * p.c_in + g) * in_plane;
       for (i64 m = 0; m < mult; ++m) {

@@ -156,6 +156,13 @@ void dw_corr_plane(const DwGeom& g, const T* src, const T* wk, T init, bool accu
 // acc[kh*kW + kw] += sum over (oh, ow) of dy(oh, ow) * x(oh + kh*dh - oh_off, ow + kw*dw - ow_off).
 template <typename T>
 void dw_weight_plane(const DwGeom& g, const T* dy, const T* x, double* acc);
+// Fused backward of one 3x3 plane with stride 1, dilation 1 and padding 1 on every side
+// (dy, dx and x all H x W; wk the unflipped kernel): dx = (accumulate ? dx : 0) + the
+// input gradient, and acc[kh*3 + kw] += the weight-gradient sums, from one pass that
+// loads each dy and x vector once.
+template <typename T>
+void dw_backward_same3_plane(i64 H, i64 W, const T* dy, const T* x, const T* wk, bool accumulate, T* dx,
+                             double* acc);
 }  // namespace avx512
 
 }  // namespace pyconv

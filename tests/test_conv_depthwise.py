@@ -1,6 +1,7 @@
 """Depthwise convolution (C_in/groups == 1): every kernel variant of the depthwise path
-(the AVX-512 stride-1 planes without a padded copy, with the 3x3 register-blocked form
-and the any-kernel form, the fused backward, the AVX2 planes, the scalar loop) against the
+(the AVX-512 stride-1 planes without a padded copy: the row-streamed 3x3 form, centred or
+not, the any-kernel register blocks, the fused backward and the fused 3x3 'same' plane
+backward; the AVX2 planes, the scalar loop) against the
 scalar path (bit-exact on integer data) and the NumPy reference, and bitwise reproducible
 across thread counts."""
 import numpy as np
@@ -32,6 +33,16 @@ CASES = [
     (1, 2, 1, 6, 20, 3, 3, (1, 1, 1, 1), (1, 1), (2, 2)),       # stride 2: AVX2/scalar planes
     (1, 2, 2, 7, 21, 3, 3, (1, 1, 1, 1), (1, 1), (2, 1)),       # stride 2 in H only
     (1, 2, 1, 5, 9, 1, 70, (0, 0, 35, 34), (1, 1), (1, 1)),     # kW > 64: the AVX2 planes
+    # centred 3x3 row-streamed forward (strips of 4 vectors, float 8-lane tail) and the
+    # fused 'same' backward (column passes, 8-lane tail column)
+    (2, 3, 1, 5, 150, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1)),      # several strips, ragged tail
+    (1, 2, 1, 6, 64, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1)),       # 4 whole float vectors
+    (1, 2, 1, 4, 8, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1)),        # only the 8-lane tail
+    (1, 2, 2, 8, 100, 3, 3, (2, 0, 1, 1), (1, 1), (1, 1)),      # top pad 2, multiplier: dx accumulates
+    (3, 2, 1, 70, 24, 3, 3, (1, 1, 1, 1), (1, 1), (1, 1)),      # > 64 rows: weight sums flushed
+    # row-streamed 3x3 without centring (one masked load per tap column)
+    (1, 2, 1, 6, 58, 3, 3, (0, 0, 0, 0), (1, 1), (1, 1)),       # 'valid': 3 vectors and the tail
+    (2, 2, 2, 5, 38, 3, 3, (2, 1, 0, 3), (1, 1), (1, 1)),       # asymmetric, multiplier 2
 ]
 IDS = [f"c{i}" for i in range(len(CASES))]
 
