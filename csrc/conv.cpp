@@ -226,10 +226,12 @@ struct UnfoldTB final : BPanelSource<T> {
   const TapRanges& tr;
   const T* x;
   i64 cbase;
-  UnfoldTB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 cb)
-      : p(p_), tr(tr_), x(x_), cbase(cb) {}
+  i64 kbase;  // pixel offset: row k of B is output pixel kbase + k
+  UnfoldTB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 cb, i64 kb = 0)
+      : p(p_), tr(tr_), x(x_), cbase(cb), kbase(kb) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    k0 += kbase;
     if (sizeof(T) == 4 && nr == 16 && p.w.stride == 1 && active_isa() == Isa::avx512) {
       avx512::unfold_t_pack_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(x), cbase,
                                 reinterpret_cast<float*>(dst), k0, kc, j0, nc);
@@ -489,6 +491,9 @@ constexpr i64 kRedPieces = 8;        // grad weight image pieces (fixed: results
 constexpr i64 kRedMaxGroups = 4;     //   depend on the thread count), for fewer groups than
 constexpr i64 kRedMinPlane = 4096;   //   this, output planes at least this large and
 constexpr i64 kRedMaxElems = 1 << 16; //  weights of at most this many elements
+constexpr i64 kRedNarrowK = 32;      // grad weight: unfolded widths below this also take pieces
+constexpr i64 kBiasTileBytes = 256 * 1024; // forward with bias: output columns per GEMM call
+                                           //   so the bias-filled tile is still in L2
 
 // Geometry shared by the forward and the backward GEMM drivers.
 struct Plan {
@@ -503,6 +508,8 @@ struct Plan {
   i64 wgt_nb;      // grad weight on tiny planes: images per GEMM depth via PaddedTB (1 = per image)
   i64 wgt_pad;     // its padded batch copy, elements
   i64 wred;        // grad weight: image pieces, each a partial sum, added at the end (1 = none)
+  i64 wslices;     //   with fewer images than pieces: pieces per image (1 = whole images)
+  i64 wrows;       //   and output rows per piece (the last piece of an image takes the rest)
   i64 tile;        // generic grad input: columns per col2im tile
   i64 ci_sub;      // generic grad input: input channels per col2im tile
   int threads;
@@ -542,10 +549,24 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   // the partials added in piece order at the end. Each thread then packs only its own
   // images' dY and X, where the column split had every thread pack all of dY (2 threads
   // scaled 1.34x). The pieces do not depend on the thread count, so neither does dW.
+  // With fewer images than pieces (the 7x7/2 stem, b1), each image is cut into wslices
+  // runs of wrows output rows (the last one shorter), one piece each, so a single large
+  // image splits too. Also taken for a narrow unfolded matrix (K < kRedNarrowK, e.g. 5x5
+  // with C_in = 1: K = 25) on planes too large for the tiny-plane batching, where the
+  // column split cannot make a second task at all.
   pl.wred = 1;
-  if (p.groups < kRedMaxGroups && p.n >= 2 && pl.Np >= kRedMinPlane &&
+  pl.wslices = 1;
+  pl.wrows = p.h.out;
+  const bool red_shape = pl.Np >= kRedMinPlane || (pl.K < kRedNarrowK && pl.Np >= kSmallPlane);
+  if (p.groups < kRedMaxGroups && red_shape && p.n >= 1 && (p.n >= 2 || p.h.out >= 2) &&
       checked_mul(checked_mul(p.groups, pl.Mg, "weight"), pl.K, "weight") <= kRedMaxElems) {
-    pl.wred = std::min(p.n, kRedPieces);
+    if (p.n >= kRedPieces || p.h.out == 1) {
+      pl.wred = std::min(p.n, kRedPieces);
+    } else {
+      pl.wrows = ceil_div(p.h.out, std::min(p.h.out, ceil_div(kRedPieces, p.n)));
+      pl.wslices = ceil_div(p.h.out, pl.wrows);
+      pl.wred = p.n * pl.wslices;
+    }
     pl.wcols = Split{pl.K, 1};
   }
   // Grad weight on tiny planes: nb images' pixels form one GEMM depth (K = nb*Np) and B is
@@ -578,6 +599,19 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   if (pl.ci_sub == pl.ci_chunk)
     pl.tile = std::min(np_r, std::max(pl.tile, kTileElems / checked_mul(KK, pl.ci_chunk, "col2im tile") / nr * nr));
   return pl;
+}
+
+// GEMM workspace of grad weight (elements, one thread): the GEMM depth is the plane, or
+// with image slices a run of wrows rows or an image's last, shorter run (the GEMM's
+// workspace is not monotonic in its depth, so each depth that occurs is asked).
+std::size_t weight_gemm_ws(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  std::size_t ws = gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np);
+  if (pl.wslices > 1) {
+    const i64 last = p.h.out - (pl.wslices - 1) * pl.wrows;
+    ws = std::max({ws, gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.wrows * p.w.out),
+                   gemm_ws(elem, pl.Mg, pl.wcols.chunk, last * p.w.out)});
+  }
+  return ws;
 }
 
 // ---------------------------------------------------------------- candidates
@@ -667,22 +701,32 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
   const TapRanges tr(p);
   const i64 in_plane = p.h.in * p.w.in;
+  const i64 nr = gemm_nr(sizeof(T));
+  const i64 sub = bias ? std::max<i64>(4 * kMinCols, kBiasTileBytes / (pl.Mg * static_cast<i64>(sizeof(T))) / nr * nr)
+                       : std::max<i64>(pl.fwd.chunk, 1);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 item = t / pl.fwd.count, s = t % pl.fwd.count;
     const i64 n = item / p.groups, g = item % p.groups;
     const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
-    T* yc = y + (n * p.c_out + g * pl.Mg) * pl.Np + j0;
-    if (bias)
-      for (i64 i = 0; i < pl.Mg; ++i) std::fill(yc + i * pl.Np, yc + i * pl.Np + jn, bias[g * pl.Mg + i]);
     const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
     T* wsp = ws + ws_per * thread_index();
-    if (kPointwise) {
-      StridedB<T> src = dense_b(xg, in_plane, j0);
-      gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
-    } else {
-      UnfoldB<T> src(p, tr, xg, j0, in_plane);
-      gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+    // With a bias, the columns go in sub-blocks of `sub`: the bias is written into a block
+    // that is still in L2 when the GEMM adds the product to it (one pass over y in memory
+    // instead of two). The GEMM's sum order depends on M and K only, so the result is the
+    // same as one call over all the columns.
+    for (i64 c0 = 0; c0 < jn; c0 += sub) {
+      const i64 cn = std::min(sub, jn - c0);
+      T* yc = y + (n * p.c_out + g * pl.Mg) * pl.Np + j0 + c0;
+      if (bias)
+        for (i64 i = 0; i < pl.Mg; ++i) std::fill(yc + i * pl.Np, yc + i * pl.Np + cn, bias[g * pl.Mg + i]);
+      if (kPointwise) {
+        StridedB<T> src = dense_b(xg, in_plane, j0 + c0);
+        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+      } else {
+        UnfoldB<T> src(p, tr, xg, j0 + c0, in_plane);
+        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+      }
     }
   }
 }
@@ -840,24 +884,35 @@ void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const 
                         std::size_t ws_per, const TapRanges& tr) {
   const i64 P = pl.wred, MK = pl.Mg * pl.K, tasks = p.groups * P;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
-  const i64 in_plane = p.h.in * p.w.in;
+  const i64 in_plane = p.h.in * p.w.in, Wo = p.w.out, S = pl.wslices;
   T* part = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(tasks * MK) * sizeof(T)));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 g = t / P, piece = t % P;
-    const i64 n0 = piece * p.n / P, n1 = (piece + 1) * p.n / P;
+    // Whole images n0 .. n1-1, or (S > 1) output rows r0 .. r1-1 of image n0.
+    i64 n0, n1, r0 = 0, r1 = p.h.out;
+    if (S == 1) {
+      n0 = piece * p.n / P;
+      n1 = (piece + 1) * p.n / P;
+    } else {
+      n0 = piece / S;
+      n1 = n0 + 1;
+      r0 = (piece % S) * pl.wrows;
+      r1 = std::min(p.h.out, r0 + pl.wrows);
+    }
+    const i64 depth = (r1 - r0) * Wo;
     T* c = part + t * MK;
     T* wsp = ws + ws_per * thread_index();
     if (n0 == n1) fill_zero(c, MK);
     for (i64 n = n0; n < n1; ++n) {
-      const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
+      const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np + r0 * Wo;
       const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
-      if (kPointwise) {
-        StridedB<T> src(xg, 1, in_plane);
-        gemm<T>(pl.Mg, pl.K, pl.Np, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
+      if (kPointwise) {  // 1x1, stride 1, no padding: output pixel j reads input pixel j
+        StridedB<T> src(xg + r0 * Wo, 1, in_plane);
+        gemm<T>(pl.Mg, pl.K, depth, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
       } else {
-        UnfoldTB<T> src(p, tr, xg, 0);
-        gemm<T>(pl.Mg, pl.K, pl.Np, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
+        UnfoldTB<T> src(p, tr, xg, 0, r0 * Wo);
+        gemm<T>(pl.Mg, pl.K, depth, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
       }
     }
   }
@@ -1121,7 +1176,7 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
   const TapRanges tr(p);
   const i64 KK = p.h.kernel * p.w.kernel;
   // One workspace sized for the largest of the GEMM calls below.
-  std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, pl.Np), sizeof(T));
+  std::size_t ws_per = per_thread(weight_gemm_ws(p, pl, sizeof(T)), sizeof(T));
   if (dw && !pointwise && pl.wgt_nb > 1) {
     const i64 Kb = pl.wgt_nb * pl.Np;
     ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, Kb), sizeof(T)) +
@@ -1288,7 +1343,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                     pl.pad_elems, "workspace"));
   }
   if (backward) {
-    per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np)));
+    per = std::max(per, static_cast<i64>(weight_gemm_ws(p, pl, elem)));
     if (pl.wgt_nb > 1) {
       const i64 kb = checked_mul(pl.wgt_nb, pl.Np, "batched pixels");
       per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, kb)) + 32,
