@@ -118,7 +118,8 @@ struct UnfoldB final : BPanelSource<T> {
       : p(p_), tr(tr_), x(x_), jbase(jb), img(img_stride) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
-    if (p.w.stride == 1 && nr * static_cast<int>(sizeof(T)) == 64 && active_isa() == Isa::avx512) {
+    if ((p.w.stride == 1 || p.w.stride == 2) && nr * static_cast<int>(sizeof(T)) == 64 &&
+        active_isa() == Isa::avx512) {
       avx512_pack(dst, k0, kc, j0, nc);
       return;
     }
@@ -647,6 +648,13 @@ constexpr Candidate kCandidates[] = {
 
 // ---------------------------------------------------------------- forward
 
+// The bias is added to the finished sum (y = sum + bias, one rounding), the same order
+// in the per-image and the batched forward drivers.
+template <typename T>
+inline void add_bias(T* y, i64 n, T b) {
+  for (i64 j = 0; j < n; ++j) y[j] += b;
+}
+
 // Shared driver of the pointwise and generic forward: tasks = (image, group, column
 // chunk); each runs one single-threaded GEMM into its own slice of y.
 // Generic forward with fwd_nb images per GEMM: tasks = (batch of images, group); the
@@ -669,21 +677,26 @@ void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const
     const i64 n0 = b * nb, cnt = std::min(nb, p.n - n0), N = cnt * pl.Np;
     T* wsp = ws + ws_per * thread_index();
     T* tmp = wsp + gemm_part;
-    if (bias)
-      for (i64 i = 0; i < pl.Mg; ++i) std::fill(tmp + i * N, tmp + (i + 1) * N, bias[g * pl.Mg + i]);
     if (pl.pad_elems > 0) {
       T* xp = tmp + tmp_part;
       pad_batch(p, pl.Cg, pl.Hp, pl.Wp, x, n0, cnt, g, xp);
       PaddedB<T> src(p, xp, pl.Wp, planeP, imgP);
-      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
+      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, false, 1, wsp);
     } else {
       UnfoldB<T> src(p, tr, x + (n0 * p.c_in + g * pl.Cg) * in_plane, 0, p.c_in * in_plane);
-      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
+      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, false, 1, wsp);
     }
     for (i64 im = 0; im < cnt; ++im)
-      for (i64 i = 0; i < pl.Mg; ++i)
-        std::memcpy(y + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np, tmp + i * N + im * pl.Np,
-                    static_cast<std::size_t>(pl.Np) * sizeof(T));
+      for (i64 i = 0; i < pl.Mg; ++i) {
+        T* yr = y + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np;
+        const T* tr_ = tmp + i * N + im * pl.Np;
+        if (bias) {
+          const T bv = bias[g * pl.Mg + i];
+          for (i64 j = 0; j < pl.Np; ++j) yr[j] = tr_[j] + bv;
+        } else {
+          std::memcpy(yr, tr_, static_cast<std::size_t>(pl.Np) * sizeof(T));
+        }
+      }
   }
 }
 
@@ -711,22 +724,21 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
     const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
     const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
     T* wsp = ws + ws_per * thread_index();
-    // With a bias, the columns go in sub-blocks of `sub`: the bias is written into a block
-    // that is still in L2 when the GEMM adds the product to it (one pass over y in memory
-    // instead of two). The GEMM's sum order depends on M and K only, so the result is the
-    // same as one call over all the columns.
+    // With a bias, the columns go in sub-blocks of `sub`, and the bias is added to each
+    // block right after its GEMM, while the block is still in L2 (one pass over y in
+    // memory, where a bias fill before the GEMM made two). y = sum + bias: see add_bias.
     for (i64 c0 = 0; c0 < jn; c0 += sub) {
       const i64 cn = std::min(sub, jn - c0);
       T* yc = y + (n * p.c_out + g * pl.Mg) * pl.Np + j0 + c0;
-      if (bias)
-        for (i64 i = 0; i < pl.Mg; ++i) std::fill(yc + i * pl.Np, yc + i * pl.Np + cn, bias[g * pl.Mg + i]);
       if (kPointwise) {
         StridedB<T> src = dense_b(xg, in_plane, j0 + c0);
-        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
       } else {
         UnfoldB<T> src(p, tr, xg, j0 + c0, in_plane);
-        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
       }
+      if (bias)
+        for (i64 i = 0; i < pl.Mg; ++i) add_bias(yc + i * pl.Np, cn, bias[g * pl.Mg + i]);
     }
   }
 }
