@@ -492,6 +492,9 @@ constexpr i64 kRedPieces = 8;        // grad weight image pieces (fixed: results
 constexpr i64 kRedMaxGroups = 4;     //   depend on the thread count), for fewer groups than
 constexpr i64 kRedMinPlane = 4096;   //   this, output planes at least this large and
 constexpr i64 kRedMaxElems = 1 << 16; //  weights of at most this many elements
+constexpr i64 kDxBands = 2;          // grad input of a single image with few channels: row bands
+constexpr i64 kDxBandMaxChannels = 8; //   for fewer input channels (per group) than this
+constexpr i64 kDxBandMinRows = 16;    //   and at least this many output rows
 constexpr i64 kRedNarrowK = 32;      // grad weight: unfolded widths below this also take pieces
 constexpr i64 kBiasTileBytes = 256 * 1024; // forward with bias: output columns per GEMM call
                                            //   so the bias-filled tile is still in L2
@@ -513,6 +516,7 @@ struct Plan {
   i64 wrows;       //   and output rows per piece (the last piece of an image takes the rest)
   i64 tile;        // generic grad input: columns per col2im tile
   i64 ci_sub;      // generic grad input: input channels per col2im tile
+  i64 dx_bands;    // generic grad input: bands of input rows per (image, group, channel chunk)
   int threads;
 };
 
@@ -589,6 +593,16 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   }
   i64 ci_want = (pl.threads > 1 && items % pl.threads != 0 && items < 8 * pl.threads) ? pl.threads : 1;
   ci_want = std::min(ci_want, pl.Cg);
+  // Grad input of one image with few input channels (the 7x7/2 stem: 3 channels split 2:1
+  // over 2 threads): instead, kDxBands bands of input rows, all channels each; a band
+  // recomputes the (kH-1)*dH/sH output rows its neighbour also needs. The bands change
+  // where the column tiles start, hence the sum order, so their number depends on the
+  // shape only, never on the thread count.
+  pl.dx_bands = 1;
+  if (items == 1 && pl.Cg < kDxBandMaxChannels && p.h.out >= kDxBandMinRows && p.h.in >= kDxBands) {
+    pl.dx_bands = kDxBands;
+    ci_want = 1;
+  }
   pl.ci_chunk = ceil_div(pl.Cg, ci_want);
   pl.ci_count = ceil_div(pl.Cg, pl.ci_chunk);
   // col2im tile: up to kTileCols columns, then as many of the task's channels as fit
@@ -1008,10 +1022,11 @@ void input_grad_pointwise(const ConvParams& p, const Plan& pl, const T* dy, cons
 }
 
 // Adds a col2im tile (rows (ci, kh, kw) for ci in [0, nci), columns = output pixels
-// j0 .. j0+jn) into the input-gradient planes dxp (channel 0 = the tile's first).
+// j0 .. j0+jn) into the input rows h0 .. h1-1 of the input-gradient planes dxp (channel
+// 0 = the tile's first); contributions to other rows are dropped.
 template <typename T>
 void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nci, i64 j0,
-                 i64 jn, T* dxp) {
+                 i64 jn, T* dxp, i64 h0, i64 h1) {
   const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in, sw = p.w.stride;
   const i64 plane = p.h.in * W;
   for (i64 ci = 0; ci < nci; ++ci)
@@ -1024,7 +1039,7 @@ void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nc
         while (at < jn) {
           const i64 len = std::min(jn - at, Wo - ow);
           const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-          if (ih >= 0 && ih < p.h.in) {
+          if (ih >= h0 && ih < h1) {
             const i64 a = std::min(std::max(lo - ow, i64(0)), len);
             const i64 b = std::min(std::max(hi - ow, a), len);
             T* dst = xp + ih * W + ow * sw + iwk;
@@ -1046,29 +1061,36 @@ void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nc
 template <typename T>
 void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const T* w, T* dx,
                         T* ws, std::size_t ws_per, const TapRanges& tr) {
-  const i64 KK = p.h.kernel * p.w.kernel;
-  const i64 tasks = p.n * p.groups * pl.ci_count;
+  const i64 KK = p.h.kernel * p.w.kernel, B = pl.dx_bands, H = p.h.in, W = p.w.in;
+  const i64 tasks = p.n * p.groups * pl.ci_count * B;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
-  const i64 in_plane = p.h.in * p.w.in;
+  const i64 in_plane = H * W;
   const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
-    const i64 item = t / pl.ci_count, s = t % pl.ci_count;
+    const i64 item = t / (pl.ci_count * B), s = (t / B) % pl.ci_count, band = t % B;
     const i64 n = item / p.groups, g = item % p.groups;
     const i64 ca = s * pl.ci_chunk, nci = std::min(pl.ci_chunk, pl.Cg - ca);
+    // Input rows h0 .. h1-1 of the task's planes, from the output rows whose windows reach
+    // them: oh*stride + kh*dilation - pad in [h0, h1) for some kh.
+    const i64 h0 = band * H / B, h1 = (band + 1) * H / B;
+    const i64 lo_num = h0 + p.h.pad_lo - (p.h.kernel - 1) * p.h.dilation;
+    const i64 oh0 = lo_num <= 0 ? 0 : std::min(p.h.out, ceil_div(lo_num, p.h.stride));
+    const i64 hi_num = h1 - 1 + p.h.pad_lo;
+    const i64 oh1 = hi_num < 0 ? oh0 : std::max(oh0, std::min(p.h.out, hi_num / p.h.stride + 1));
     T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
-    fill_zero(dxp, nci * in_plane);
+    for (i64 ci = 0; ci < nci; ++ci) fill_zero(dxp + ci * in_plane + h0 * W, (h1 - h0) * W);
     T* wsp = ws + ws_per * thread_index();
     T* tile = wsp + gemm_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
     for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
       const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
       const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
-      for (i64 j0 = 0; j0 < pl.Np; j0 += pl.tile) {
-        const i64 jn = std::min(pl.tile, pl.Np - j0);
+      for (i64 j0 = oh0 * p.w.out; j0 < oh1 * p.w.out; j0 += pl.tile) {
+        const i64 jn = std::min(pl.tile, oh1 * p.w.out - j0);
         StridedB<T> src = dense_b(dyg, pl.Np, j0);
         gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
-        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane);
+        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane, h0, h1);
       }
     }
   }
