@@ -27,6 +27,7 @@ struct P32 {
   static V zero() { return _mm512_setzero_ps(); }
   static V mload(V src, M m, const T* p) { return _mm512_mask_loadu_ps(src, m, p); }
   static V zload(M m, const T* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V loadu(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, V v) { _mm512_storeu_ps(p, v); }
   // Lanes 0, 2, 4, ... of the 32 elements lo:hi.
   static V evens(V lo, V hi) {
@@ -43,6 +44,7 @@ struct P64 {
   static V zero() { return _mm512_setzero_pd(); }
   static V mload(V src, M m, const T* p) { return _mm512_mask_loadu_pd(src, m, p); }
   static V zload(M m, const T* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static V loadu(const T* p) { return _mm512_loadu_pd(p); }
   static void store(T* p, V v) { _mm512_storeu_pd(p, v); }
   static V evens(V lo, V hi) {
     const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
@@ -117,7 +119,22 @@ void pack(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const typenam
         T* d = dst + (pg + q) * kc * NR + kb * NR;
         const Seg* s0 = segs + sbeg[q];
         const Seg* s1 = segs + sbeg[q + 1];
+        // A whole panel inside one output row (the common case; every panel but the ragged
+        // ones of a 1D convolution): rows whose taps are all inside the input row are one
+        // plain load (two and a permute at stride 2) and no mask arithmetic.
+        const bool whole = s1 - s0 == 1 && s0->len == NR;
         for (int t = 0; t < nk; ++t, d += NR) {
+          if (whole) {
+            const i64 ih = s0->ohs + r_ihk[t];
+            if (ih >= 0 && ih < H && s0->ow >= r_lo[t] && s0->ow + NR <= r_hi[t]) {
+              const T* src = r_xp[t] + s0->img + ih * W + SW * s0->ow + r_iwk[t];
+              if (SW == 1)
+                S::store(d, S::loadu(src));
+              else  // the last lane reads element 2*NR - 2: the final element is not loaded
+                S::store(d, S::evens(S::loadu(src), S::zload(static_cast<M>((1u << (NR - 1)) - 1u), src + NR)));
+              continue;
+            }
+          }
           V v = S::zero();
           for (const Seg* s = s0; s != s1; ++s) {
             const i64 ih = s->ohs + r_ihk[t];
