@@ -19,7 +19,8 @@
 //                                 plus kH*kW double accumulators;
 //   depthwise (AVX-512, stride 1) no plane copy (masked edge loads): kH*kW double sums
 //                                 and the flipped kernel;
-//   grad weight in image pieces   groups x pieces partial dW (Plan::wred), not per thread.
+//   grad weight in pieces         groups x pieces partial dW (Plan::wred; a piece is some
+//                                 images or a run of rows of one), not per thread.
 // Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
 
@@ -496,8 +497,8 @@ constexpr i64 kDxBands = 2;          // grad input of a single image with few ch
 constexpr i64 kDxBandMaxChannels = 8; //   for fewer input channels (per group) than this
 constexpr i64 kDxBandMinRows = 16;    //   and at least this many output rows
 constexpr i64 kRedNarrowK = 32;      // grad weight: unfolded widths below this also take pieces
-constexpr i64 kBiasTileBytes = 256 * 1024; // forward with bias: output columns per GEMM call
-                                           //   so the bias-filled tile is still in L2
+constexpr i64 kBiasTileBytes = 256 * 1024; // forward with bias: output block per GEMM call,
+                                           //   still in L2 when its bias is added
 
 // Geometry shared by the forward and the backward GEMM drivers.
 struct Plan {
@@ -563,7 +564,7 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   pl.wslices = 1;
   pl.wrows = p.h.out;
   const bool red_shape = pl.Np >= kRedMinPlane || (pl.K < kRedNarrowK && pl.Np >= kSmallPlane);
-  if (p.groups < kRedMaxGroups && red_shape && p.n >= 1 && (p.n >= 2 || p.h.out >= 2) &&
+  if (p.groups < kRedMaxGroups && red_shape && (p.n >= 2 || (p.n == 1 && p.h.out >= 2)) &&
       checked_mul(checked_mul(p.groups, pl.Mg, "weight"), pl.K, "weight") <= kRedMaxElems) {
     if (p.n >= kRedPieces || p.h.out == 1) {
       pl.wred = std::min(p.n, kRedPieces);
