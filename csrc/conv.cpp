@@ -669,6 +669,14 @@ template <typename T>
 inline void add_bias(T* y, i64 n, T b) {
   for (i64 j = 0; j < n; ++j) y[j] += b;
 }
+template <>
+inline void add_bias<float>(float* y, i64 n, float b) {
+  if (active_isa() == Isa::avx512) {
+    avx512::add_bias_f32(y, n, b);
+    return;
+  }
+  for (i64 j = 0; j < n; ++j) y[j] += b;
+}
 
 // Shared driver of the pointwise and generic forward: tasks = (image, group, column
 // chunk); each runs one single-threaded GEMM into its own slice of y.

@@ -797,6 +797,15 @@ void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, 
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
   pack_t_f32(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
 }
+void add_bias_f32(float* y, i64 n, float b) {
+  const __m512 bv = _mm512_set1_ps(b);
+  i64 j = 0;
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, _mm512_add_ps(_mm512_loadu_ps(y + j), bv));
+  if (j < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - j)) - 1u);
+    _mm512_mask_storeu_ps(y + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + j), bv));
+  }
+}
 void unfold_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                      i64 jbase, i64 img, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
   if (p.w.stride == 2)
