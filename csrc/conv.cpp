@@ -19,7 +19,8 @@
 //                                 plus kH*kW double accumulators;
 //   depthwise (AVX-512, stride 1) no plane copy (masked edge loads): kH*kW double sums
 //                                 and the flipped kernel;
-//   grad weight in image pieces   groups x pieces partial dW (Plan::wred), not per thread.
+//   grad weight in pieces         groups x pieces partial dW (Plan::wred; a piece is some
+//                                 images or a run of rows of one), not per thread.
 // Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
 
@@ -118,7 +119,8 @@ struct UnfoldB final : BPanelSource<T> {
       : p(p_), tr(tr_), x(x_), jbase(jb), img(img_stride) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
-    if (p.w.stride == 1 && nr * static_cast<int>(sizeof(T)) == 64 && active_isa() == Isa::avx512) {
+    if ((p.w.stride == 1 || p.w.stride == 2) && nr * static_cast<int>(sizeof(T)) == 64 &&
+        active_isa() == Isa::avx512) {
       avx512_pack(dst, k0, kc, j0, nc);
       return;
     }
@@ -226,10 +228,12 @@ struct UnfoldTB final : BPanelSource<T> {
   const TapRanges& tr;
   const T* x;
   i64 cbase;
-  UnfoldTB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 cb)
-      : p(p_), tr(tr_), x(x_), cbase(cb) {}
+  i64 kbase;  // pixel offset: row k of B is output pixel kbase + k
+  UnfoldTB(const ConvParams& p_, const TapRanges& tr_, const T* x_, i64 cb, i64 kb = 0)
+      : p(p_), tr(tr_), x(x_), cbase(cb), kbase(kb) {}
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
+    k0 += kbase;
     if (sizeof(T) == 4 && nr == 16 && p.w.stride == 1 && active_isa() == Isa::avx512) {
       avx512::unfold_t_pack_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(x), cbase,
                                 reinterpret_cast<float*>(dst), k0, kc, j0, nc);
@@ -489,6 +493,12 @@ constexpr i64 kRedPieces = 8;        // grad weight image pieces (fixed: results
 constexpr i64 kRedMaxGroups = 4;     //   depend on the thread count), for fewer groups than
 constexpr i64 kRedMinPlane = 4096;   //   this, output planes at least this large and
 constexpr i64 kRedMaxElems = 1 << 16; //  weights of at most this many elements
+constexpr i64 kDxBands = 2;          // grad input of a single image with few channels: row bands
+constexpr i64 kDxBandMaxChannels = 8; //   for fewer input channels (per group) than this
+constexpr i64 kDxBandMinRows = 16;    //   and at least this many output rows
+constexpr i64 kRedNarrowK = 32;      // grad weight: unfolded widths below this also take pieces
+constexpr i64 kBiasTileBytes = 256 * 1024; // forward with bias: output block per GEMM call,
+                                           //   still in L2 when its bias is added
 
 // Geometry shared by the forward and the backward GEMM drivers.
 struct Plan {
@@ -503,8 +513,11 @@ struct Plan {
   i64 wgt_nb;      // grad weight on tiny planes: images per GEMM depth via PaddedTB (1 = per image)
   i64 wgt_pad;     // its padded batch copy, elements
   i64 wred;        // grad weight: image pieces, each a partial sum, added at the end (1 = none)
+  i64 wslices;     //   with fewer images than pieces: pieces per image (1 = whole images)
+  i64 wrows;       //   and output rows per piece (the last piece of an image takes the rest)
   i64 tile;        // generic grad input: columns per col2im tile
   i64 ci_sub;      // generic grad input: input channels per col2im tile
+  i64 dx_bands;    // generic grad input: bands of input rows per (image, group, channel chunk)
   int threads;
 };
 
@@ -542,10 +555,24 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   // the partials added in piece order at the end. Each thread then packs only its own
   // images' dY and X, where the column split had every thread pack all of dY (2 threads
   // scaled 1.34x). The pieces do not depend on the thread count, so neither does dW.
+  // With fewer images than pieces (the 7x7/2 stem, b1), each image is cut into wslices
+  // runs of wrows output rows (the last one shorter), one piece each, so a single large
+  // image splits too. Also taken for a narrow unfolded matrix (K < kRedNarrowK, e.g. 5x5
+  // with C_in = 1: K = 25) on planes too large for the tiny-plane batching, where the
+  // column split cannot make a second task at all.
   pl.wred = 1;
-  if (p.groups < kRedMaxGroups && p.n >= 2 && pl.Np >= kRedMinPlane &&
+  pl.wslices = 1;
+  pl.wrows = p.h.out;
+  const bool red_shape = pl.Np >= kRedMinPlane || (pl.K < kRedNarrowK && pl.Np >= kSmallPlane);
+  if (p.groups < kRedMaxGroups && red_shape && (p.n >= 2 || (p.n == 1 && p.h.out >= 2)) &&
       checked_mul(checked_mul(p.groups, pl.Mg, "weight"), pl.K, "weight") <= kRedMaxElems) {
-    pl.wred = std::min(p.n, kRedPieces);
+    if (p.n >= kRedPieces || p.h.out == 1) {
+      pl.wred = std::min(p.n, kRedPieces);
+    } else {
+      pl.wrows = ceil_div(p.h.out, std::min(p.h.out, ceil_div(kRedPieces, p.n)));
+      pl.wslices = ceil_div(p.h.out, pl.wrows);
+      pl.wred = p.n * pl.wslices;
+    }
     pl.wcols = Split{pl.K, 1};
   }
   // Grad weight on tiny planes: nb images' pixels form one GEMM depth (K = nb*Np) and B is
@@ -567,6 +594,16 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   }
   i64 ci_want = (pl.threads > 1 && items % pl.threads != 0 && items < 8 * pl.threads) ? pl.threads : 1;
   ci_want = std::min(ci_want, pl.Cg);
+  // Grad input of one image with few input channels (the 7x7/2 stem: 3 channels split 2:1
+  // over 2 threads): instead, kDxBands bands of input rows, all channels each; a band
+  // recomputes the (kH-1)*dH/sH output rows its neighbour also needs. The bands change
+  // where the column tiles start, hence the sum order, so their number depends on the
+  // shape only, never on the thread count.
+  pl.dx_bands = 1;
+  if (items == 1 && pl.Cg < kDxBandMaxChannels && p.h.out >= kDxBandMinRows && p.h.in >= kDxBands) {
+    pl.dx_bands = kDxBands;
+    ci_want = 1;
+  }
   pl.ci_chunk = ceil_div(pl.Cg, ci_want);
   pl.ci_count = ceil_div(pl.Cg, pl.ci_chunk);
   // col2im tile: up to kTileCols columns, then as many of the task's channels as fit
@@ -578,6 +615,19 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   if (pl.ci_sub == pl.ci_chunk)
     pl.tile = std::min(np_r, std::max(pl.tile, kTileElems / checked_mul(KK, pl.ci_chunk, "col2im tile") / nr * nr));
   return pl;
+}
+
+// GEMM workspace of grad weight (elements, one thread): the GEMM depth is the plane, or
+// with image slices a run of wrows rows or an image's last, shorter run (the GEMM's
+// workspace is not monotonic in its depth, so each depth that occurs is asked).
+std::size_t weight_gemm_ws(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  std::size_t ws = gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np);
+  if (pl.wslices > 1) {
+    const i64 last = p.h.out - (pl.wslices - 1) * pl.wrows;
+    ws = std::max({ws, gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.wrows * p.w.out),
+                   gemm_ws(elem, pl.Mg, pl.wcols.chunk, last * p.w.out)});
+  }
+  return ws;
 }
 
 // ---------------------------------------------------------------- candidates
@@ -613,6 +663,21 @@ constexpr Candidate kCandidates[] = {
 
 // ---------------------------------------------------------------- forward
 
+// The bias is added to the finished sum (y = sum + bias, one rounding), the same order
+// in the per-image and the batched forward drivers.
+template <typename T>
+inline void add_bias(T* y, i64 n, T b) {
+  for (i64 j = 0; j < n; ++j) y[j] += b;
+}
+template <>
+inline void add_bias<float>(float* y, i64 n, float b) {
+  if (active_isa() == Isa::avx512) {
+    avx512::add_bias_f32(y, n, b);
+    return;
+  }
+  for (i64 j = 0; j < n; ++j) y[j] += b;
+}
+
 // Shared driver of the pointwise and generic forward: tasks = (image, group, column
 // chunk); each runs one single-threaded GEMM into its own slice of y.
 // Generic forward with fwd_nb images per GEMM: tasks = (batch of images, group); the
@@ -635,21 +700,26 @@ void forward_gemm_batched(const ConvParams& p, const Plan& pl, const T* x, const
     const i64 n0 = b * nb, cnt = std::min(nb, p.n - n0), N = cnt * pl.Np;
     T* wsp = ws + ws_per * thread_index();
     T* tmp = wsp + gemm_part;
-    if (bias)
-      for (i64 i = 0; i < pl.Mg; ++i) std::fill(tmp + i * N, tmp + (i + 1) * N, bias[g * pl.Mg + i]);
     if (pl.pad_elems > 0) {
       T* xp = tmp + tmp_part;
       pad_batch(p, pl.Cg, pl.Hp, pl.Wp, x, n0, cnt, g, xp);
       PaddedB<T> src(p, xp, pl.Wp, planeP, imgP);
-      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
+      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, false, 1, wsp);
     } else {
       UnfoldB<T> src(p, tr, x + (n0 * p.c_in + g * pl.Cg) * in_plane, 0, p.c_in * in_plane);
-      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, bias != nullptr, 1, wsp);
+      gemm<T>(pl.Mg, N, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, tmp, N, 1, false, 1, wsp);
     }
     for (i64 im = 0; im < cnt; ++im)
-      for (i64 i = 0; i < pl.Mg; ++i)
-        std::memcpy(y + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np, tmp + i * N + im * pl.Np,
-                    static_cast<std::size_t>(pl.Np) * sizeof(T));
+      for (i64 i = 0; i < pl.Mg; ++i) {
+        T* yr = y + ((n0 + im) * p.c_out + g * pl.Mg + i) * pl.Np;
+        const T* tr_ = tmp + i * N + im * pl.Np;
+        if (bias) {
+          const T bv = bias[g * pl.Mg + i];
+          for (i64 j = 0; j < pl.Np; ++j) yr[j] = tr_[j] + bv;
+        } else {
+          std::memcpy(yr, tr_, static_cast<std::size_t>(pl.Np) * sizeof(T));
+        }
+      }
   }
 }
 
@@ -667,22 +737,31 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
   const TapRanges tr(p);
   const i64 in_plane = p.h.in * p.w.in;
+  const i64 nr = gemm_nr(sizeof(T));
+  const i64 sub = bias ? std::max<i64>(4 * kMinCols, kBiasTileBytes / (pl.Mg * static_cast<i64>(sizeof(T))) / nr * nr)
+                       : std::max<i64>(pl.fwd.chunk, 1);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 item = t / pl.fwd.count, s = t % pl.fwd.count;
     const i64 n = item / p.groups, g = item % p.groups;
     const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
-    T* yc = y + (n * p.c_out + g * pl.Mg) * pl.Np + j0;
-    if (bias)
-      for (i64 i = 0; i < pl.Mg; ++i) std::fill(yc + i * pl.Np, yc + i * pl.Np + jn, bias[g * pl.Mg + i]);
     const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
     T* wsp = ws + ws_per * thread_index();
-    if (kPointwise) {
-      StridedB<T> src = dense_b(xg, in_plane, j0);
-      gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
-    } else {
-      UnfoldB<T> src(p, tr, xg, j0, in_plane);
-      gemm<T>(pl.Mg, jn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, bias != nullptr, 1, wsp);
+    // With a bias, the columns go in sub-blocks of `sub`, and the bias is added to each
+    // block right after its GEMM, while the block is still in L2 (one pass over y in
+    // memory, where a bias fill before the GEMM made two). y = sum + bias: see add_bias.
+    for (i64 c0 = 0; c0 < jn; c0 += sub) {
+      const i64 cn = std::min(sub, jn - c0);
+      T* yc = y + (n * p.c_out + g * pl.Mg) * pl.Np + j0 + c0;
+      if (kPointwise) {
+        StridedB<T> src = dense_b(xg, in_plane, j0 + c0);
+        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
+      } else {
+        UnfoldB<T> src(p, tr, xg, j0 + c0, in_plane);
+        gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
+      }
+      if (bias)
+        for (i64 i = 0; i < pl.Mg; ++i) add_bias(yc + i * pl.Np, cn, bias[g * pl.Mg + i]);
     }
   }
 }
@@ -840,24 +919,35 @@ void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const 
                         std::size_t ws_per, const TapRanges& tr) {
   const i64 P = pl.wred, MK = pl.Mg * pl.K, tasks = p.groups * P;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
-  const i64 in_plane = p.h.in * p.w.in;
+  const i64 in_plane = p.h.in * p.w.in, Wo = p.w.out, S = pl.wslices;
   T* part = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(tasks * MK) * sizeof(T)));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 g = t / P, piece = t % P;
-    const i64 n0 = piece * p.n / P, n1 = (piece + 1) * p.n / P;
+    // Whole images n0 .. n1-1, or (S > 1) output rows r0 .. r1-1 of image n0.
+    i64 n0, n1, r0 = 0, r1 = p.h.out;
+    if (S == 1) {
+      n0 = piece * p.n / P;
+      n1 = (piece + 1) * p.n / P;
+    } else {
+      n0 = piece / S;
+      n1 = n0 + 1;
+      r0 = (piece % S) * pl.wrows;
+      r1 = std::min(p.h.out, r0 + pl.wrows);
+    }
+    const i64 depth = (r1 - r0) * Wo;
     T* c = part + t * MK;
     T* wsp = ws + ws_per * thread_index();
     if (n0 == n1) fill_zero(c, MK);
     for (i64 n = n0; n < n1; ++n) {
-      const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
+      const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np + r0 * Wo;
       const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
-      if (kPointwise) {
-        StridedB<T> src(xg, 1, in_plane);
-        gemm<T>(pl.Mg, pl.K, pl.Np, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
+      if (kPointwise) {  // 1x1, stride 1, no padding: output pixel j reads input pixel j
+        StridedB<T> src(xg + r0 * Wo, 1, in_plane);
+        gemm<T>(pl.Mg, pl.K, depth, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
       } else {
-        UnfoldTB<T> src(p, tr, xg, 0);
-        gemm<T>(pl.Mg, pl.K, pl.Np, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
+        UnfoldTB<T> src(p, tr, xg, 0, r0 * Wo);
+        gemm<T>(pl.Mg, pl.K, depth, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
       }
     }
   }
@@ -941,10 +1031,11 @@ void input_grad_pointwise(const ConvParams& p, const Plan& pl, const T* dy, cons
 }
 
 // Adds a col2im tile (rows (ci, kh, kw) for ci in [0, nci), columns = output pixels
-// j0 .. j0+jn) into the input-gradient planes dxp (channel 0 = the tile's first).
+// j0 .. j0+jn) into the input rows h0 .. h1-1 of the input-gradient planes dxp (channel
+// 0 = the tile's first); contributions to other rows are dropped.
 template <typename T>
 void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nci, i64 j0,
-                 i64 jn, T* dxp) {
+                 i64 jn, T* dxp, i64 h0, i64 h1) {
   const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in, sw = p.w.stride;
   const i64 plane = p.h.in * W;
   for (i64 ci = 0; ci < nci; ++ci)
@@ -957,7 +1048,7 @@ void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nc
         while (at < jn) {
           const i64 len = std::min(jn - at, Wo - ow);
           const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-          if (ih >= 0 && ih < p.h.in) {
+          if (ih >= h0 && ih < h1) {
             const i64 a = std::min(std::max(lo - ow, i64(0)), len);
             const i64 b = std::min(std::max(hi - ow, a), len);
             T* dst = xp + ih * W + ow * sw + iwk;
@@ -979,29 +1070,36 @@ void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nc
 template <typename T>
 void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const T* w, T* dx,
                         T* ws, std::size_t ws_per, const TapRanges& tr) {
-  const i64 KK = p.h.kernel * p.w.kernel;
-  const i64 tasks = p.n * p.groups * pl.ci_count;
+  const i64 KK = p.h.kernel * p.w.kernel, B = pl.dx_bands, H = p.h.in, W = p.w.in;
+  const i64 tasks = p.n * p.groups * pl.ci_count * B;
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
-  const i64 in_plane = p.h.in * p.w.in;
+  const i64 in_plane = H * W;
   const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
-    const i64 item = t / pl.ci_count, s = t % pl.ci_count;
+    const i64 item = t / (pl.ci_count * B), s = (t / B) % pl.ci_count, band = t % B;
     const i64 n = item / p.groups, g = item % p.groups;
     const i64 ca = s * pl.ci_chunk, nci = std::min(pl.ci_chunk, pl.Cg - ca);
+    // Input rows h0 .. h1-1 of the task's planes, from the output rows whose windows reach
+    // them: oh*stride + kh*dilation - pad in [h0, h1) for some kh.
+    const i64 h0 = band * H / B, h1 = (band + 1) * H / B;
+    const i64 lo_num = h0 + p.h.pad_lo - (p.h.kernel - 1) * p.h.dilation;
+    const i64 oh0 = lo_num <= 0 ? 0 : std::min(p.h.out, ceil_div(lo_num, p.h.stride));
+    const i64 hi_num = h1 - 1 + p.h.pad_lo;
+    const i64 oh1 = hi_num < 0 ? oh0 : std::max(oh0, std::min(p.h.out, hi_num / p.h.stride + 1));
     T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
-    fill_zero(dxp, nci * in_plane);
+    for (i64 ci = 0; ci < nci; ++ci) fill_zero(dxp + ci * in_plane + h0 * W, (h1 - h0) * W);
     T* wsp = ws + ws_per * thread_index();
     T* tile = wsp + gemm_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
     for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
       const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
       const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
-      for (i64 j0 = 0; j0 < pl.Np; j0 += pl.tile) {
-        const i64 jn = std::min(pl.tile, pl.Np - j0);
+      for (i64 j0 = oh0 * p.w.out; j0 < oh1 * p.w.out; j0 += pl.tile) {
+        const i64 jn = std::min(pl.tile, oh1 * p.w.out - j0);
         StridedB<T> src = dense_b(dyg, pl.Np, j0);
         gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
-        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane);
+        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane, h0, h1);
       }
     }
   }
@@ -1134,7 +1232,7 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
   const TapRanges tr(p);
   const i64 KK = p.h.kernel * p.w.kernel;
   // One workspace sized for the largest of the GEMM calls below.
-  std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, pl.Np), sizeof(T));
+  std::size_t ws_per = per_thread(weight_gemm_ws(p, pl, sizeof(T)), sizeof(T));
   if (dw && !pointwise && pl.wgt_nb > 1) {
     const i64 Kb = pl.wgt_nb * pl.Np;
     ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, Kb), sizeof(T)) +
@@ -1301,7 +1399,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                     pl.pad_elems, "workspace"));
   }
   if (backward) {
-    per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, pl.Np)));
+    per = std::max(per, static_cast<i64>(weight_gemm_ws(p, pl, elem)));
     if (pl.wgt_nb > 1) {
       const i64 kb = checked_mul(pl.wgt_nb, pl.Np, "batched pixels");
       per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, kb)) + 32,

@@ -129,12 +129,14 @@ void dw_backward_weight_plane(const ConvParams& p, const T* dy, const T* x, doub
 
 // AVX-512 forward unfolding packer (csrc/ukernels/conv_avx512.cpp), reached only when
 // active_isa() is avx512: the same panels as the generic path's B packer (UnfoldB in
-// conv.cpp) for stride 1 along W and a panel width of 16 floats / 8 doubles.
+// conv.cpp) for stride 1 or 2 along W and a panel width of 16 floats / 8 doubles.
 namespace avx512 {
 void unfold_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                      i64 jbase, i64 img, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
 void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const double* x,
                      i64 jbase, i64 img, double* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+// y[0..n) += b (the forward's bias, added to the finished sum), masked tail.
+void add_bias_f32(float* y, i64 n, float b);
 // The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 along W.
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);

@@ -1,0 +1,189 @@
+"""The generic (implicit GEMM) convolution path: the AVX-512 stride-2 unfolding packer,
+the bias added to the finished sum, and grad weight summed in fixed pieces (whole images,
+or row slices of an image when the batch is small) whatever the thread count."""
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import _core
+from pyconv import reference as ref
+
+from conftest import ISAS
+
+DTYPES = [np.float32, np.float64]
+
+
+def _ints(rng, shape, dtype, lo=-3, hi=4):
+    return rng.integers(lo, hi, size=shape).astype(dtype)
+
+
+def _with_threads(n, fn):
+    before = pyconv.get_num_threads()
+    try:
+        pyconv.set_num_threads(n)
+        return fn()
+    finally:
+        pyconv.set_num_threads(before)
+
+
+def _with_isa(name, fn):
+    before = pyconv.kernel_info()["isa"]
+    try:
+        _core._set_isa(name)
+        return fn()
+    finally:
+        _core._set_isa(before)
+
+
+# (n, cin, cout, H, W, k, stride, padding, dilation, groups)
+STRIDE2_CASES = [
+    (1, 3, 20, 40, 46, (7, 7), 2, 3, 1, 1),                      # stem-like, Wo = 23
+    (2, 4, 6, 9, 37, (3, 3), (1, 2), ((1, 2), (0, 3)), 1, 2),    # asymmetric padding, groups
+    (2, 3, 5, 11, 50, (3, 5), 2, 2, (1, 2), 1),                  # dilation along W
+    (3, 2, 4, 5, 7, (3, 3), 2, 1, 1, 1),                         # Wo = 4: panels span rows and images
+    (1, 2, 3, 1, 70, (1, 4), 2, ((0, 0), (3, 1)), 1, 1),         # H = 1 (a 1D convolution)
+    (2, 2, 3, 6, 9, (2, 9), 2, 0, 1, 1),                         # kernel == input width
+    (1, 5, 17, 12, 64, (3, 3), 2, 1, 1, 1),                      # Wo = 32: whole panels
+    (2, 3, 4, 8, 8, (3, 3), 3, 1, 1, 1),                         # stride 3 (not the packer's)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", STRIDE2_CASES)
+def test_strided_forward_same_on_every_isa(dtype, case):
+    """Stride 2 along W packs with two masked loads and a permute under AVX-512: it packs
+    the same values as the portable packer, so the results equal the AVX2 path's bitwise
+    (same GEMM arithmetic) and the reference exactly on integer data."""
+    n, cin, cout, H, W, k, s, pad, d, g = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, cin, H, W)).astype(dtype)
+    w = rng.standard_normal((cout, cin // g) + k).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
+    kw = dict(stride=s, padding=pad, dilation=d, groups=g)
+    xi, wi, bi = _ints(rng, x.shape, dtype), _ints(rng, w.shape, dtype), _ints(rng, b.shape, dtype)
+    want = ref.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
+    got = {}
+    for isa in ISAS:
+        y = _with_isa(isa, lambda: pyconv.conv2d(x, w, b, algorithm="generic", **kw))
+        tol = 2e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+        exact = _with_isa(isa, lambda: pyconv.conv2d(xi, wi, bi, algorithm="generic", **kw))
+        np.testing.assert_array_equal(exact, ref.conv2d(xi, wi, bi, **kw))
+        for t in (2, 3):
+            again = _with_threads(t, lambda: _with_isa(isa, lambda: pyconv.conv2d(x, w, b, algorithm="generic", **kw)))
+            np.testing.assert_array_equal(again, _with_threads(1, lambda: _with_isa(
+                isa, lambda: pyconv.conv2d(x, w, b, algorithm="generic", **kw))))
+        got[isa] = y
+    if "avx2" in got and "avx512" in got:
+        np.testing.assert_array_equal(got["avx2"], got["avx512"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xshape,wshape,kw", [
+    ((2, 6, 3000), (64, 6, 2), dict(padding=(8, 0), dilation=8)),   # one image: bias in column blocks
+    ((5, 50, 6, 6), (9, 50, 3, 3), dict(padding=1)),                 # small planes batched, K > one k block
+    ((3, 40, 9, 9), (7, 40, 1, 1), dict()),                          # pointwise
+    ((2, 4, 17, 33), (6, 2, 3, 3), dict(stride=2, padding=1, groups=2)),
+])
+def test_bias_is_added_to_the_finished_sum(dtype, xshape, wshape, kw):
+    """conv(x, w, b) == conv(x, w) + b bitwise on the generic path (and pointwise): the bias
+    is one rounding added after the sum, in the batched and per-image drivers alike, so a
+    batch gives each image exactly its own result."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[0]).astype(dtype) * 10
+    conv = pyconv.conv1d if x.ndim == 3 else pyconv.conv2d
+    algo = "pointwise" if wshape[2:] == (1, 1) else "generic"
+    y = conv(x, w, b, algorithm=algo, **kw)
+    y0 = conv(x, w, None, algorithm=algo, **kw)
+    bshape = (1, -1) + (1,) * (x.ndim - 2)
+    np.testing.assert_array_equal(y, y0 + b.reshape(bshape))
+    for i in range(x.shape[0]):
+        np.testing.assert_array_equal(y[i:i + 1], conv(x[i:i + 1], w, b, algorithm=algo, **kw))
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    rconv = ref.conv1d if x.ndim == 3 else ref.conv2d
+    want = rconv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xshape,wshape,kw", [
+    ((1, 3, 131, 127), (16, 3, 7, 7), dict(stride=2, padding=3)),   # stem-like b1: 8 row slices
+    ((3, 1, 28, 28), (8, 1, 5, 5), dict()),                         # C_in = 1, K = 25: 3 slices per image
+    ((10, 1, 28, 28), (8, 1, 5, 5), dict(padding=2)),               # C_in = 1, 10 images in 8 pieces
+    ((1, 1, 21, 20), (4, 1, 5, 5), dict()),                         # Ho = 17: slices of 3 rows, last of 2
+    ((2, 4, 70, 66), (6, 2, 3, 3), dict(padding=(2, 0), groups=2, dilation=(2, 1))),  # 2 groups
+    ((2, 5, 64, 64), (7, 5, 1, 1), dict()),                         # pointwise, row slices
+    ((3, 2, 1, 5000), (4, 2, 1, 3), dict(padding=(0, 1))),          # H = 1: whole images
+])
+def test_weight_grad_pieces_threads_and_reference(dtype, xshape, wshape, kw):
+    """Grad weight of few-group convolutions with large planes (or a narrow unfolded
+    matrix) is summed in fixed pieces, images or row slices of one image, each a partial
+    sum, the partials added in piece order: bitwise identical for 1, 2 and 3 threads,
+    exact on integer data, close to the float64 reference."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    dy = rng.standard_normal(pyconv.conv2d(x, w, None, **kw).shape).astype(dtype)
+    mask = (False, True, False)
+    got = [_with_threads(t, lambda: pyconv.conv2d_backward(dy, x, w, output_mask=mask, algorithm="generic", **kw)[1])
+           for t in (1, 2, 3)]
+    for g in got[1:]:
+        np.testing.assert_array_equal(got[0], g)
+    want = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)[1]
+    if dtype == np.float32:
+        # long reductions: bound by the sum of |terms| (one float32 rounding per term)
+        xw = ref.conv2d_backward(np.abs(dy).astype(np.float64), np.abs(x).astype(np.float64),
+                                 np.abs(w).astype(np.float64), **kw)[1]
+        terms = dy.shape[0] * dy[0, 0].size
+        assert np.all(np.abs(got[0] - want) <= 1e-5 + terms * 2.0**-24 * xw)
+    else:
+        np.testing.assert_allclose(got[0], want, rtol=1e-10, atol=1e-10)
+    xi, dyi = _ints(rng, x.shape, dtype), _ints(rng, dy.shape, dtype)
+    for t in (1, 2):
+        exact = _with_threads(t, lambda: pyconv.conv2d_backward(dyi, xi, w, output_mask=mask,
+                                                                 algorithm="generic", **kw)[1])
+        np.testing.assert_array_equal(exact, ref.conv2d_backward(dyi, xi, w, **kw)[1])
+    # the automatic path agrees with the reference as well (it may pick another lowering)
+    auto = pyconv.conv2d_backward(dy, x, w, **kw)
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(auto[1], want, rtol=tol, atol=tol * (1 + np.abs(want).max()))
+
+
+def test_weight_grad_pieces_batch_zero():
+    x = np.zeros((0, 1, 28, 28), np.float32)
+    w = np.ones((8, 1, 5, 5), np.float32)
+    dy = np.zeros((0, 8, 24, 24), np.float32)
+    dx, dw, db = pyconv.conv2d_backward(dy, x, w, algorithm="generic")
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (8,)
+    assert not dw.any() and not db.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xshape,wshape,kw", [
+    ((1, 3, 70, 61), (8, 3, 7, 7), dict(stride=2, padding=3)),                     # stem-like
+    ((1, 2, 40, 33), (5, 2, 3, 5), dict(padding=((2, 0), (1, 3)), dilation=(2, 1))),  # stride 1, Cg < 8
+    ((1, 1, 3, 9), (4, 1, 3, 3), dict(padding=10)),                                # rows mostly padding
+    ((1, 4, 37, 20), (6, 4, 5, 5), dict(stride=(3, 2), padding=(2, 1))),
+])
+def test_input_grad_row_bands(dtype, xshape, wshape, kw):
+    """Grad input of one image with few channels runs in bands of input rows (each band
+    recomputes the output rows its neighbour needs and keeps only its own rows): equal to
+    the reference (exactly on integer data) and bitwise the same for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xshape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    dy = rng.standard_normal(pyconv.conv2d(x, w, None, **kw).shape).astype(dtype)
+    mask = (True, False, False)
+    got = [_with_threads(t, lambda: pyconv.conv2d_backward(dy, x, w, output_mask=mask, algorithm="generic", **kw)[0])
+           for t in (1, 2, 3)]
+    for g in got[1:]:
+        np.testing.assert_array_equal(got[0], g)
+    want = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)[0]
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got[0], want, rtol=tol, atol=tol)
+    wi, dyi = _ints(rng, w.shape, dtype), _ints(rng, dy.shape, dtype)
+    for t in (1, 2):
+        exact = _with_threads(t, lambda: pyconv.conv2d_backward(dyi, x, wi, output_mask=mask, algorithm="generic", **kw)[0])
+        np.testing.assert_array_equal(exact, ref.conv2d_backward(dyi, x, wi, **kw)[0])
