@@ -650,6 +650,24 @@ bn::ColCoef<T> expand_coef(const Ctx<T>& k, const ColWork<T>& cw, i64 c0, i64 c1
 
 enum class Pass { norm, dx, scale };
 
+// Columns with runs of at least this many elements normalise a row piece run by run
+// (norm_runs: one broadcast coefficient set per run) into an L1 staging buffer, then copy
+// it out, instead of col_norm's per-column coefficient rows (five loads per vector):
+// measured ~15% faster on the 256x512x7x7 training forward. The same bits.
+constexpr i64 kColRunsMinS = 8;
+
+// Row piece at `off` (channels [c0, c0 + cbw), S each) normalised run by run, staged in
+// the thread's column coefficient rows (unused in this scheme).
+template <typename T>
+inline void norm_row_runs(const Ctx<T>& k, const ColWork<T>& cw, i64 off, i64 c0, i64 cbw,
+                          bool stream) {
+  T* dst = k.out + off;
+  const std::uintptr_t mis = reinterpret_cast<std::uintptr_t>(dst) & 63;
+  T* buf = reinterpret_cast<T*>(reinterpret_cast<char*>(cw.mh) + (mis % sizeof(T) == 0 ? mis : 0));
+  k.ops->norm_runs(k.x + off, buf, cbw, k.S, k.coef, c0, k.C);
+  k.ops->copy_out(dst, buf, cbw * k.S, stream);
+}
+
 // The element-wise pass over channels [c0, c1) in [e0, e1). `first` says the inputs
 // come from memory (nothing read them before in this unit): prefetch them.
 template <typename T>
@@ -676,9 +694,12 @@ void unit_elementwise(const Ctx<T>& k, const ColWork<T>& cw, Pass pass, i64 c0, 
       for_runs(k, c0, c1, e0, e1, run, ah);
   } else {
     const i64 w = (c1 - c0) * k.S, n0 = e0 / k.S, n1 = e1 / k.S;
-    bn::ColCoef<T> cc = expand_coef(k, cw, c0, c1);
+    const bool runs = pass == Pass::norm && k.S >= kColRunsMinS;
+    bn::ColCoef<T> cc = runs ? bn::ColCoef<T>{} : expand_coef(k, cw, c0, c1);
     for_rows(k, c0, c1, n0, n1, 1, pa, pb, [&](i64 off, i64) {
-      if (pass == Pass::norm)
+      if (runs)
+        norm_row_runs<T>(k, cw, off, c0, c1 - c0, k.stream);
+      else if (pass == Pass::norm)
         ops.col_norm(x + off, out + off, w, cc, k.stream);
       else if (pass == Pass::dx)
         ops.col_dx(x + off, dy + off, out + off, w, cc, k.stream);
@@ -902,6 +923,7 @@ void forward_pipelined(const Ctx<T>& k, const Plan& plan, const State<T>& st, i6
   T* y = k.out;
   const i64 units = plan.units();
   const int nt = plan.threads;
+  const bool runs = S >= kColRunsMinS;
   // Statistics of a unit in `steps` resumable steps (runs, or row groups for columns).
   struct Stats {
     i64 c0 = 0, c1 = 0, steps = 0, done = 0, rows_done = 0;
@@ -958,7 +980,7 @@ void forward_pipelined(const Ctx<T>& k, const Plan& plan, const State<T>& st, i6
     for (i64 u = u0; u < u1; ++u) {
       const i64 c0 = cur.c0, c1 = cur.c1, cbw = c1 - c0;
       bn::ColCoef<T> cc{};
-      if (k.columns) cc = expand_coef(k, cw, c0, c1);
+      if (k.columns && !runs) cc = expand_coef(k, cw, c0, c1);
       const bool more = u + 1 < u1;
       Stats nx = more ? begin(u + 1) : Stats{};
       // element-wise steps of u: rows (columns) or runs
@@ -966,7 +988,11 @@ void forward_pipelined(const Ctx<T>& k, const Plan& plan, const State<T>& st, i6
       for (i64 i = 0; i < R; ++i) {
         if (k.columns) {
           const i64 off = (i * C + c0) * S;
-          ops.col_norm(x + off, y + off, cbw * S, cc, true);
+          if (runs) {
+            norm_row_runs<T>(k, cw, off, c0, cbw, true);
+          } else {
+            ops.col_norm(x + off, y + off, cbw * S, cc, true);
+          }
         } else {
           const i64 n = i / cbw, c = c0 + i % cbw, off = (n * C + c) * S;
           ops.norm(x + off, y + off, S, k.coef[c], true);
