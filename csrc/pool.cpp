@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace pyconv {
 
@@ -27,9 +29,11 @@ inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((-a) / b + ((-a) 
 inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? a / b + (a % b != 0) : -((-a) / b); }
 
 // Taps k in [*a, *b) of a window starting at `start` (step d, k taps) that fall in [0, n).
+// (dense windows, d == 1, skip the divisions: small planes call this for every output)
 inline void tap_range(i64 start, i64 n, i64 k, i64 d, i64* a, i64* b) {
-  i64 lo = start >= 0 ? 0 : ceil_div(-start, d);
-  i64 hi = (n - 1 - start) >= 0 ? std::min(k, floor_div(n - 1 - start, d) + 1) : 0;
+  i64 lo = start >= 0 ? 0 : (d == 1 ? -start : ceil_div(-start, d));
+  const i64 room = n - 1 - start;
+  i64 hi = room >= 0 ? std::min(k, (d == 1 ? room : floor_div(room, d)) + 1) : 0;
   if (lo > k) lo = k;
   if (hi < lo) hi = lo;
   *a = lo;
@@ -90,6 +94,22 @@ void resolve_window(Window& w, bool ceil_mode, const char* dim) {
 
 // ------------------------------------------------------------------ scalar kernels
 
+// best, best_i = v, i when take: by masks on the bits, so that the compiler cannot turn
+// it back into a (mispredicted) branch.
+template <typename T>
+inline void select_if(bool take, T v, i64 i, T& best, i64& best_i) {
+  using U = typename std::conditional<sizeof(T) == 4, std::uint32_t, std::uint64_t>::type;
+  U b, c;
+  std::memcpy(&b, &best, sizeof(T));
+  std::memcpy(&c, &v, sizeof(T));
+  const U mu = U(0) - static_cast<U>(take);
+  b ^= (b ^ c) & mu;
+  std::memcpy(&best, &b, sizeof(T));
+  const std::uint64_t mi = std::uint64_t(0) - static_cast<std::uint64_t>(take);
+  best_i = static_cast<i64>(static_cast<std::uint64_t>(best_i) ^
+                            ((static_cast<std::uint64_t>(best_i) ^ static_cast<std::uint64_t>(i)) & mi));
+}
+
 // One window: tap rows [kh_a, kh_b) (input rows ih0 + kh*dH), tap columns [kw_a, kw_b)
 // (input columns iw0 + kw*dW); both ranges non-empty and in bounds.
 template <typename T, bool IDX>
@@ -98,18 +118,16 @@ inline void window_scalar(const T* x, i64 W, i64 ih0, i64 kh_a, i64 kh_b, i64 dH
   i64 ih = ih0 + kh_a * dH;
   i64 best_i = ih * W + iw0 + kw_a * dW;
   T best = x[best_i];
-  bool first = true;
+  // Branch-free selection (on random data a compare-and-branch mispredicts about every
+  // other tap; small planes run entirely here). The first tap compares with itself:
+  // taken only when it is NaN, which selects the same value and index.
   for (i64 kh = kh_a; kh < kh_b; ++kh, ih += dH) {
     const i64 row = ih * W;
     for (i64 kw = kw_a; kw < kw_b; ++kw) {
       const i64 i = row + iw0 + kw * dW;
       const T v = x[i];
-      if (first) {
-        first = false;
-      } else if (v > best || v != v) {
-        best = v;
-        best_i = i;
-      }
+      const bool take = (v > best) | (v != v);
+      select_if(take, v, i, best, best_i);
     }
   }
   *y = best;
@@ -126,6 +144,42 @@ void columns_scalar(const T* x, const PoolParams& p, i64 ih0, i64 kh_a, i64 kh_b
     tap_range(iw0, W, p.w.kernel, p.w.dilation, &kw_a, &kw_b);
     window_scalar<T, IDX>(x, W, ih0, kh_a, kh_b, p.h.dilation, iw0, kw_a, kw_b, p.w.dilation,
                           y + ow, IDX ? idx + ow : nullptr);
+  }
+}
+
+// Interior columns [ow_a, ow_b) (every tap column in bounds) narrower than a vector: up
+// to 8 windows in lockstep, tap by tap in scan order, so that their select chains run
+// side by side instead of one window's chain at a time (the chain of one window is
+// latency-bound). Per window the same comparisons in the same order: the same result.
+template <typename T, bool IDX>
+void interior_lockstep(const T* x, i64 W, i64 ih0, i64 kh_a, i64 kh_b, i64 dH, i64 sW, i64 pW,
+                       i64 kW, i64 dW, i64 ow_a, i64 ow_b, T* y, i64* idx) {
+  constexpr int B = 8;
+  const i64 ih_a = ih0 + kh_a * dH;
+  for (i64 o0 = ow_a; o0 < ow_b; o0 += B) {
+    const int nb = static_cast<int>(std::min<i64>(B, ow_b - o0));
+    const i64 col0 = o0 * sW - pW;
+    T best[B];
+    i64 bi[B];
+    for (int j = 0; j < nb; ++j) {
+      bi[j] = ih_a * W + col0 + j * sW;
+      best[j] = x[bi[j]];
+    }
+    i64 ih = ih_a;
+    for (i64 kh = kh_a; kh < kh_b; ++kh, ih += dH) {
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const i64 base = ih * W + col0 + kw * dW;
+        for (int j = 0; j < nb; ++j) {
+          const i64 i = base + j * sW;
+          const T v = x[i];
+          select_if((v > best[j]) | (v != v), v, i, best[j], bi[j]);
+        }
+      }
+    }
+    for (int j = 0; j < nb; ++j) {
+      y[o0 + j] = best[j];
+      if (IDX) idx[o0 + j] = bi[j];
+    }
   }
 }
 
@@ -262,6 +316,9 @@ void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
         t.y = yr;
         t.idx = ir;
         cand.fn(t, IDX);
+      } else if (kh_b > kh_a) {
+        interior_lockstep<T, IDX>(xp, W, ih0, kh_a, kh_b, p.h.dilation, sW, pW, kW, dW, ow_a, ow_b,
+                                  yr, ir);
       } else {
         columns_scalar<T, IDX>(xp, p, ih0, kh_a, kh_b, ow_a, ow_b, yr, ir);
       }

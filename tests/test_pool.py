@@ -294,6 +294,43 @@ def test_row_edges_and_narrow_interiors(isa, width):
         same(got[1], want[1])
 
 
+@pytest.mark.parametrize("shape", [(64, 8, 8, 8), (32, 8, 4, 4), (5, 7, 6, 7), (3, 4, 9, 13)])
+def test_small_planes_equal_scalar(shape):
+    """Planes narrower than a vector: interiors of up to 8 windows in lockstep (forward) and
+    the per-output 2x2 tail built by masks (backward). Ties, NaN and -inf; several window
+    shapes (padding, dilation, stride 1); bitwise equal to the scalar path at 1, 2 and 3
+    threads and to the reference."""
+    if pyconv.kernel_info()["detected_isa"] not in ("avx2", "avx512"):
+        pytest.skip("no AVX2 on this CPU")
+    rng = np.random.default_rng(shape[2] * 100 + shape[3])
+    x = int_values(rng, shape, np.float32, -3, 3, nan=0.03, ninf=0.05)
+    configs = [(2, 2, 0, 1), (3, 2, 1, 1), (3, 1, 1, 1), (2, 1, 0, 2), (3, 3, 1, 1)]
+    before, before_thr = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
+    try:
+        for k, s, p, d in configs:
+            if ref_valid(lambda: ref.max_pool2d(x, k, s, p, d))[1] is not None:
+                continue
+            _core._set_isa("scalar")
+            want = pyconv.max_pool2d(x, k, s, p, d, return_indices=True)
+            g = rng.integers(-5, 6, size=want[0].shape).astype(np.float32)
+            g.flat[::5] = -0.0
+            want_b = pyconv.max_pool2d_backward(g, want[1], shape)
+            _core._set_isa("avx2")
+            for t in (1, 2, 3):
+                pyconv.set_num_threads(t)
+                got = pyconv.max_pool2d(x, k, s, p, d, return_indices=True)
+                same(got[0], want[0])
+                same(got[1], want[1])
+                same(pyconv.max_pool2d_backward(g, got[1], shape), want_b)
+            r = ref.max_pool2d(x, k, s, p, d, return_indices=True)
+            same(want[0], r[0])
+            same(want[1], r[1])
+            same(want_b, ref.max_pool2d_backward(g, r[1], shape))
+    finally:
+        _core._set_isa(before)
+        pyconv.set_num_threads(before_thr)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 8, 16), (1, 1, 2, 2), (2, 2, 5, 40)])
 def test_backward_2x2_windows_built_directly(isa, shape):
     """2x2/s2 indices: the AVX2 path writes each plane straight from indices and grads

@@ -11,6 +11,7 @@
 // blended alongside (a lane-independent constant per tap) and turned into the int64
 // index at the store: row base + output column * stride + tap offset.
 #include <immintrin.h>
+#include <type_traits>
 
 #include <cstdint>
 #include <cstring>
@@ -191,13 +192,22 @@ template <typename T>
 inline bool bwd_2x2_one(T gv, i64 j, i64 base, i64 W, T* r0, T* r1, i64 c) {
   if (j < base || j > base + W + 1) return false;  // also keeps j - base from overflowing
   const i64 rel = j - base;
+  const bool e0 = rel == 0, e1 = rel == 1, eW = rel == W, eW1 = rel == W + 1;
+  if (!(e0 | e1 | eW | eW1)) return false;
+  // v where the index points, +0 elsewhere, by masks (which of the four is random on
+  // real data: branches here mispredict about every other output)
+  using U = typename std::conditional<sizeof(T) == 4, std::uint32_t, std::uint64_t>::type;
   const T v = gv + T(0);
-  const T z = T(0);
-  if (rel != 0 && rel != 1 && rel != W && rel != W + 1) return false;
-  r0[c] = rel == 0 ? v : z;
-  r0[c + 1] = rel == 1 ? v : z;
-  r1[c] = rel == W ? v : z;
-  r1[c + 1] = rel == W + 1 ? v : z;
+  U b;
+  std::memcpy(&b, &v, sizeof(T));
+  auto put = [&](T* dst, bool e) {
+    const U m = b & (U(0) - static_cast<U>(e));
+    std::memcpy(dst, &m, sizeof(T));
+  };
+  put(r0 + c, e0);
+  put(r0 + c + 1, e1);
+  put(r1 + c, eW);
+  put(r1 + c + 1, eW1);
   return true;
 }
 
