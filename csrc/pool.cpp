@@ -270,6 +270,22 @@ const Candidate<double>& pick_for(const PoolParams& p, const double*) { return p
 
 // ------------------------------------------------------------------ forward driver
 
+// Small planes (digits-sized: 8x8 -> 4x4): 2x2 stride 2, no padding or dilation, rows
+// narrower than a vector, at least 8 outputs per plane; float32 with AVX2. Offsets are
+// int32 (a plane of fewer than 2^24 elements here).
+bool small_2x2_applies(const PoolParams& p, const float*) {
+  return has_avx2() && p.h.kernel == 2 && p.w.kernel == 2 && p.h.stride == 2 &&
+         p.w.stride == 2 && p.h.pad_lo == 0 && p.w.pad_lo == 0 && p.h.pad_hi == 0 &&
+         p.w.pad_hi == 0 && p.h.dilation == 1 && p.w.dilation == 1 && p.w.out < 8 &&
+         p.w.in == 2 * p.w.out && p.h.in >= 2 * p.h.out && p.h.out * p.w.out >= 8 &&
+         p.h.in * p.w.in < (i64(1) << 24);
+}
+bool small_2x2_applies(const PoolParams&, const double*) { return false; }
+void small_2x2(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx) {
+  pool_avx2::small_2x2_f32(x, planes, H, W, Ho, Wo, y, idx);
+}
+void small_2x2(const double*, i64, i64, i64, i64, i64, double*, i64*) {}
+
 template <typename T, bool IDX>
 void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
   const i64 planes = p.n * p.c;
@@ -286,6 +302,17 @@ void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
   const i64 rows = planes * Ho;
   const double work = static_cast<double>(rows) * Wo * p.h.kernel * kW;
   const int nthreads = threads_for_work(work, 32768.0);
+  if (small_2x2_applies(p, x)) {
+    // whole small planes, 8 outputs at a time (see pool_avx2::small_2x2_f32)
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int t = 0; t < nthreads; ++t) {
+      const i64 p0 = planes * t / nthreads, p1 = planes * (t + 1) / nthreads;
+      if (p1 > p0)
+        small_2x2(x + p0 * H * W, p1 - p0, H, W, Ho, Wo, y + p0 * Ho * Wo,
+                  IDX ? idx + p0 * Ho * Wo : nullptr);
+    }
+    return;
+  }
   const i64 HW = H * W, OHW = Ho * Wo;
 
 #pragma omp parallel for schedule(static) num_threads(nthreads)

@@ -372,6 +372,66 @@ void stream_lines(void* dst, void* src, i64 lines, bool zero_src) {
 
 void store_fence() { _mm_sfence(); }
 
+void small_2x2_f32(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx) {
+  const i64 ohw = Ho * Wo;
+  // output o of a plane (row o / Wo, column j = o % Wo) has its top-left tap at
+  // 2 * (o / Wo) * W + 2 * j = 4 * o - 2 * j (W == 2 * Wo); the batch starting at o0
+  // (a multiple of 8) has the lane offsets 4 * lane - 2 * ((o0 + lane) % Wo), one
+  // pattern per phase o0 % Wo
+  alignas(32) int pat[8][8];
+  for (i64 ph = 0; ph < Wo; ++ph)
+    for (int l = 0; l < 8; ++l) pat[ph][l] = 4 * l - 2 * static_cast<int>((ph + l) % Wo);
+  const __m256i c1 = _mm256_set1_epi32(1), cW = _mm256_set1_epi32(static_cast<int>(W)),
+                cW1 = _mm256_set1_epi32(static_cast<int>(W + 1));
+  const i64 full = ohw / 8 * 8;
+  for (i64 pl = 0; pl < planes; ++pl) {
+    const float* xp = x + pl * H * W;
+    float* yp = y + pl * ohw;
+    i64* ip = idx ? idx + pl * ohw : nullptr;
+    for (i64 o0 = 0; o0 < full; o0 += 8) {
+      const __m256i off = _mm256_add_epi32(
+          _mm256_set1_epi32(static_cast<int>(4 * o0)),
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(pat[o0 % Wo])));
+      __m256 best = _mm256_i32gather_ps(xp, off, 4);
+      __m256i bi = off;
+      auto tap = [&](__m256i o) {
+        const __m256 v = _mm256_i32gather_ps(xp, o, 4);
+        const __m256 take =
+            _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        best = _mm256_blendv_ps(best, v, take);
+        bi = _mm256_castps_si256(
+            _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(o), take));
+      };
+      tap(_mm256_add_epi32(off, c1));
+      tap(_mm256_add_epi32(off, cW));
+      tap(_mm256_add_epi32(off, cW1));
+      _mm256_storeu_ps(yp + o0, best);
+      if (ip) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + o0),
+                            _mm256_cvtepi32_epi64(_mm256_castsi256_si128(bi)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + o0 + 4),
+                            _mm256_cvtepi32_epi64(_mm256_extracti128_si256(bi, 1)));
+      }
+    }
+    for (i64 o = full; o < ohw; ++o) {
+      const i64 j = o % Wo;
+      const i64 t0 = 4 * o - 2 * j;
+      const i64 taps[4] = {t0, t0 + 1, t0 + W, t0 + W + 1};
+      float best = xp[t0];
+      i64 bi = t0;
+      for (int t = 1; t < 4; ++t) {
+        const float v = xp[taps[t]];
+        if (v > best || v != v) {
+          best = v;
+          bi = taps[t];
+        }
+      }
+      yp[o] = best;
+      if (ip) ip[o] = bi;
+    }
+  }
+}
+
 void row_s2_f32_taps4(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 4>(t, w); }
 void row_s2_f32_taps9(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 9>(t, w); }
 void row_s2_f32(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 0>(t, w); }
