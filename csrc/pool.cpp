@@ -281,6 +281,18 @@ bool small_2x2_applies(const PoolParams& p, const float*) {
          p.h.in * p.w.in < (i64(1) << 24);
 }
 bool small_2x2_applies(const PoolParams&, const double*) { return false; }
+// Planes of fewer than 8 outputs (4x4 -> 2x2): the same windows with H == 2 * Ho.
+bool tiny_2x2_applies(const PoolParams& p, const float*) {
+  return has_avx2() && p.h.kernel == 2 && p.w.kernel == 2 && p.h.stride == 2 &&
+         p.w.stride == 2 && p.h.pad_lo == 0 && p.w.pad_lo == 0 && p.h.pad_hi == 0 &&
+         p.w.pad_hi == 0 && p.h.dilation == 1 && p.w.dilation == 1 && p.w.out < 8 &&
+         p.w.in == 2 * p.w.out && p.h.in == 2 * p.h.out && p.h.out * p.w.out < 8;
+}
+bool tiny_2x2_applies(const PoolParams&, const double*) { return false; }
+void tiny_2x2(const float* x, i64 o0, i64 o1, i64 W, i64 Wo, i64 ohw, float* y, i64* idx) {
+  pool_avx2::tiny_2x2_f32(x, o0, o1, W, Wo, ohw, y, idx);
+}
+void tiny_2x2(const double*, i64, i64, i64, i64, i64, double*, i64*) {}
 void small_2x2(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx) {
   pool_avx2::small_2x2_f32(x, planes, H, W, Ho, Wo, y, idx);
 }
@@ -302,6 +314,17 @@ void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
   const i64 rows = planes * Ho;
   const double work = static_cast<double>(rows) * Wo * p.h.kernel * kW;
   const int nthreads = threads_for_work(work, 32768.0);
+  if (tiny_2x2_applies(p, x)) {
+    // planes of fewer than 8 outputs: the whole tensor flat, 8 outputs at a time
+    const i64 total = planes * Ho * Wo;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int t = 0; t < nthreads; ++t) {
+      const i64 o0 = total / 8 * t / nthreads * 8;
+      const i64 o1 = t + 1 == nthreads ? total : total / 8 * (t + 1) / nthreads * 8;
+      if (o1 > o0) tiny_2x2(x, o0, o1, W, Wo, Ho * Wo, y, IDX ? idx : nullptr);
+    }
+    return;
+  }
   if (small_2x2_applies(p, x)) {
     // whole small planes, 8 outputs at a time (see pool_avx2::small_2x2_f32)
 #pragma omp parallel for schedule(static) num_threads(nthreads)

@@ -295,11 +295,14 @@ def test_row_edges_and_narrow_interiors(isa, width):
 
 
 @pytest.mark.parametrize("shape", [(64, 8, 8, 8), (32, 8, 4, 4), (5, 7, 6, 7), (3, 4, 9, 13),
-                                   (6, 5, 7, 6), (4, 3, 12, 14), (3, 3, 2, 14)])
+                                   (6, 5, 7, 6), (4, 3, 12, 14), (3, 3, 2, 14), (5, 3, 2, 2),
+                                   (7, 5, 6, 2), (3, 3, 7, 4)])
 def test_small_planes_equal_scalar(shape):
     """Planes narrower than a vector: 2x2/s2 over whole planes 8 outputs at a time
     (gathered taps; planes of 8x8, 7x6 with an unused last row and a scalar tail, 12x14
-    with every lane phase; 4x4 and 2x14 too small for it), other windows with interiors of
+    with every lane phase), or for planes of fewer than 8 outputs (4x4, 2x14, 2x2, 6x2)
+    over the whole tensor flat across plane boundaries (7x4 has an unused last row: not
+    flat, the row path), other windows with interiors of
     up to 8 windows in lockstep (forward), and the per-output 2x2 tail built by masks
     (backward). Ties, NaN and -inf; several window shapes (padding, dilation, stride 1);
     bitwise equal to the scalar path at 1, 2 and 3 threads and to the reference."""

@@ -372,6 +372,66 @@ void stream_lines(void* dst, void* src, i64 lines, bool zero_src) {
 
 void store_fence() { _mm_sfence(); }
 
+void tiny_2x2_f32(const float* x, i64 o0, i64 o1, i64 W, i64 Wo, i64 ohw, float* y, i64* idx) {
+  // global output o (plane o / ohw, local q = o % ohw, column j = q % Wo) has its top-left
+  // tap at 4 * o - 2 * j in x and at 4 * q - 2 * j within its plane; for a batch at o
+  // (a multiple of 8) of phase o % ohw, lane l: x offset 4 * o + g[l], local l[l]
+  alignas(32) int gpat[8][8], lpat[8][8];
+  for (i64 ph = 0; ph < ohw; ++ph)
+    for (int l = 0; l < 8; ++l) {
+      const int q = static_cast<int>((ph + l) % ohw), j = static_cast<int>((ph + l) % Wo);
+      gpat[ph][l] = 4 * l - 2 * j;
+      lpat[ph][l] = 4 * q - 2 * j;
+    }
+  const __m256i c1 = _mm256_set1_epi32(1), cW = _mm256_set1_epi32(static_cast<int>(W)),
+                cW1 = _mm256_set1_epi32(static_cast<int>(W + 1));
+  const i64 full = o0 + (o1 - o0) / 8 * 8;
+  i64 o = o0;
+  for (; o < full; o += 8) {
+    const i64 ph = o % ohw;
+    const float* xb = x + 4 * o;
+    const __m256i g = _mm256_load_si256(reinterpret_cast<const __m256i*>(gpat[ph]));
+    __m256 best = _mm256_i32gather_ps(xb, g, 4);
+    __m256i sel = _mm256_setzero_si256();
+    auto tap = [&](__m256i t) {
+      const __m256 v = _mm256_i32gather_ps(xb, _mm256_add_epi32(g, t), 4);
+      const __m256 take =
+          _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      best = _mm256_blendv_ps(best, v, take);
+      sel = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(sel), _mm256_castsi256_ps(t), take));
+    };
+    tap(c1);
+    tap(cW);
+    tap(cW1);
+    _mm256_storeu_ps(y + o, best);
+    if (idx) {
+      const __m256i bi =
+          _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(lpat[ph])), sel);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + o),
+                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(bi)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + o + 4),
+                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(bi, 1)));
+    }
+  }
+  for (; o < o1; ++o) {
+    const i64 q = o % ohw, j = q % Wo;
+    const float* xb = x + 4 * o - 2 * j;  // top-left tap
+    const i64 offs[4] = {0, 1, W, W + 1};
+    float best = xb[0];
+    i64 bi = 0;
+    for (int t = 1; t < 4; ++t) {
+      const float v = xb[offs[t]];
+      if (v > best || v != v) {
+        best = v;
+        bi = offs[t];
+      }
+    }
+    y[o] = best;
+    if (idx) idx[o] = 4 * q - 2 * j + bi;
+  }
+}
+
 void small_2x2_f32(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx) {
   const i64 ohw = Ho * Wo;
   // output o of a plane (row o / Wo, column j = o % Wo) has its top-left tap at
