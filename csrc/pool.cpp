@@ -613,6 +613,8 @@ i64 max_unpool(i64 planes, i64 sh, i64 sw, i64 dh, i64 dw, const double* s, cons
 
 const char* max_pool2d_variant(const PoolParams& p, bool is_double, bool want_indices) {
   (void)want_indices;
+  if (!is_double && tiny_2x2_applies(p, static_cast<const float*>(nullptr))) return "avx2_tiny_2x2";
+  if (!is_double && small_2x2_applies(p, static_cast<const float*>(nullptr))) return "avx2_small_2x2";
   return is_double ? pick(kCandidatesF64, p).name : pick(kCandidatesF32, p).name;
 }
 

@@ -313,6 +313,15 @@ def test_small_planes_equal_scalar(shape):
     configs = [(2, 2, 0, 1), (3, 2, 1, 1), (3, 1, 1, 1), (2, 1, 0, 2), (3, 3, 1, 1)]
     before, before_thr = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
     try:
+        _core._set_isa("avx2")
+        h, w = shape[2:]
+        variant = _core._max_pool2d_variant(h, w, 2, 2, 2, 2, 0, 0, 1, 1, False, False)
+        if w % 2 == 0 and h % 2 == 0 and h // 2 * (w // 2) < 8:
+            assert variant == "avx2_tiny_2x2"
+        elif w % 2 == 0 and h // 2 * (w // 2) >= 8:
+            assert variant == "avx2_small_2x2"
+        else:
+            assert variant == "avx2_s2_2x2"
         for k, s, p, d in configs:
             if ref_valid(lambda: ref.max_pool2d(x, k, s, p, d))[1] is not None:
                 continue
