@@ -47,6 +47,8 @@ struct Ops {
   double (*sum)(const T* x, i64 len);
   // out = {sum (x - mean)^2, sum (x - mean)}; the second refines the mean
   void (*m2)(const T* x, i64 len, double mean, double* out);
+  // sum (x - mean)^2 (m2 without the refinement sum)
+  double (*sq)(const T* x, i64 len, double mean);
   // out = {sum (x - mean)^2, sum dy, sum dy * (x - mean)}
   void (*m2dy)(const T* x, const T* dy, i64 len, double mean, double* out);
   // out = {sum dy, sum dy * (x - mean)}

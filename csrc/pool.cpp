@@ -10,10 +10,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace pyconv {
 
@@ -27,9 +29,11 @@ inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((-a) / b + ((-a) 
 inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? a / b + (a % b != 0) : -((-a) / b); }
 
 // Taps k in [*a, *b) of a window starting at `start` (step d, k taps) that fall in [0, n).
+// (dense windows, d == 1, skip the divisions: small planes call this for every output)
 inline void tap_range(i64 start, i64 n, i64 k, i64 d, i64* a, i64* b) {
-  i64 lo = start >= 0 ? 0 : ceil_div(-start, d);
-  i64 hi = (n - 1 - start) >= 0 ? std::min(k, floor_div(n - 1 - start, d) + 1) : 0;
+  i64 lo = start >= 0 ? 0 : (d == 1 ? -start : ceil_div(-start, d));
+  const i64 room = n - 1 - start;
+  i64 hi = room >= 0 ? std::min(k, (d == 1 ? room : floor_div(room, d)) + 1) : 0;
   if (lo > k) lo = k;
   if (hi < lo) hi = lo;
   *a = lo;
@@ -90,6 +94,22 @@ void resolve_window(Window& w, bool ceil_mode, const char* dim) {
 
 // ------------------------------------------------------------------ scalar kernels
 
+// best, best_i = v, i when take: by masks on the bits, so that the compiler cannot turn
+// it back into a (mispredicted) branch.
+template <typename T>
+inline void select_if(bool take, T v, i64 i, T& best, i64& best_i) {
+  using U = typename std::conditional<sizeof(T) == 4, std::uint32_t, std::uint64_t>::type;
+  U b, c;
+  std::memcpy(&b, &best, sizeof(T));
+  std::memcpy(&c, &v, sizeof(T));
+  const U mu = U(0) - static_cast<U>(take);
+  b ^= (b ^ c) & mu;
+  std::memcpy(&best, &b, sizeof(T));
+  const std::uint64_t mi = std::uint64_t(0) - static_cast<std::uint64_t>(take);
+  best_i = static_cast<i64>(static_cast<std::uint64_t>(best_i) ^
+                            ((static_cast<std::uint64_t>(best_i) ^ static_cast<std::uint64_t>(i)) & mi));
+}
+
 // One window: tap rows [kh_a, kh_b) (input rows ih0 + kh*dH), tap columns [kw_a, kw_b)
 // (input columns iw0 + kw*dW); both ranges non-empty and in bounds.
 template <typename T, bool IDX>
@@ -98,18 +118,16 @@ inline void window_scalar(const T* x, i64 W, i64 ih0, i64 kh_a, i64 kh_b, i64 dH
   i64 ih = ih0 + kh_a * dH;
   i64 best_i = ih * W + iw0 + kw_a * dW;
   T best = x[best_i];
-  bool first = true;
+  // Branch-free selection (on random data a compare-and-branch mispredicts about every
+  // other tap; small planes run entirely here). The first tap compares with itself:
+  // taken only when it is NaN, which selects the same value and index.
   for (i64 kh = kh_a; kh < kh_b; ++kh, ih += dH) {
     const i64 row = ih * W;
     for (i64 kw = kw_a; kw < kw_b; ++kw) {
       const i64 i = row + iw0 + kw * dW;
       const T v = x[i];
-      if (first) {
-        first = false;
-      } else if (v > best || v != v) {
-        best = v;
-        best_i = i;
-      }
+      const bool take = (v > best) | (v != v);
+      select_if(take, v, i, best, best_i);
     }
   }
   *y = best;
@@ -126,6 +144,42 @@ void columns_scalar(const T* x, const PoolParams& p, i64 ih0, i64 kh_a, i64 kh_b
     tap_range(iw0, W, p.w.kernel, p.w.dilation, &kw_a, &kw_b);
     window_scalar<T, IDX>(x, W, ih0, kh_a, kh_b, p.h.dilation, iw0, kw_a, kw_b, p.w.dilation,
                           y + ow, IDX ? idx + ow : nullptr);
+  }
+}
+
+// Interior columns [ow_a, ow_b) (every tap column in bounds) narrower than a vector: up
+// to 8 windows in lockstep, tap by tap in scan order, so that their select chains run
+// side by side instead of one window's chain at a time (the chain of one window is
+// latency-bound). Per window the same comparisons in the same order: the same result.
+template <typename T, bool IDX>
+void interior_lockstep(const T* x, i64 W, i64 ih0, i64 kh_a, i64 kh_b, i64 dH, i64 sW, i64 pW,
+                       i64 kW, i64 dW, i64 ow_a, i64 ow_b, T* y, i64* idx) {
+  constexpr int B = 8;
+  const i64 ih_a = ih0 + kh_a * dH;
+  for (i64 o0 = ow_a; o0 < ow_b; o0 += B) {
+    const int nb = static_cast<int>(std::min<i64>(B, ow_b - o0));
+    const i64 col0 = o0 * sW - pW;
+    T best[B];
+    i64 bi[B];
+    for (int j = 0; j < nb; ++j) {
+      bi[j] = ih_a * W + col0 + j * sW;
+      best[j] = x[bi[j]];
+    }
+    i64 ih = ih_a;
+    for (i64 kh = kh_a; kh < kh_b; ++kh, ih += dH) {
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const i64 base = ih * W + col0 + kw * dW;
+        for (int j = 0; j < nb; ++j) {
+          const i64 i = base + j * sW;
+          const T v = x[i];
+          select_if((v > best[j]) | (v != v), v, i, best[j], bi[j]);
+        }
+      }
+    }
+    for (int j = 0; j < nb; ++j) {
+      y[o0 + j] = best[j];
+      if (IDX) idx[o0 + j] = bi[j];
+    }
   }
 }
 
@@ -216,6 +270,34 @@ const Candidate<double>& pick_for(const PoolParams& p, const double*) { return p
 
 // ------------------------------------------------------------------ forward driver
 
+// Small planes (digits-sized: 8x8 -> 4x4): 2x2 stride 2, no padding or dilation, rows
+// narrower than a vector, at least 8 outputs per plane; float32 with AVX2. Offsets are
+// int32 (a plane of fewer than 2^24 elements here).
+bool small_2x2_applies(const PoolParams& p, const float*) {
+  return has_avx2() && p.h.kernel == 2 && p.w.kernel == 2 && p.h.stride == 2 &&
+         p.w.stride == 2 && p.h.pad_lo == 0 && p.w.pad_lo == 0 && p.h.pad_hi == 0 &&
+         p.w.pad_hi == 0 && p.h.dilation == 1 && p.w.dilation == 1 && p.w.out < 8 &&
+         p.w.in == 2 * p.w.out && p.h.in >= 2 * p.h.out && p.h.out * p.w.out >= 8 &&
+         p.h.in * p.w.in < (i64(1) << 24);
+}
+bool small_2x2_applies(const PoolParams&, const double*) { return false; }
+// Planes of fewer than 8 outputs (4x4 -> 2x2): the same windows with H == 2 * Ho.
+bool tiny_2x2_applies(const PoolParams& p, const float*) {
+  return has_avx2() && p.h.kernel == 2 && p.w.kernel == 2 && p.h.stride == 2 &&
+         p.w.stride == 2 && p.h.pad_lo == 0 && p.w.pad_lo == 0 && p.h.pad_hi == 0 &&
+         p.w.pad_hi == 0 && p.h.dilation == 1 && p.w.dilation == 1 && p.w.out < 8 &&
+         p.w.in == 2 * p.w.out && p.h.in == 2 * p.h.out && p.h.out * p.w.out < 8;
+}
+bool tiny_2x2_applies(const PoolParams&, const double*) { return false; }
+void tiny_2x2(const float* x, i64 o0, i64 o1, i64 W, i64 Wo, i64 ohw, float* y, i64* idx) {
+  pool_avx2::tiny_2x2_f32(x, o0, o1, W, Wo, ohw, y, idx);
+}
+void tiny_2x2(const double*, i64, i64, i64, i64, i64, double*, i64*) {}
+void small_2x2(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx) {
+  pool_avx2::small_2x2_f32(x, planes, H, W, Ho, Wo, y, idx);
+}
+void small_2x2(const double*, i64, i64, i64, i64, i64, double*, i64*) {}
+
 template <typename T, bool IDX>
 void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
   const i64 planes = p.n * p.c;
@@ -232,6 +314,28 @@ void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
   const i64 rows = planes * Ho;
   const double work = static_cast<double>(rows) * Wo * p.h.kernel * kW;
   const int nthreads = threads_for_work(work, 32768.0);
+  if (tiny_2x2_applies(p, x)) {
+    // planes of fewer than 8 outputs: the whole tensor flat, 8 outputs at a time
+    const i64 total = planes * Ho * Wo;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int t = 0; t < nthreads; ++t) {
+      const i64 o0 = total / 8 * t / nthreads * 8;
+      const i64 o1 = t + 1 == nthreads ? total : total / 8 * (t + 1) / nthreads * 8;
+      if (o1 > o0) tiny_2x2(x, o0, o1, W, Wo, Ho * Wo, y, IDX ? idx : nullptr);
+    }
+    return;
+  }
+  if (small_2x2_applies(p, x)) {
+    // whole small planes, 8 outputs at a time (see pool_avx2::small_2x2_f32)
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int t = 0; t < nthreads; ++t) {
+      const i64 p0 = planes * t / nthreads, p1 = planes * (t + 1) / nthreads;
+      if (p1 > p0)
+        small_2x2(x + p0 * H * W, p1 - p0, H, W, Ho, Wo, y + p0 * Ho * Wo,
+                  IDX ? idx + p0 * Ho * Wo : nullptr);
+    }
+    return;
+  }
   const i64 HW = H * W, OHW = Ho * Wo;
 
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -262,6 +366,9 @@ void forward_impl(const PoolParams& p, const T* x, T* y, i64* idx) {
         t.y = yr;
         t.idx = ir;
         cand.fn(t, IDX);
+      } else if (kh_b > kh_a) {
+        interior_lockstep<T, IDX>(xp, W, ih0, kh_a, kh_b, p.h.dilation, sW, pW, kW, dW, ow_a, ow_b,
+                                  yr, ir);
       } else {
         columns_scalar<T, IDX>(xp, p, ih0, kh_a, kh_b, ow_a, ow_b, yr, ir);
       }
@@ -506,6 +613,8 @@ i64 max_unpool(i64 planes, i64 sh, i64 sw, i64 dh, i64 dw, const double* s, cons
 
 const char* max_pool2d_variant(const PoolParams& p, bool is_double, bool want_indices) {
   (void)want_indices;
+  if (!is_double && tiny_2x2_applies(p, static_cast<const float*>(nullptr))) return "avx2_tiny_2x2";
+  if (!is_double && small_2x2_applies(p, static_cast<const float*>(nullptr))) return "avx2_small_2x2";
   return is_double ? pick(kCandidatesF64, p).name : pick(kCandidatesF32, p).name;
 }
 

@@ -84,6 +84,17 @@ void row_s2_f64_taps9(const RowTask<double>& t, bool want_idx);
 void row_s2_f64(const RowTask<double>& t, bool want_idx);
 void row_s1_f64(const RowTask<double>& t, bool want_idx);
 
+// Forward 2x2 stride-2 (no padding, no dilation) over whole planes narrower than a
+// vector: W == 2 * Wo, Wo < 8, H >= 2 * Ho. Planes [0, planes) of x (H*W apart) into y
+// (and idx when non-null; Ho*Wo apart); 8 outputs of a plane at a time, flat over its
+// rows (gathered taps, the select chain in scan order as every path: the same results),
+// the last Ho*Wo % 8 by the scalar rule.
+void small_2x2_f32(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx);
+// The same for planes of fewer than 8 outputs with H == 2 * Ho (the input planes then
+// follow each other as the output planes do): outputs [o0, o1) of the whole tensor, flat,
+// 8 at a time across plane boundaries (o0 a multiple of 8; ohw = Ho * Wo).
+void tiny_2x2_f32(const float* x, i64 o0, i64 o1, i64 W, i64 Wo, i64 ohw, float* y, i64* idx);
+
 // Backward rows of a plane whose indices all lie in their own 2x2 stride-2 window
 // (output (oh, ow) covers input rows 2oh, 2oh+1 and columns 2ow, 2ow+1; the caller
 // checked 2*ho <= H, 2*wo <= W, W < 2**30): writes input rows [2*oh0, 2*oh1) of the plane

@@ -390,8 +390,15 @@ def max_unpool1d(input, indices, kernel_size, stride=None, padding=0, output_siz
 # ============================ batchnorm ===========================
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _bn_check_vector(v, name: str, c: int, ref: np.ndarray) -> None:
     if v is None:
+        return
+    # common case first (a few attribute reads; ref's dtype is already known to be a
+    # float dtype): anything else takes the full checks below, with their messages
+    if isinstance(v, np.ndarray) and v.dtype is ref.dtype and v.ndim == 1 and v.shape[0] == c:
         return
     _check_array(v, name)
     _check_same_dtype(ref, **{name: v})
@@ -402,10 +409,12 @@ def _bn_check_vector(v, name: str, c: int, ref: np.ndarray) -> None:
 
 
 def _bn_check_eps(eps) -> float:
+    if type(eps) is float and math.isfinite(eps) and eps >= 0:
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     eps = float(eps)
-    if not np.isfinite(eps) or eps < 0:
+    if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     return eps
 
@@ -433,15 +442,17 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         _bn_check_vector(v, name, c, input)
     training = bool(training)
     eps = _bn_check_eps(eps)
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer, np.floating)):
-        raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
-    momentum = float(momentum)
-    if not np.isfinite(momentum):
-        raise ValueError(f"momentum must be finite, got {momentum}")
+    if type(momentum) is not float or not math.isfinite(momentum):
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer, np.floating)):
+            raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
+        momentum = float(momentum)
+        if not math.isfinite(momentum):
+            raise ValueError(f"momentum must be finite, got {momentum}")
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise ValueError(f"running_mean and running_var are required when training=False ({missing} is None)")
-    if training and input.shape[0] * math.prod(input.shape[2:]) < 2:
+    # values per channel N * S: size / C, or the product itself when C == 0
+    if training and (input.size < 2 * c if c else input.shape[0] * math.prod(input.shape[2:]) < 2):
         raise ValueError(
             f"batch_norm: expected more than 1 value per channel when training, got input of shape {input.shape}"
         )
@@ -465,8 +476,9 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
     training=False uses the running stats (required).
     """
     _check_array(input, "input")
-    _check_array(grad_output, "grad_output")
-    _check_same_dtype(input, grad_output=grad_output)
+    if not (isinstance(grad_output, np.ndarray) and grad_output.dtype is input.dtype):
+        _check_array(grad_output, "grad_output")
+        _check_same_dtype(input, grad_output=grad_output)
     if input.ndim < 2:
         raise ValueError(f"input must have at least 2 dimensions (N, C, ...), got shape {input.shape}")
     if grad_output.shape != input.shape:
@@ -485,6 +497,8 @@ def batch_norm_backward(grad_output, input, weight=None, running_mean=None, runn
         if not training:
             raise ValueError("save_mean and save_invstd apply to training=True only")
         for name, v in (("save_mean", save_mean), ("save_invstd", save_invstd)):
+            if isinstance(v, np.ndarray) and v.dtype is _F64 and v.ndim == 1 and v.shape[0] == c:
+                continue  # the common case; anything else gets the checks and messages below
             _check_array(v, name)
             if v.dtype != np.float64:
                 raise TypeError(f"{name} must have dtype float64 (as returned by "

@@ -294,6 +294,58 @@ def test_row_edges_and_narrow_interiors(isa, width):
         same(got[1], want[1])
 
 
+@pytest.mark.parametrize("shape", [(64, 8, 8, 8), (32, 8, 4, 4), (5, 7, 6, 7), (3, 4, 9, 13),
+                                   (6, 5, 7, 6), (4, 3, 12, 14), (3, 3, 2, 14), (5, 3, 2, 2),
+                                   (7, 5, 6, 2), (3, 3, 7, 4)])
+def test_small_planes_equal_scalar(shape):
+    """Planes narrower than a vector: 2x2/s2 over whole planes 8 outputs at a time
+    (gathered taps; planes of 8x8, 7x6 with an unused last row and a scalar tail, 12x14
+    with every lane phase), or for planes of fewer than 8 outputs (4x4, 2x14, 2x2, 6x2)
+    over the whole tensor flat across plane boundaries (7x4 has an unused last row: not
+    flat, the row path), other windows with interiors of
+    up to 8 windows in lockstep (forward), and the per-output 2x2 tail built by masks
+    (backward). Ties, NaN and -inf; several window shapes (padding, dilation, stride 1);
+    bitwise equal to the scalar path at 1, 2 and 3 threads and to the reference."""
+    if pyconv.kernel_info()["detected_isa"] not in ("avx2", "avx512"):
+        pytest.skip("no AVX2 on this CPU")
+    rng = np.random.default_rng(shape[2] * 100 + shape[3])
+    x = int_values(rng, shape, np.float32, -3, 3, nan=0.03, ninf=0.05)
+    configs = [(2, 2, 0, 1), (3, 2, 1, 1), (3, 1, 1, 1), (2, 1, 0, 2), (3, 3, 1, 1)]
+    before, before_thr = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
+    try:
+        _core._set_isa("avx2")
+        h, w = shape[2:]
+        variant = _core._max_pool2d_variant(h, w, 2, 2, 2, 2, 0, 0, 1, 1, False, False)
+        if w % 2 == 0 and h % 2 == 0 and h // 2 * (w // 2) < 8:
+            assert variant == "avx2_tiny_2x2"
+        elif w % 2 == 0 and h // 2 * (w // 2) >= 8:
+            assert variant == "avx2_small_2x2"
+        else:
+            assert variant == "avx2_s2_2x2"
+        for k, s, p, d in configs:
+            if ref_valid(lambda: ref.max_pool2d(x, k, s, p, d))[1] is not None:
+                continue
+            _core._set_isa("scalar")
+            want = pyconv.max_pool2d(x, k, s, p, d, return_indices=True)
+            g = rng.integers(-5, 6, size=want[0].shape).astype(np.float32)
+            g.flat[::5] = -0.0
+            want_b = pyconv.max_pool2d_backward(g, want[1], shape)
+            _core._set_isa("avx2")
+            for t in (1, 2, 3):
+                pyconv.set_num_threads(t)
+                got = pyconv.max_pool2d(x, k, s, p, d, return_indices=True)
+                same(got[0], want[0])
+                same(got[1], want[1])
+                same(pyconv.max_pool2d_backward(g, got[1], shape), want_b)
+            r = ref.max_pool2d(x, k, s, p, d, return_indices=True)
+            same(want[0], r[0])
+            same(want[1], r[1])
+            same(want_b, ref.max_pool2d_backward(g, r[1], shape))
+    finally:
+        _core._set_isa(before)
+        pyconv.set_num_threads(before_thr)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 9, 11), (1, 2, 8, 16), (1, 1, 2, 2), (2, 2, 5, 40)])
 def test_backward_2x2_windows_built_directly(isa, shape):
     """2x2/s2 indices: the AVX2 path writes each plane straight from indices and grads

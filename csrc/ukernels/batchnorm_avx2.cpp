@@ -90,6 +90,27 @@ void v_m2(const T* x, i64 len, double mean, double* out) {
 }
 
 template <typename T>
+double v_sq(const T* x, i64 len, double mean) {
+  const __m256d m = _mm256_set1_pd(mean);
+  __m256d a[4];
+  for (int k = 0; k < 4; ++k) a[k] = _mm256_setzero_pd();
+  i64 i = 0;
+  for (; i + 16 <= len; i += 16) {
+    for (int k = 0; k < 4; ++k) {
+      __m256d d = _mm256_sub_pd(load4(x + i + 4 * k), m);
+      a[k] = _mm256_add_pd(a[k], keep(_mm256_mul_pd(d, d)));
+    }
+  }
+  alignas(32) double aa[16];
+  store16(aa, a[0], a[1], a[2], a[3]);
+  for (int j = 0; i + j < len; ++j) {
+    double d = static_cast<double>(x[i + j]) - mean;
+    aa[j] += keep(d * d);
+  }
+  return combine16(aa);
+}
+
+template <typename T>
 void v_m2dy(const T* x, const T* dy, i64 len, double mean, double* out) {
   const __m256d m = _mm256_set1_pd(mean);
   __m256d q[4], g[4], c[4];
@@ -554,6 +575,7 @@ bn::Ops<T> make_avx2_ops() {
   bn::Ops<T> o;
   o.sum = &v_sum<T>;
   o.m2 = &v_m2<T>;
+  o.sq = &v_sq<T>;
   o.m2dy = &v_m2dy<T>;
   o.dy = &v_dy<T>;
   o.norm = &v_norm<Vt>;

@@ -11,6 +11,7 @@
 // blended alongside (a lane-independent constant per tap) and turned into the int64
 // index at the store: row base + output column * stride + tap offset.
 #include <immintrin.h>
+#include <type_traits>
 
 #include <cstdint>
 #include <cstring>
@@ -191,13 +192,22 @@ template <typename T>
 inline bool bwd_2x2_one(T gv, i64 j, i64 base, i64 W, T* r0, T* r1, i64 c) {
   if (j < base || j > base + W + 1) return false;  // also keeps j - base from overflowing
   const i64 rel = j - base;
+  const bool e0 = rel == 0, e1 = rel == 1, eW = rel == W, eW1 = rel == W + 1;
+  if (!(e0 | e1 | eW | eW1)) return false;
+  // v where the index points, +0 elsewhere, by masks (which of the four is random on
+  // real data: branches here mispredict about every other output)
+  using U = typename std::conditional<sizeof(T) == 4, std::uint32_t, std::uint64_t>::type;
   const T v = gv + T(0);
-  const T z = T(0);
-  if (rel != 0 && rel != 1 && rel != W && rel != W + 1) return false;
-  r0[c] = rel == 0 ? v : z;
-  r0[c + 1] = rel == 1 ? v : z;
-  r1[c] = rel == W ? v : z;
-  r1[c + 1] = rel == W + 1 ? v : z;
+  U b;
+  std::memcpy(&b, &v, sizeof(T));
+  auto put = [&](T* dst, bool e) {
+    const U m = b & (U(0) - static_cast<U>(e));
+    std::memcpy(dst, &m, sizeof(T));
+  };
+  put(r0 + c, e0);
+  put(r0 + c + 1, e1);
+  put(r1 + c, eW);
+  put(r1 + c + 1, eW1);
   return true;
 }
 
@@ -361,6 +371,126 @@ void stream_lines(void* dst, void* src, i64 lines, bool zero_src) {
 }
 
 void store_fence() { _mm_sfence(); }
+
+void tiny_2x2_f32(const float* x, i64 o0, i64 o1, i64 W, i64 Wo, i64 ohw, float* y, i64* idx) {
+  // global output o (plane o / ohw, local q = o % ohw, column j = q % Wo) has its top-left
+  // tap at 4 * o - 2 * j in x and at 4 * q - 2 * j within its plane; for a batch at o
+  // (a multiple of 8) of phase o % ohw, lane l: x offset 4 * o + g[l], local l[l]
+  alignas(32) int gpat[8][8], lpat[8][8];
+  for (i64 ph = 0; ph < ohw; ++ph)
+    for (int l = 0; l < 8; ++l) {
+      const int q = static_cast<int>((ph + l) % ohw), j = static_cast<int>((ph + l) % Wo);
+      gpat[ph][l] = 4 * l - 2 * j;
+      lpat[ph][l] = 4 * q - 2 * j;
+    }
+  const __m256i c1 = _mm256_set1_epi32(1), cW = _mm256_set1_epi32(static_cast<int>(W)),
+                cW1 = _mm256_set1_epi32(static_cast<int>(W + 1));
+  const i64 full = o0 + (o1 - o0) / 8 * 8;
+  i64 o = o0;
+  for (; o < full; o += 8) {
+    const i64 ph = o % ohw;
+    const float* xb = x + 4 * o;
+    const __m256i g = _mm256_load_si256(reinterpret_cast<const __m256i*>(gpat[ph]));
+    __m256 best = _mm256_i32gather_ps(xb, g, 4);
+    __m256i sel = _mm256_setzero_si256();
+    auto tap = [&](__m256i t) {
+      const __m256 v = _mm256_i32gather_ps(xb, _mm256_add_epi32(g, t), 4);
+      const __m256 take =
+          _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      best = _mm256_blendv_ps(best, v, take);
+      sel = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(sel), _mm256_castsi256_ps(t), take));
+    };
+    tap(c1);
+    tap(cW);
+    tap(cW1);
+    _mm256_storeu_ps(y + o, best);
+    if (idx) {
+      const __m256i bi =
+          _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(lpat[ph])), sel);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + o),
+                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(bi)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + o + 4),
+                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(bi, 1)));
+    }
+  }
+  for (; o < o1; ++o) {
+    const i64 q = o % ohw, j = q % Wo;
+    const float* xb = x + 4 * o - 2 * j;  // top-left tap
+    const i64 offs[4] = {0, 1, W, W + 1};
+    float best = xb[0];
+    i64 bi = 0;
+    for (int t = 1; t < 4; ++t) {
+      const float v = xb[offs[t]];
+      if (v > best || v != v) {
+        best = v;
+        bi = offs[t];
+      }
+    }
+    y[o] = best;
+    if (idx) idx[o] = 4 * q - 2 * j + bi;
+  }
+}
+
+void small_2x2_f32(const float* x, i64 planes, i64 H, i64 W, i64 Ho, i64 Wo, float* y, i64* idx) {
+  const i64 ohw = Ho * Wo;
+  // output o of a plane (row o / Wo, column j = o % Wo) has its top-left tap at
+  // 2 * (o / Wo) * W + 2 * j = 4 * o - 2 * j (W == 2 * Wo); the batch starting at o0
+  // (a multiple of 8) has the lane offsets 4 * lane - 2 * ((o0 + lane) % Wo), one
+  // pattern per phase o0 % Wo
+  alignas(32) int pat[8][8];
+  for (i64 ph = 0; ph < Wo; ++ph)
+    for (int l = 0; l < 8; ++l) pat[ph][l] = 4 * l - 2 * static_cast<int>((ph + l) % Wo);
+  const __m256i c1 = _mm256_set1_epi32(1), cW = _mm256_set1_epi32(static_cast<int>(W)),
+                cW1 = _mm256_set1_epi32(static_cast<int>(W + 1));
+  const i64 full = ohw / 8 * 8;
+  for (i64 pl = 0; pl < planes; ++pl) {
+    const float* xp = x + pl * H * W;
+    float* yp = y + pl * ohw;
+    i64* ip = idx ? idx + pl * ohw : nullptr;
+    for (i64 o0 = 0; o0 < full; o0 += 8) {
+      const __m256i off = _mm256_add_epi32(
+          _mm256_set1_epi32(static_cast<int>(4 * o0)),
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(pat[o0 % Wo])));
+      __m256 best = _mm256_i32gather_ps(xp, off, 4);
+      __m256i bi = off;
+      auto tap = [&](__m256i o) {
+        const __m256 v = _mm256_i32gather_ps(xp, o, 4);
+        const __m256 take =
+            _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        best = _mm256_blendv_ps(best, v, take);
+        bi = _mm256_castps_si256(
+            _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(o), take));
+      };
+      tap(_mm256_add_epi32(off, c1));
+      tap(_mm256_add_epi32(off, cW));
+      tap(_mm256_add_epi32(off, cW1));
+      _mm256_storeu_ps(yp + o0, best);
+      if (ip) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + o0),
+                            _mm256_cvtepi32_epi64(_mm256_castsi256_si128(bi)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + o0 + 4),
+                            _mm256_cvtepi32_epi64(_mm256_extracti128_si256(bi, 1)));
+      }
+    }
+    for (i64 o = full; o < ohw; ++o) {
+      const i64 j = o % Wo;
+      const i64 t0 = 4 * o - 2 * j;
+      const i64 taps[4] = {t0, t0 + 1, t0 + W, t0 + W + 1};
+      float best = xp[t0];
+      i64 bi = t0;
+      for (int t = 1; t < 4; ++t) {
+        const float v = xp[taps[t]];
+        if (v > best || v != v) {
+          best = v;
+          bi = taps[t];
+        }
+      }
+      yp[o] = best;
+      if (ip) ip[o] = bi;
+    }
+  }
+}
 
 void row_s2_f32_taps4(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 4>(t, w); }
 void row_s2_f32_taps9(const RowTask<float>& t, bool w) { row_dispatch<F32, 2, 9>(t, w); }
