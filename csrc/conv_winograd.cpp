@@ -22,8 +22,9 @@
 // sum's K * eps * sum|x||w| times a small constant (about 4 to 8; the tests allow 16).
 // path="generic" keeps the exact direct order.
 //
-// Forward: tasks = (group, block of Tb consecutive tiles, counted across the images of
-// the batch); each task transforms its tiles' input into V (16 x C_in/g x Tb, written
+// Forward: tasks = (group, share of the tiles counted across the images of the batch):
+// each thread gets an equal share (to one NR-tile panel) of every group's tiles, run in
+// blocks of at most Tb tiles; each block transforms its tiles' input into V (16 x C_in/g x Tb, written
 // straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
 // micro-kernel directly (U is packed into MR-row panels once per call) into M
 // (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output element
@@ -67,7 +68,6 @@
 namespace pyconv {
 
 namespace {
-
 inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
@@ -163,7 +163,7 @@ struct FwdPlan {
   i64 kc, kblocks;        // channel (K) blocks: a function of C_in/g and the ISA only
   i64 panels;             // MR-row panels of C_out/g
   i64 ups, vps, mps;      // position strides of U, V, M
-  i64 tb, tpanels, blocks, tasks;
+  i64 tb, tpanels, blocks, tasks, chunks, units;
   int threads;
   i64 u_elems;                                       // packed U (all groups)
   i64 v_elems, m_elems, row_elems, tmp_elems, per_thread;  // per thread
@@ -186,22 +186,23 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const i64 min_tiles = u_bytes > kBigU ? kBigUMinTiles : kMinTiles;
   i64 tb = std::min(kMaxTiles, std::max(min_tiles, kBlockBytes / per_tile));
   tb = std::min(round_up(tb, f.nr), round_up(std::max<i64>(g.total, 1), f.nr));
-  i64 blocks = ceil_div(std::max<i64>(g.total, 1), tb);
-  const int tmax = std::max(threads_max, 1);
-  if (tmax > 1 && (p.groups * blocks) % tmax != 0) {  // even shares for the threads
-    blocks = round_up(blocks, tmax / std::gcd<i64>(tmax, p.groups));
-    tb = round_up(ceil_div(std::max<i64>(g.total, 1), blocks), f.nr);
-    blocks = ceil_div(std::max<i64>(g.total, 1), tb);
-  }
-  f.tb = tb;
-  f.tpanels = tb / f.nr;
-  f.blocks = blocks;
-  f.tasks = checked_mul(p.groups, blocks, "winograd tasks");
+  const i64 units = ceil_div(std::max<i64>(g.total, 1), f.nr);  // NR-tile column panels
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
-  f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), std::max<i64>(f.tasks, 1)));
+  const int tmax = std::max(threads_max, 1);
+  f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), checked_mul(units, p.groups, "winograd")));
   f.threads = std::max(1, std::min(f.threads, tmax));
+  // Each group's tile panels in f.chunks contiguous shares of units/chunks (+-1) panels,
+  // one per thread (a group count that is not a multiple of the threads gets more
+  // shares), each run in blocks of at most tb tiles. The result does not depend on the
+  // partition (each output belongs to one tile; the GEMM's K blocks follow C_in/g).
+  f.chunks = std::min<i64>(units, f.threads / std::gcd<i64>(f.threads, p.groups));
+  f.units = units;
+  f.tb = tb;
+  f.tpanels = tb / f.nr;
+  f.blocks = ceil_div(ceil_div(units, f.chunks), f.tpanels);  // most blocks in one share
+  f.tasks = checked_mul(p.groups, f.chunks, "winograd tasks");
   f.ups = pos_stride(checked_mul(f.panels * f.mr, g.Cg, "winograd U"), elem);
   f.vps = pos_stride(checked_mul(g.Cg, tb, "winograd V"), elem);
   f.mps = pos_stride(checked_mul(g.Mg, tb, "winograd M"), elem);
@@ -414,46 +415,51 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
                       p.n * p.c_out * out_plane + 2 * Wo < (i64(1) << 31);
 #pragma omp parallel for schedule(static) num_threads(f.threads)
   for (i64 task = 0; task < f.tasks; ++task) {
-    const i64 grp = task / f.blocks, b = task % f.blocks;
-    const i64 t0 = b * tb, nt = std::min(tb, ge.total - t0);
-    if (nt <= 0) continue;
-    T* V = ws + f.per_thread * thread_index();
-    T* M = V + f.v_elems;
-    T* buf = M + f.m_elems;
-    T* tmp = buf + f.row_elems;
-    const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
-    if (panels) {
-      panel_forward(p, ge, grp, t0, nt, x, V, M, vps, mps, tb, bias, y, Up, ups, f);
-      continue;
-    }
-    if (last < NR)  // columns past the block in the last micro-panel: zeros
-      for (int pos = 0; pos < 16; ++pos)
-        for (i64 ci = 0; ci < Cg; ++ci) {
-          T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
-          std::fill(d + last, d + NR, T(0));
-        }
-    input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
-    block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
-    for (i64 t = t0; t < t0 + nt;) {
-      const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
-      const i64 len = std::min(ge.tw - j, t0 + nt - t);
-      const i64 oh = 2 * i, ow = 2 * j;
-      const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
-      const i64 cols = std::min(2 * len, Wo - ow);
-      for (i64 co = 0; co < Mg; ++co) {
-        const i64 c = grp * Mg + co;
-        T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
-        const T bv = bias ? bias[c] : T(0);
-        const T* m = M + co * tb + (t - t0);
-        if (two_rows && full) {
-          k.out(m, mps, len, bv, y0, y0 + Wo);
-        } else {
-          k.out(m, mps, len, bv, tmp, tmp + 2 * len);
-          std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
-          if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
-        }
+    const i64 grp = task / f.chunks, ch = task % f.chunks;
+    const i64 u0 = ch * f.units / f.chunks, un = (ch + 1) * f.units / f.chunks - u0;
+    const i64 nb = ceil_div(un, f.tpanels);  // blocks of the share, sizes differing by one panel at most
+    for (i64 bi = 0; bi < nb; ++bi) {
+      const i64 t0 = (u0 + bi * un / nb) * NR;
+      const i64 nt = std::min((u0 + (bi + 1) * un / nb) * NR, ge.total) - t0;
+      if (nt <= 0) continue;
+      T* V = ws + f.per_thread * thread_index();
+      T* M = V + f.v_elems;
+      T* buf = M + f.m_elems;
+      T* tmp = buf + f.row_elems;
+      const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
+      if (panels) {
+        panel_forward(p, ge, grp, t0, nt, x, V, M, vps, mps, tb, bias, y, Up, ups, f);
+        continue;
       }
-      t += len;
+      if (last < NR)  // columns past the block in the last micro-panel: zeros
+        for (int pos = 0; pos < 16; ++pos)
+          for (i64 ci = 0; ci < Cg; ++ci) {
+            T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
+            std::fill(d + last, d + NR, T(0));
+          }
+      input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
+      block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
+      for (i64 t = t0; t < t0 + nt;) {
+        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const i64 len = std::min(ge.tw - j, t0 + nt - t);
+        const i64 oh = 2 * i, ow = 2 * j;
+        const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
+        const i64 cols = std::min(2 * len, Wo - ow);
+        for (i64 co = 0; co < Mg; ++co) {
+          const i64 c = grp * Mg + co;
+          T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
+          const T bv = bias ? bias[c] : T(0);
+          const T* m = M + co * tb + (t - t0);
+          if (two_rows && full) {
+            k.out(m, mps, len, bv, y0, y0 + Wo);
+          } else {
+            k.out(m, mps, len, bv, tmp, tmp + 2 * len);
+            std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
+            if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
+          }
+        }
+        t += len;
+      }
     }
   }
 }
