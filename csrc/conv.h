@@ -105,7 +105,7 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
                       const unsigned short* masks, float* out, i64 ccs, i64 ps);
 void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
                       float* y);
-void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps);
+void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps);
 void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
                         const unsigned short* valid, float* out, i64 ps);
 void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,

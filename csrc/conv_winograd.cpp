@@ -216,6 +216,17 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
 }
 
 
+// Where the 3x3 kernel of (group g, output channel m, input channel c) of a problem
+// lies: w + g*gs + m*ms + c*cs, taps in order or (flip) reversed. The forward reads the
+// weights as they are; grad input reads the same array as its mirrored problem's
+// weights (channels swapped, kernel rotated), with no copy.
+template <typename T>
+struct WView {
+  const T* w;
+  i64 gs, ms, cs;
+  bool flip;
+};
+
 // U = G w G^T for every (output channel, input channel) pair, packed for the
 // micro-kernel: U(g, pos, co, ci) at Up[((g*16 + pos)*panels + co/MR)*Cg*MR + ci*MR + co%MR],
 // rows past C_out/g zero. One task per (group, panel); channels in chunks of kWChunk
@@ -224,20 +235,20 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
 // apart, so writing them element by element would thrash the cache sets).
 constexpr i64 kWChunk = 16;
 template <typename T>
-void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up, int threads) {
+void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv, T* Up, int threads) {
   const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.ups;
   const T h = T(0.5);
   const i64 tasks = p.groups * f.panels;
   const bool vec = std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 &&
-                   Cg * 9 * 16 < (i64(1) << 31);
+                   wv.ms * 16 < (i64(1) << 31);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
     T* base = Up + g * 16 * pstride + ip * Cg * MR;
     if (vec) {
-      wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(w + (g * Mg + ip * MR) * Cg * 9), Cg * 9,
-                                     static_cast<int>(std::min(MR, Mg - ip * MR)), Cg, reinterpret_cast<float*>(base),
-                                     pstride);
+      wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(wv.w + g * wv.gs + ip * MR * wv.ms), wv.ms,
+                                     wv.cs, wv.flip, static_cast<int>(std::min(MR, Mg - ip * MR)), Cg,
+                                     reinterpret_cast<float*>(base), pstride);
       continue;
     }
     alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
@@ -252,7 +263,9 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up,
             for (int q = 0; q < 16; ++q) o[q * ps] = T(0);
             continue;
           }
-          const T* k = w + ((g * Mg + m) * Cg + c0 + cc) * 9;
+          const T* kp = wv.w + g * wv.gs + m * wv.ms + (c0 + cc) * wv.cs;
+          T k[9];
+          for (int q = 0; q < 9; ++q) k[q] = kp[wv.flip ? 8 - q : q];
           T t[4][3];  // G g
           for (int c = 0; c < 3; ++c) {
             t[0][c] = k[c];
@@ -760,14 +773,14 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
   const i64 u = f.u_elems;
   i64 total = checked_add(u, checked_mul(f.per_thread, f.threads, "winograd workspace"), "winograd workspace");
   if (backward) {
-    // grad input (the mirrored forward plus the flipped weights) and grad weight use
+    // grad input (the mirrored forward, reading the weights in place) and grad weight use
     // different scratch slots: their sum bounds what a backward call holds
     i64 dx_part = 0;
     ConvParams q;
     if (mirrored(p, &q)) {
       const FwdPlan fq = fwd_plan(q, elem, threads);
-      dx_part = checked_add(fq.u_elems + lines(checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), 9, "weight"), elem),
-                            checked_mul(fq.per_thread, fq.threads, "winograd workspace"), "winograd workspace");
+      dx_part = checked_add(fq.u_elems, checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
+                            "winograd workspace");
     }
     const WgtPlan wp = wgt_plan(p, elem, threads);
     const i64 dw_part = checked_add(checked_add(wp.dm_elems, wp.shared, "winograd workspace"),
@@ -777,32 +790,34 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
   return static_cast<std::size_t>(checked_mul(total, static_cast<i64>(elem), "winograd workspace bytes"));
 }
 
+namespace {
+
 template <typename T>
-void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
-  if (p.n <= 0) return;
+void forward_with(const ConvParams& p, const T* x, const WView<T>& wv, const T* bias, T* y) {
   const int threads = num_threads();
   const FwdPlan f = fwd_plan(p, sizeof(T), threads);
   T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.u_elems) * sizeof(T)));
-  transform_weights(p, f, w, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
+  transform_weights(p, f, wv, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
   forward_impl(p, f, x, U, bias, y);
+}
+
+}  // namespace
+
+template <typename T>
+void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  if (p.n <= 0) return;
+  const i64 Cg = p.cin_g();
+  forward_with(p, x, WView<T>{w, p.cout_g() * Cg * 9, Cg * 9, 9, false}, bias, y);
 }
 
 template <typename T>
 bool winograd_backward_input(const ConvParams& p, const T* dy, const T* w, T* dx) {
   ConvParams q;
   if (!mirrored(p, &q)) return false;
+  if (p.n <= 0) return true;
+  // w'[g*Cg + ci][co][kh][kw] = w[g*Mg + co][ci][2-kh][2-kw], read in place
   const i64 Mg = p.cout_g(), Cg = p.cin_g();
-  // w'[g*Cg + ci][co][kh][kw] = w[g*Mg + co][ci][2-kh][2-kw]
-  T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * 9) * sizeof(T)));
-  for (i64 co = 0; co < p.c_out; ++co) {
-    const i64 g = co / Mg, col = co % Mg;
-    for (i64 ci = 0; ci < Cg; ++ci) {
-      const T* src = w + (co * Cg + ci) * 9;
-      T* dst = wq + ((g * Cg + ci) * Mg + col) * 9;
-      for (int r = 0; r < 9; ++r) dst[r] = src[8 - r];
-    }
-  }
-  winograd_forward(q, dy, wq, static_cast<const T*>(nullptr), dx);
+  forward_with(q, dy, WView<T>{w, Mg * Cg * 9, 9, Cg * 9, true}, static_cast<const T*>(nullptr), dx);
   return true;
 }
 

@@ -95,19 +95,27 @@ void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned sh
   _mm512_mask_i32scatter_ps(y, ymask[3], _mm512_add_epi32(_mm512_add_epi32(vo, down), one), y11, 4);
 }
 
-// U = G w G^T for one panel of 16 output channels (rows w + l*rs, l < m; rows past m
-// give zeros) and every input channel ci < cg: position pos of channel ci to
-// out[pos*ps + ci*16 + l]. Multiplications by 1/2 are exact, so any contraction into
-// FMAs gives the portable result.
-void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps) {
+// U = G w G^T for one panel of 16 output channels and every input channel ci < cg: the
+// 3x3 kernel of lane l < m (lanes past m give zeros) and channel ci is w + l*rs + ci*cs,
+// taps in order (flip: reversed, the grad-input problem's rotated kernel); position pos
+// of channel ci to out[pos*ps + ci*16 + l]. Multiplications by 1/2 are exact, so any
+// contraction into FMAs gives the portable result.
+void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps) {
   const __mmask16 mk = static_cast<__mmask16>(m >= 16 ? 0xFFFF : ((1u << m) - 1));
   const __m512i base = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32(static_cast<int>(rs)));
   const __m512 h = _mm512_set1_ps(0.5f), z = _mm512_setzero_ps();
   for (i64 ci = 0; ci < cg; ++ci) {
-    const float* k = w + ci * 9;
+    const float* k = w + ci * cs;
+    if (ci + 2 < cg) {  // the 16 kernels two channels ahead (gathers get no hardware prefetch)
+      const char* pf = reinterpret_cast<const char*>(k + 2 * cs);
+      for (int l = 0; l < m; ++l) {
+        _mm_prefetch(pf + l * rs * 4, _MM_HINT_T0);
+        _mm_prefetch(pf + l * rs * 4 + 35, _MM_HINT_T0);
+      }
+    }
     __m512 g[9];
-    for (int q = 0; q < 9; ++q) g[q] = _mm512_mask_i32gather_ps(z, mk, base, k + q, 4);
+    for (int q = 0; q < 9; ++q) g[q] = _mm512_mask_i32gather_ps(z, mk, base, k + (flip ? 8 - q : q), 4);
     __m512 t[4][3];
     for (int c = 0; c < 3; ++c) {
       t[0][c] = g[c];
