@@ -94,6 +94,8 @@ void winograd_backward_weight(const ConvParams& p, const T* dy, const T* x, T* d
   void input_rows_f64(const double* const* rows, i64 len, double* out, i64 ps);             \
   void output_rows_f32(const float* m, i64 ps, i64 len, float bias, float* y0, float* y1);  \
   void output_rows_f64(const double* m, i64 ps, i64 len, double bias, double* y0, double* y1); \
+  void weight_out_rows_f32(const float* x, i64 ps, i64 len, float* out);                    \
+  void weight_out_rows_f64(const double* x, i64 ps, i64 len, double* out);                  \
   }
 PYCONV_WINO_DECL(wino_avx2)
 PYCONV_WINO_DECL(wino_avx512)

@@ -96,6 +96,7 @@ template <typename T>
 struct Kernels {
   void (*in)(const T* const*, i64, T*, i64);
   void (*out)(const T*, i64, i64, T, T*, T*);
+  void (*wout)(const T*, i64, i64, T*);
 };
 
 namespace wino_portable {
@@ -104,16 +105,16 @@ PYCONV_WINO_ROW_KERNELS
 
 Kernels<float> kernels(float*) {
   switch (active_isa()) {
-    case Isa::avx512: return {wino_avx512::input_rows_f32, wino_avx512::output_rows_f32};
-    case Isa::avx2: return {wino_avx2::input_rows_f32, wino_avx2::output_rows_f32};
-    default: return {wino_portable::input_rows_f32, wino_portable::output_rows_f32};
+    case Isa::avx512: return {wino_avx512::input_rows_f32, wino_avx512::output_rows_f32, wino_avx512::weight_out_rows_f32};
+    case Isa::avx2: return {wino_avx2::input_rows_f32, wino_avx2::output_rows_f32, wino_avx2::weight_out_rows_f32};
+    default: return {wino_portable::input_rows_f32, wino_portable::output_rows_f32, wino_portable::weight_out_rows_f32};
   }
 }
 Kernels<double> kernels(double*) {
   switch (active_isa()) {
-    case Isa::avx512: return {wino_avx512::input_rows_f64, wino_avx512::output_rows_f64};
-    case Isa::avx2: return {wino_avx2::input_rows_f64, wino_avx2::output_rows_f64};
-    default: return {wino_portable::input_rows_f64, wino_portable::output_rows_f64};
+    case Isa::avx512: return {wino_avx512::input_rows_f64, wino_avx512::output_rows_f64, wino_avx512::weight_out_rows_f64};
+    case Isa::avx2: return {wino_avx2::input_rows_f64, wino_avx2::output_rows_f64, wino_avx2::weight_out_rows_f64};
+    default: return {wino_portable::input_rows_f64, wino_portable::output_rows_f64, wino_portable::weight_out_rows_f64};
   }
 }
 
@@ -695,29 +696,13 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
       }
     }
   }
-  // dW = G^T dM G
+  // dW = G^T dM G, in pieces of one output channel's row of input channels
   const i64 plane = wp.dps;
-  const T h = T(0.5);
+  const i64 piece = std::min<i64>(Cg, 256), pieces = ceil_div(Cg, piece);
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (i64 co = 0; co < p.c_out; ++co) {
-    const i64 grp = co / Mg, m = co % Mg;
-    const T* base = dM + grp * 16 * plane + m * Cg;
-    for (i64 ci = 0; ci < Cg; ++ci) {
-      T X[16];
-      for (int q = 0; q < 16; ++q) X[q] = base[q * plane + ci];
-      T t[3][4];  // G^T X
-      for (int c = 0; c < 4; ++c) {
-        t[0][c] = X[c] + (X[4 + c] + X[8 + c]) * h;
-        t[1][c] = (X[4 + c] - X[8 + c]) * h;
-        t[2][c] = (X[4 + c] + X[8 + c]) * h + X[12 + c];
-      }
-      T* o = dw + (co * Cg + ci) * 9;
-      for (int r = 0; r < 3; ++r) {  // (G^T X) G
-        o[3 * r + 0] = t[r][0] + (t[r][1] + t[r][2]) * h;
-        o[3 * r + 1] = (t[r][1] - t[r][2]) * h;
-        o[3 * r + 2] = (t[r][1] + t[r][2]) * h + t[r][3];
-      }
-    }
+  for (i64 item = 0; item < p.c_out * pieces; ++item) {
+    const i64 co = item / pieces, c0 = (item % pieces) * piece, grp = co / Mg, m = co % Mg;
+    k.wout(dM + grp * 16 * plane + m * Cg + c0, plane, std::min(piece, Cg - c0), dw + (co * Cg + c0) * 9);
   }
 }
 
