@@ -486,7 +486,9 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
 // the micro-kernel's NR-column panels, and Y' written straight into MR-row panels.
 struct WgtPlan {
   int mr, nr;
-  i64 tw, kc, blocks, co_panels, ci_panels, groups_of, tasks;  // kc: GEMM depth per kernel call
+  i64 tw, kc, blocks, co_panels, ci_panels, tasks;  // kc: GEMM depth per kernel call
+  i64 gco, gci, n_cog, n_cig;  // GEMM tasks: gco output-channel x gci input-channel panels
+  bool chan;                   // AVX-512 float32 channel-panel transforms (no plain V)
   int threads;
   i64 vps, aps, bps, dps;                 // position strides of V, Y' panels, V^T panels, dM
   i64 v_elems, b_elems, a_elems, shared;  // shared buffers (elements)
@@ -494,7 +496,8 @@ struct WgtPlan {
   i64 row_elems, per_thread;              // per thread
 };
 
-constexpr i64 kWgtGroup = 4;  // MR-row panels of output channels per GEMM task
+constexpr i64 kWgtGroup = 4;  // most MR-row panels of output channels per GEMM task
+constexpr i64 kWgtBBytes = 512 << 10;  // V^T panels (16 positions) one GEMM task reuses
 constexpr i64 kChanTiles = 32;  // grad weight, AVX-512 input transform: tiles per task
 
 WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
@@ -503,7 +506,9 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   WgtPlan w{};
   w.mr = blk.mr;
   w.nr = blk.nr;
-  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), 2 * g.Cg + g.Mg, "winograd block");
+  w.chan = elem == 4 && active_isa() == Isa::avx512 && w.nr == 16 && w.mr == 16 &&
+           p.h.in * p.w.in < (i64(1) << 27) && p.h.out * p.w.out < (i64(1) << 27);
+  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), (w.chan ? 1 : 2) * g.Cg + g.Mg, "winograd block");
   w.kc = blk.kc;
   i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
   tw = std::max<i64>(8, tw / 8 * 8);
@@ -512,17 +517,31 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   w.blocks = ceil_div(std::max<i64>(g.total, 1), tw);
   w.co_panels = ceil_div(g.Mg, w.mr);
   w.ci_panels = ceil_div(g.Cg, w.nr);
-  w.groups_of = ceil_div(w.co_panels, kWgtGroup);
-  w.tasks = 16 * w.groups_of;
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
   w.threads = std::max(1, std::min(threads_for_work(flops, 1 << 20), std::max(threads_max, 1)));
+  // GEMM tasks: (gco output-channel panels) x (gci input-channel panels), all 16
+  // positions, so the last block can turn its own dM rows into dW while they are in
+  // cache. gci: the task's V^T panels of the 16 positions fit about kWgtBBytes; gco
+  // shrinks until there are at least 4 tasks per thread. Any partition gives the same
+  // sums (each dM element is summed over the blocks, then K steps, in order).
+  w.gci = std::max<i64>(1, std::min(w.ci_panels, kWgtBBytes / (16 * tw * w.nr * static_cast<i64>(elem))));
+  w.n_cig = ceil_div(w.ci_panels, w.gci);
+  w.gci = ceil_div(w.ci_panels, w.n_cig);
+  w.gco = std::min(kWgtGroup, w.co_panels);
+  while (true) {
+    w.n_cog = ceil_div(w.co_panels, w.gco);
+    w.gco = ceil_div(w.co_panels, w.n_cog);
+    if (w.n_cog * w.n_cig >= 4 * w.threads || w.gco == 1) break;
+    w.gco = ceil_div(w.gco, 2);
+  }
+  w.tasks = w.n_cog * w.n_cig;
   w.vps = pos_stride(checked_mul(g.Cg, tw, "winograd V"), elem);
   w.bps = pos_stride(checked_mul(w.ci_panels * w.nr, tw, "winograd V"), elem);
   w.aps = pos_stride(checked_mul(w.co_panels * w.mr, tw, "winograd Y"), elem);
   w.dps = pos_stride(checked_mul(g.Cg, g.Mg, "winograd dM"), elem);
-  w.v_elems = checked_mul(16, w.vps, "winograd V");
+  w.v_elems = w.chan ? 0 : checked_mul(16, w.vps, "winograd V");
   w.b_elems = checked_mul(16, w.bps, "winograd V");
   w.a_elems = checked_mul(16, w.aps, "winograd Y");
   w.dm_elems = checked_mul(checked_mul(16, p.groups, "winograd dM"), w.dps, "winograd dM");
@@ -600,8 +619,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   const int threads = wp.threads;
   const i64 in_plane = p.h.in * p.w.in;
   const i64 out_plane = p.h.out * p.w.out;
-  const bool chan_panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 && MR == 16 &&
-                           in_plane < (i64(1) << 27) && out_plane < (i64(1) << 27);
+  const bool chan_panels = std::is_same<T, float>::value && wp.chan;
   // dM[g][pos][co][ci], summed over the tile blocks in increasing order.
 #pragma omp parallel num_threads(threads)
   {
@@ -671,38 +689,38 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
         }
 #pragma omp for schedule(static)
         for (i64 task = 0; task < wp.tasks; ++task) {
-          const i64 pos = task / wp.groups_of, gi = task % wp.groups_of;
-          const i64 ip0 = gi * kWgtGroup, ip1 = std::min(wp.co_panels, ip0 + kWgtGroup);
-          T* C = dMg + pos * wp.dps;
-          if (nt <= 0) {  // empty batch: dW = 0
-            for (i64 co = ip0 * MR; co < std::min(Mg, ip1 * MR); ++co) std::fill(C + co * Cg, C + (co + 1) * Cg, T(0));
-            continue;
-          }
+          const i64 ip0 = task / wp.n_cig * wp.gco, ip1 = std::min(wp.co_panels, ip0 + wp.gco);
+          const i64 q0 = task % wp.n_cig * wp.gci, q1 = std::min(wp.ci_panels, q0 + wp.gci);
+          const i64 c0 = q0 * NR, c1 = std::min(Cg, q1 * NR);
           for (i64 ip = ip0; ip < ip1; ++ip) {
-            const T* a = Ap + pos * aps + ip * nt * MR;
             const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
-            // the block's tiles in K steps of at most kc, in increasing order
-            for (i64 k0 = 0; k0 < nt; k0 += wp.kc) {
-              const i64 kc = std::min(wp.kc, nt - k0);
-              for (i64 q = 0; q < wp.ci_panels; ++q) {
-                const int n = static_cast<int>(std::min(NR, Cg - q * NR));
-                const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
-                run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + ip * MR * Cg + q * NR, Cg, 1, m, n,
-                    b > 0 || k0 > 0);
+            for (int pos = 0; pos < 16; ++pos) {
+              T* C = dMg + pos * wp.dps + ip * MR * Cg;
+              if (nt <= 0) {  // empty batch: dW = 0
+                for (int r = 0; r < m; ++r) std::fill(C + r * Cg + c0, C + r * Cg + c1, T(0));
+                continue;
+              }
+              const T* a = Ap + pos * aps + ip * nt * MR;
+              // the block's tiles in K steps of at most kc, in increasing order
+              for (i64 k0 = 0; k0 < nt; k0 += wp.kc) {
+                const i64 kc = std::min(wp.kc, nt - k0);
+                for (i64 q = q0; q < q1; ++q) {
+                  const int n = static_cast<int>(std::min(NR, Cg - q * NR));
+                  const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
+                  run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + q * NR, Cg, 1, m, n,
+                      b > 0 || k0 > 0);
+                }
               }
             }
+            if (b == wp.blocks - 1)  // dW = G^T dM G of these rows, while they are in cache
+              for (int r = 0; r < m; ++r) {
+                const i64 co = ip * MR + r;
+                k.wout(dMg + co * Cg + c0, wp.dps, c1 - c0, dw + ((grp * Mg + co) * Cg + c0) * 9);
+              }
           }
         }
       }
     }
-  }
-  // dW = G^T dM G, in pieces of one output channel's row of input channels
-  const i64 plane = wp.dps;
-  const i64 piece = std::min<i64>(Cg, 256), pieces = ceil_div(Cg, piece);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (i64 item = 0; item < p.c_out * pieces; ++item) {
-    const i64 co = item / pieces, c0 = (item % pieces) * piece, grp = co / Mg, m = co % Mg;
-    k.wout(dM + grp * 16 * plane + m * Cg + c0, plane, std::min(piece, Cg - c0), dw + (co * Cg + c0) * 9);
   }
 }
 
