@@ -387,6 +387,36 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
     }
     block_gemms(f, micro_kernel<float>(), Up + grp * 16 * ups, V, M, Cg, Mg, nt);
     for (i64 jp = 0; jp < np; ++jp) {
+      // the panel's tiles as runs of one tile row each: at most two take masked stores
+      i64 roff[2];
+      int rl0[2], nruns = 0;
+      unsigned rtop[2] = {0, 0}, rbot[2] = {0, 0};
+      i64 prev = -1;
+      for (int l = 0; l < 16 && t0 + jp * 16 + l < t0 + nt; ++l) {
+        const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const i64 key = n * ge.th + i;
+        if (key != prev) {
+          if (nruns == 2) {
+            nruns = 3;
+            break;
+          }
+          roff[nruns] = n * p.c_out * out_plane + 2 * i * Wo + 2 * j;
+          rl0[nruns] = l;
+          ++nruns;
+          prev = key;
+        }
+        const unsigned bits = 2*j + 1 < Wo ? 3u : 1u;
+        rtop[nruns - 1] |= bits << (2 * l);
+        if (2 * i + 1 < Ho) rbot[nruns - 1] |= bits << (2 * l);
+      }
+      if (nruns <= 2) {
+        for (i64 co = 0; co < Mg; ++co) {
+          const i64 c = grp * Mg + co;
+          wino_avx512::output_panel_runs_f32(M + co * tb + jp * 16, mps, bias ? bias[c] : 0.0f, y + c * out_plane, Wo,
+                                             nruns, roff, rl0, rtop, rbot);
+        }
+        continue;
+      }
       alignas(64) int yoff[16];
       unsigned short ym[4] = {};
       for (int l = 0; l < 16; ++l) {

@@ -18,6 +18,8 @@ PYCONV_WINO_ROW_KERNELS
 // ones bit for bit.
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace pyconv {
 namespace wino_avx512 {
 
@@ -93,6 +95,47 @@ void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned sh
   _mm512_mask_i32scatter_ps(y, ymask[1], _mm512_add_epi32(vo, one), y01, 4);
   _mm512_mask_i32scatter_ps(y, ymask[2], _mm512_add_epi32(vo, down), y10, 4);
   _mm512_mask_i32scatter_ps(y, ymask[3], _mm512_add_epi32(_mm512_add_epi32(vo, down), one), y11, 4);
+}
+
+// Outputs of 16 tiles of one channel whose tiles form nseg <= 2 runs of adjacent tiles
+// of one tile row each: run s is lanes l0[s] .. and its first tile's top-left output is
+// y[off[s]]; bit 2l + b of top[s] (bot[s]) says that output (0, b) ((1, b)) of lane l
+// exists. The two output rows of the 16 tiles are interleaved in registers and written
+// with masked stores (no scatter); same values as output_panel_f32.
+void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row, int nseg, const i64* off,
+                           const int* l0, const unsigned* top, const unsigned* bot) {
+  __m512 s0[4], s1[4];
+  for (int r = 0; r < 4; ++r) {
+    const __m512 m0 = _mm512_loadu_ps(m + (4 * r + 0) * ps);
+    const __m512 m1 = _mm512_loadu_ps(m + (4 * r + 1) * ps);
+    const __m512 m2 = _mm512_loadu_ps(m + (4 * r + 2) * ps);
+    const __m512 m3 = _mm512_loadu_ps(m + (4 * r + 3) * ps);
+    s0[r] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+    s1[r] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+  }
+  const __m512 b = _mm512_set1_ps(bias);
+  const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
+  const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
+  const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
+  const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  const __m512 t0 = _mm512_permutex2var_ps(y00, lo, y01), t1 = _mm512_permutex2var_ps(y00, hi, y01);
+  const __m512 b0 = _mm512_permutex2var_ps(y10, lo, y11), b1 = _mm512_permutex2var_ps(y10, hi, y11);
+  for (int s = 0; s < nseg; ++s) {
+    // element e of the interleaved row (lane e / 2) lands at y[off[s] + e - 2*l0[s]]; the
+    // masked-off elements are never touched, wherever their addresses would fall
+    const std::uintptr_t d = reinterpret_cast<std::uintptr_t>(y) +
+                             static_cast<std::uintptr_t>((off[s] - 2 * l0[s]) * static_cast<i64>(sizeof(float)));
+    float* dt = reinterpret_cast<float*>(d);
+    _mm512_mask_storeu_ps(dt, static_cast<__mmask16>(top[s] & 0xFFFFu), t0);
+    _mm512_mask_storeu_ps(reinterpret_cast<float*>(d + 64), static_cast<__mmask16>(top[s] >> 16), t1);
+    if (bot[s]) {
+      const std::uintptr_t e = d + static_cast<std::uintptr_t>(row * static_cast<i64>(sizeof(float)));
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(e), static_cast<__mmask16>(bot[s] & 0xFFFFu), b0);
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(e + 64), static_cast<__mmask16>(bot[s] >> 16), b1);
+    }
+  }
 }
 
 // U = G w G^T for one panel of 16 output channels and every input channel ci < cg: the
