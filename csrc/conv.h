@@ -107,6 +107,8 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
                       const unsigned short* masks, float* out, i64 ccs, i64 ps);
 void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
                       float* y);
+void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, int nruns, const i64* base,
+                          const unsigned* ma, const unsigned* ma2, float* out, i64 ccs, i64 ps);
 void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row, int nseg, const i64* off,
                            const int* l0, const unsigned* top, const unsigned* bot);
 void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps);

@@ -369,6 +369,43 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
     const i64 Cg = ge.Cg, Mg = ge.Mg, H = p.h.in, W = p.w.in, Ho = p.h.out, Wo = p.w.out;
     const i64 in_plane = H * W, out_plane = Ho * Wo, np = ceil_div(nt, i64(16));
     for (i64 jp = 0; jp < np; ++jp) {
+      {  // tiles in at most two runs of one tile row each: loads and permutes, no gathers
+        i64 rbase[2];
+        unsigned ma[8] = {}, ma2[8] = {};
+        int nruns = 0;
+        i64 prev = -1, rl0 = 0, riw = 0, rih = 0;
+        for (int l = 0; l < 16 && jp * 16 + l < nt; ++l) {
+          const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+          const i64 key = n * ge.th + i;
+          if (key != prev) {
+            if (nruns == 2) {
+              nruns = 3;
+              break;
+            }
+            rl0 = l;
+            rih = 2 * i - p.h.pad_lo;
+            riw = 2 * j - p.w.pad_lo;
+            rbase[nruns] = n * p.c_in * in_plane + rih * W + riw - 2 * rl0;
+            ++nruns;
+            prev = key;
+          }
+          // lane l's columns riw + 2(l - rl0) + c, c = 0..3: elements 2l + c of the run's rows
+          for (int c = 0; c < 4; ++c) {
+            const i64 col = riw + 2 * (l - rl0) + c;
+            if (col < 0 || col >= W) continue;
+            for (int rr = 0; rr < 4; ++rr) {
+              if (rih + rr < 0 || rih + rr >= H) continue;
+              unsigned* mm = c < 2 ? ma : ma2;
+              mm[4 * (nruns - 1) + rr] |= 1u << (2 * l + (c & 1));
+            }
+          }
+        }
+        if (nruns <= 2) {
+          wino_avx512::input_panel_runs_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, nruns, rbase, ma, ma2,
+                                            V + jp * Cg * 16, 16, vps);
+          continue;
+        }
+      }
       alignas(64) int off[16];
       unsigned short masks[16] = {};
       for (int l = 0; l < 16; ++l) {

@@ -71,6 +71,59 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
   }
 }
 
+// V for 16 tiles forming nruns <= 2 runs of adjacent tiles of one tile row each, channels
+// c0 .. c1-1: run s's lane l reads its patch row r, columns 0..3 at x[ci*plane + base[s] +
+// r*row + 2l + c] (base[s] already moved back by the run's first lane), element k of
+// the 32 at + 2l + (0|1) (+ 2l + (2|3)) read where bit k of ma[4s + r] (ma2[4s + r]) is
+// set, else 0. Each row is four masked loads per run and four permutes splitting even
+// and odd columns instead of four gathers; same values and writes as input_panels_f32.
+void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, int nruns, const i64* base,
+                          const unsigned* ma, const unsigned* ma2, float* out, i64 ccs, i64 ps) {
+  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512 z = _mm512_setzero_ps();
+  constexpr i64 kAhead = 2;
+  for (i64 ci = c0; ci < c1; ++ci) {
+    const std::uintptr_t xc = reinterpret_cast<std::uintptr_t>(x) +
+                              static_cast<std::uintptr_t>(ci * plane * static_cast<i64>(sizeof(float)));
+    if (ci + kAhead < c1)
+      for (int s = 0; s < nruns; ++s)
+        for (int r = 0; r < 4; ++r)
+          if (ma2[4 * s + r]) {
+            const char* pf = reinterpret_cast<const char*>(
+                xc + static_cast<std::uintptr_t>((kAhead * plane + base[s] + r * row) * static_cast<i64>(sizeof(float))));
+            _mm_prefetch(pf + 4 * (__builtin_ctz(ma[4 * s + r] | ma2[4 * s + r])), _MM_HINT_T0);
+            _mm_prefetch(pf + 4 * (31 - __builtin_clz(ma2[4 * s + r])) + 8, _MM_HINT_T0);
+          }
+    __m512 a[4][4];
+    for (int r = 0; r < 4; ++r) {
+      __m512 A = z, B = z, A2 = z, B2 = z;
+      for (int s = 0; s < nruns; ++s) {
+        const unsigned m1 = ma[4 * s + r], m2 = ma2[4 * s + r];
+        if ((m1 | m2) == 0) continue;
+        const std::uintptr_t q = xc + static_cast<std::uintptr_t>((base[s] + r * row) * static_cast<i64>(sizeof(float)));
+        A = _mm512_mask_loadu_ps(A, static_cast<__mmask16>(m1 & 0xFFFFu), reinterpret_cast<const float*>(q));
+        B = _mm512_mask_loadu_ps(B, static_cast<__mmask16>(m1 >> 16), reinterpret_cast<const float*>(q + 64));
+        A2 = _mm512_mask_loadu_ps(A2, static_cast<__mmask16>(m2 & 0xFFFFu), reinterpret_cast<const float*>(q + 8));
+        B2 = _mm512_mask_loadu_ps(B2, static_cast<__mmask16>(m2 >> 16), reinterpret_cast<const float*>(q + 72));
+      }
+      const __m512 d0 = _mm512_permutex2var_ps(A, ev, B), d1 = _mm512_permutex2var_ps(A, od, B);
+      const __m512 d2 = _mm512_permutex2var_ps(A2, ev, B2), d3 = _mm512_permutex2var_ps(A2, od, B2);
+      a[r][0] = _mm512_sub_ps(d0, d2);
+      a[r][1] = _mm512_add_ps(d1, d2);
+      a[r][2] = _mm512_sub_ps(d2, d1);
+      a[r][3] = _mm512_sub_ps(d1, d3);
+    }
+    float* o = out + ci * ccs;
+    for (int c = 0; c < 4; ++c) {
+      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
+      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
+      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
+      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
+    }
+  }
+}
+
 // Outputs of 16 tiles of one channel: m[pos*ps + l] is M(pos, tile l); output (a, b) of
 // tile l goes to y[yoff[l] + a*row + b] where ymask[2a + b] has bit l set.
 void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
