@@ -24,30 +24,36 @@
 //
 // Forward: tasks = (group, share of the tiles counted across the images of the batch):
 // each thread gets an equal share (to one NR-tile panel) of every group's tiles, run in
-// blocks of at most Tb tiles; each block transforms its tiles' input into V (16 x C_in/g x Tb, written
-// straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
+// blocks of at most Tb tiles; each block transforms its tiles' input into V (16 x C_in/g
+// x Tb, written straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
 // micro-kernel directly (U is packed into MR-row panels once per call) into M
 // (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output element
 // belongs to one tile, hence to one task; the GEMM sums over the channels in K blocks
 // that depend only on C_in/g and the ISA, so the result does not depend on Tb or on the
 // thread count. Tb keeps V + M near kBlockBytes per thread (at least kBigUMinTiles tiles
-// when U outgrows the L3, as U is streamed once per block).
+// when U outgrows the L3, as U is streamed once per block; such a U is also written with
+// non-temporal stores).
 //
 // Grad input: the forward Winograd convolution of dy with the flipped, channel-transposed
-// weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic).
+// weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic). The
+// weight transform reads w in place through a strided, tap-reversed view (WView).
 //
 // Grad weight: dW = G^T [ sum_tiles (A dY A^T) (.) (B^T d B) ] G. Tiles are taken in
 // blocks of a fixed size Tw (a function of the channel counts and the ISA, never of the
 // thread count); per block the threads write Y' = A dY A^T into MR-row panels and
 // V^T = (B^T d B)^T into NR-column panels (shared buffers, two barriers per block), then
-// run the 16 x (output-channel groups) GEMM tasks dM[p] += Y'[p] V[p]^T, block after
-// block and within a block in K steps of increasing order: each dM element is summed in
-// the same order whatever the thread count.
+// run the GEMM tasks dM[p] += Y'[p] V[p]^T, one task per (output-channel panels,
+// input-channel panels) over the 16 positions, block after block and within a block in
+// K steps of increasing order: each dM element is summed in the same order whatever the
+// thread count or the task partition. In the last block each task turns its own dM rows
+// into dW = G^T dM G while they are still in cache.
 //
-// AVX-512 float32 uses panel kernels (winograd_avx512.cpp): masked gathers build 16 tiles'
-// (or 16 channels') patches per vector, masked scatters write 16 tiles' outputs; other
-// ISAs and float64 use the row kernels of winograd_kernels.h. Both do the same additions
-// in the same order.
+// AVX-512 float32 uses panel kernels (winograd_avx512.cpp): 16 tiles (or 16 channels)
+// per vector. Where a panel's 16 tiles lie in at most kRuns (4) tile rows the
+// forward reads their patches with masked row loads and even/odd permutes and writes
+// their outputs with interleaving permutes and masked stores; otherwise masked gathers
+// and scatters. Other ISAs and float64 use the row kernels of winograd_kernels.h. All do
+// the same additions in the same order.
 //
 // Memory (all pyconv::scratch(), reused across calls; winograd_workspace_bytes):
 // forward: packed U (16 x C_out x C_in/g, padded to MR rows) plus per thread V, M and
@@ -55,6 +61,7 @@
 // per-block panels (about kWgtBlockBytes). Bounded by the channel counts and a row of
 // the plane, never by the batch.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 #include <type_traits>
@@ -242,6 +249,10 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv
   const i64 tasks = p.groups * f.panels;
   const bool vec = std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 &&
                    wv.ms * 16 < (i64(1) << 31);
+  // U too large to stay in the L3 until the GEMMs read it: non-temporal stores (no read
+  // for ownership; c512 7px b8, 16 MB: forward about 5% faster at 1 thread)
+  const bool stream = vec && f.u_elems * static_cast<i64>(sizeof(T)) > kBigU &&
+                      reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
@@ -249,7 +260,7 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv
     if (vec) {
       wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(wv.w + g * wv.gs + ip * MR * wv.ms), wv.ms,
                                      wv.cs, wv.flip, static_cast<int>(std::min(MR, Mg - ip * MR)), Cg,
-                                     reinterpret_cast<float*>(base), pstride);
+                                     reinterpret_cast<float*>(base), pstride, stream);
       continue;
     }
     alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
@@ -361,6 +372,11 @@ void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T
   }
 }
 
+// Most runs (adjacent tiles of one tile row) of a 16-tile panel that the AVX-512 row-load
+// and masked-store kernels take (four 4-tile rows of a 7x7 or 8x8 plane); more go
+// through gathers and scatters.
+constexpr int kRuns = 4;
+
 // One tile block through the AVX-512 float32 panel kernels.
 template <typename T>
 void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* x, T* V, T* M, i64 vps,
@@ -369,17 +385,17 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
     const i64 Cg = ge.Cg, Mg = ge.Mg, H = p.h.in, W = p.w.in, Ho = p.h.out, Wo = p.w.out;
     const i64 in_plane = H * W, out_plane = Ho * Wo, np = ceil_div(nt, i64(16));
     for (i64 jp = 0; jp < np; ++jp) {
-      {  // tiles in at most two runs of one tile row each: loads and permutes, no gathers
-        i64 rbase[2];
-        unsigned ma[8] = {}, ma2[8] = {};
+      {  // tiles in at most kRuns runs of one tile row each: loads and permutes, no gathers
+        i64 rbase[kRuns];
+        unsigned ma[4 * kRuns] = {}, ma2[4 * kRuns] = {};
         int nruns = 0;
         i64 prev = -1, rl0 = 0, riw = 0, rih = 0;
         for (int l = 0; l < 16 && jp * 16 + l < nt; ++l) {
           const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
           const i64 key = n * ge.th + i;
           if (key != prev) {
-            if (nruns == 2) {
-              nruns = 3;
+            if (nruns == kRuns) {
+              nruns = kRuns + 1;
               break;
             }
             rl0 = l;
@@ -400,7 +416,7 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
             }
           }
         }
-        if (nruns <= 2) {
+        if (nruns <= kRuns) {
           wino_avx512::input_panel_runs_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, nruns, rbase, ma, ma2,
                                             V + jp * Cg * 16, 16, vps);
           continue;
@@ -424,17 +440,17 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
     }
     block_gemms(f, micro_kernel<float>(), Up + grp * 16 * ups, V, M, Cg, Mg, nt);
     for (i64 jp = 0; jp < np; ++jp) {
-      // the panel's tiles as runs of one tile row each: at most two take masked stores
-      i64 roff[2];
-      int rl0[2], nruns = 0;
-      unsigned rtop[2] = {0, 0}, rbot[2] = {0, 0};
+      // the panel's tiles as runs of one tile row each: at most kRuns take masked stores
+      i64 roff[kRuns];
+      int rl0[kRuns], nruns = 0;
+      unsigned rtop[kRuns] = {}, rbot[kRuns] = {};
       i64 prev = -1;
       for (int l = 0; l < 16 && t0 + jp * 16 + l < t0 + nt; ++l) {
         const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
         const i64 key = n * ge.th + i;
         if (key != prev) {
-          if (nruns == 2) {
-            nruns = 3;
+          if (nruns == kRuns) {
+            nruns = kRuns + 1;
             break;
           }
           roff[nruns] = n * p.c_out * out_plane + 2 * i * Wo + 2 * j;
@@ -446,7 +462,7 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
         rtop[nruns - 1] |= bits << (2 * l);
         if (2 * i + 1 < Ho) rbot[nruns - 1] |= bits << (2 * l);
       }
-      if (nruns <= 2) {
+      if (nruns <= kRuns) {
         for (i64 co = 0; co < Mg; ++co) {
           const i64 c = grp * Mg + co;
           wino_avx512::output_panel_runs_f32(M + co * tb + jp * 16, mps, bias ? bias[c] : 0.0f, y + c * out_plane, Wo,

@@ -71,7 +71,7 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
   }
 }
 
-// V for 16 tiles forming nruns <= 2 runs of adjacent tiles of one tile row each, channels
+// V for 16 tiles forming nruns (a few) runs of adjacent tiles of one tile row each, channels
 // c0 .. c1-1: run s's lane l reads its patch row r, columns 0..3 at x[ci*plane + base[s] +
 // r*row + 2l + c] (base[s] already moved back by the run's first lane), element k of
 // the 32 at + 2l + (0|1) (+ 2l + (2|3)) read where bit k of ma[4s + r] (ma2[4s + r]) is
@@ -150,7 +150,7 @@ void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned sh
   _mm512_mask_i32scatter_ps(y, ymask[3], _mm512_add_epi32(_mm512_add_epi32(vo, down), one), y11, 4);
 }
 
-// Outputs of 16 tiles of one channel whose tiles form nseg <= 2 runs of adjacent tiles
+// Outputs of 16 tiles of one channel whose tiles form nseg (a few) runs of adjacent tiles
 // of one tile row each: run s is lanes l0[s] .. and its first tile's top-left output is
 // y[off[s]]; bit 2l + b of top[s] (bot[s]) says that output (0, b) ((1, b)) of lane l
 // exists. The two output rows of the 16 tiles are interleaved in registers and written
@@ -195,8 +195,8 @@ void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row
 // 3x3 kernel of lane l < m (lanes past m give zeros) and channel ci is w + l*rs + ci*cs,
 // taps in order (flip: reversed, the grad-input problem's rotated kernel); position pos
 // of channel ci to out[pos*ps + ci*16 + l]. Multiplications by 1/2 are exact, so any
-// contraction into FMAs gives the portable result.
-void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps) {
+// contraction into FMAs gives the portable result. stream: non-temporal stores.
+void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps, bool stream) {
   const __mmask16 mk = static_cast<__mmask16>(m >= 16 ? 0xFFFF : ((1u << m) - 1));
   const __m512i base = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32(static_cast<int>(rs)));
@@ -220,13 +220,19 @@ void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg,
       t[3][c] = g[6 + c];
     }
     float* o = out + ci * 16;
+    __m512 u[16];
     for (int r = 0; r < 4; ++r) {
-      _mm512_storeu_ps(o + (4 * r + 0) * ps, t[r][0]);
-      _mm512_storeu_ps(o + (4 * r + 1) * ps, _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), h));
-      _mm512_storeu_ps(o + (4 * r + 2) * ps, _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(t[r][0], t[r][1]), t[r][2]), h));
-      _mm512_storeu_ps(o + (4 * r + 3) * ps, t[r][2]);
+      u[4 * r + 0] = t[r][0];
+      u[4 * r + 1] = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), h);
+      u[4 * r + 2] = _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(t[r][0], t[r][1]), t[r][2]), h);
+      u[4 * r + 3] = t[r][2];
     }
+    if (stream)  // out and ps 64-byte aligned (the caller checks)
+      for (int q = 0; q < 16; ++q) _mm512_stream_ps(o + q * ps, u[q]);
+    else
+      for (int q = 0; q < 16; ++q) _mm512_storeu_ps(o + q * ps, u[q]);
   }
+  if (stream) _mm_sfence();  // the streamed stores are visible before the GEMMs read them
 }
 
 // V^T for tiles of 16 channels (grad weight's B panels): tile l of the nt tiles has its
