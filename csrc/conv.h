@@ -94,6 +94,8 @@ void winograd_backward_weight(const ConvParams& p, const T* dy, const T* x, T* d
   void input_rows_f64(const double* const* rows, i64 len, double* out, i64 ps);             \
   void output_rows_f32(const float* m, i64 ps, i64 len, float bias, float* y0, float* y1);  \
   void output_rows_f64(const double* m, i64 ps, i64 len, double bias, double* y0, double* y1); \
+  void weight_out_rows_f32(const float* x, i64 ps, i64 len, float* out);                    \
+  void weight_out_rows_f64(const double* x, i64 ps, i64 len, double* out);                  \
   }
 PYCONV_WINO_DECL(wino_avx2)
 PYCONV_WINO_DECL(wino_avx512)
@@ -105,7 +107,11 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
                       const unsigned short* masks, float* out, i64 ccs, i64 ps);
 void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
                       float* y);
-void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps);
+void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, int nruns, const i64* base,
+                          const unsigned* ma, const unsigned* ma2, float* out, i64 ccs, i64 ps);
+void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row, int nseg, const i64* off,
+                           const int* l0, const unsigned* top, const unsigned* bot);
+void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps, bool stream);
 void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
                         const unsigned short* valid, float* out, i64 ps);
 void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,

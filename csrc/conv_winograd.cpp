@@ -22,31 +22,38 @@
 // sum's K * eps * sum|x||w| times a small constant (about 4 to 8; the tests allow 16).
 // path="generic" keeps the exact direct order.
 //
-// Forward: tasks = (group, block of Tb consecutive tiles, counted across the images of
-// the batch); each task transforms its tiles' input into V (16 x C_in/g x Tb, written
-// straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
+// Forward: tasks = (group, share of the tiles counted across the images of the batch):
+// each thread gets an equal share (to one NR-tile panel) of every group's tiles, run in
+// blocks of at most Tb tiles; each block transforms its tiles' input into V (16 x C_in/g
+// x Tb, written straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
 // micro-kernel directly (U is packed into MR-row panels once per call) into M
 // (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output element
 // belongs to one tile, hence to one task; the GEMM sums over the channels in K blocks
 // that depend only on C_in/g and the ISA, so the result does not depend on Tb or on the
 // thread count. Tb keeps V + M near kBlockBytes per thread (at least kBigUMinTiles tiles
-// when U outgrows the L3, as U is streamed once per block).
+// when U outgrows the L3, as U is streamed once per block; such a U is also written with
+// non-temporal stores).
 //
 // Grad input: the forward Winograd convolution of dy with the flipped, channel-transposed
-// weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic).
+// weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic). The
+// weight transform reads w in place through a strided, tap-reversed view (WView).
 //
 // Grad weight: dW = G^T [ sum_tiles (A dY A^T) (.) (B^T d B) ] G. Tiles are taken in
 // blocks of a fixed size Tw (a function of the channel counts and the ISA, never of the
 // thread count); per block the threads write Y' = A dY A^T into MR-row panels and
 // V^T = (B^T d B)^T into NR-column panels (shared buffers, two barriers per block), then
-// run the 16 x (output-channel groups) GEMM tasks dM[p] += Y'[p] V[p]^T, block after
-// block and within a block in K steps of increasing order: each dM element is summed in
-// the same order whatever the thread count.
+// run the GEMM tasks dM[p] += Y'[p] V[p]^T, one task per (output-channel panels,
+// input-channel panels) over the 16 positions, block after block and within a block in
+// K steps of increasing order: each dM element is summed in the same order whatever the
+// thread count or the task partition. In the last block each task turns its own dM rows
+// into dW = G^T dM G while they are still in cache.
 //
-// AVX-512 float32 uses panel kernels (winograd_avx512.cpp): masked gathers build 16 tiles'
-// (or 16 channels') patches per vector, masked scatters write 16 tiles' outputs; other
-// ISAs and float64 use the row kernels of winograd_kernels.h. Both do the same additions
-// in the same order.
+// AVX-512 float32 uses panel kernels (winograd_avx512.cpp): 16 tiles (or 16 channels)
+// per vector. Where a panel's 16 tiles lie in at most kRuns (4) tile rows the
+// forward reads their patches with masked row loads and even/odd permutes and writes
+// their outputs with interleaving permutes and masked stores; otherwise masked gathers
+// and scatters. Other ISAs and float64 use the row kernels of winograd_kernels.h. All do
+// the same additions in the same order.
 //
 // Memory (all pyconv::scratch(), reused across calls; winograd_workspace_bytes):
 // forward: packed U (16 x C_out x C_in/g, padded to MR rows) plus per thread V, M and
@@ -54,6 +61,7 @@
 // per-block panels (about kWgtBlockBytes). Bounded by the channel counts and a row of
 // the plane, never by the batch.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 #include <type_traits>
@@ -67,7 +75,6 @@
 namespace pyconv {
 
 namespace {
-
 inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
@@ -96,6 +103,7 @@ template <typename T>
 struct Kernels {
   void (*in)(const T* const*, i64, T*, i64);
   void (*out)(const T*, i64, i64, T, T*, T*);
+  void (*wout)(const T*, i64, i64, T*);
 };
 
 namespace wino_portable {
@@ -104,16 +112,16 @@ PYCONV_WINO_ROW_KERNELS
 
 Kernels<float> kernels(float*) {
   switch (active_isa()) {
-    case Isa::avx512: return {wino_avx512::input_rows_f32, wino_avx512::output_rows_f32};
-    case Isa::avx2: return {wino_avx2::input_rows_f32, wino_avx2::output_rows_f32};
-    default: return {wino_portable::input_rows_f32, wino_portable::output_rows_f32};
+    case Isa::avx512: return {wino_avx512::input_rows_f32, wino_avx512::output_rows_f32, wino_avx512::weight_out_rows_f32};
+    case Isa::avx2: return {wino_avx2::input_rows_f32, wino_avx2::output_rows_f32, wino_avx2::weight_out_rows_f32};
+    default: return {wino_portable::input_rows_f32, wino_portable::output_rows_f32, wino_portable::weight_out_rows_f32};
   }
 }
 Kernels<double> kernels(double*) {
   switch (active_isa()) {
-    case Isa::avx512: return {wino_avx512::input_rows_f64, wino_avx512::output_rows_f64};
-    case Isa::avx2: return {wino_avx2::input_rows_f64, wino_avx2::output_rows_f64};
-    default: return {wino_portable::input_rows_f64, wino_portable::output_rows_f64};
+    case Isa::avx512: return {wino_avx512::input_rows_f64, wino_avx512::output_rows_f64, wino_avx512::weight_out_rows_f64};
+    case Isa::avx2: return {wino_avx2::input_rows_f64, wino_avx2::output_rows_f64, wino_avx2::weight_out_rows_f64};
+    default: return {wino_portable::input_rows_f64, wino_portable::output_rows_f64, wino_portable::weight_out_rows_f64};
   }
 }
 
@@ -163,7 +171,7 @@ struct FwdPlan {
   i64 kc, kblocks;        // channel (K) blocks: a function of C_in/g and the ISA only
   i64 panels;             // MR-row panels of C_out/g
   i64 ups, vps, mps;      // position strides of U, V, M
-  i64 tb, tpanels, blocks, tasks;
+  i64 tb, tpanels, blocks, tasks, chunks, units;
   int threads;
   i64 u_elems;                                       // packed U (all groups)
   i64 v_elems, m_elems, row_elems, tmp_elems, per_thread;  // per thread
@@ -186,22 +194,23 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const i64 min_tiles = u_bytes > kBigU ? kBigUMinTiles : kMinTiles;
   i64 tb = std::min(kMaxTiles, std::max(min_tiles, kBlockBytes / per_tile));
   tb = std::min(round_up(tb, f.nr), round_up(std::max<i64>(g.total, 1), f.nr));
-  i64 blocks = ceil_div(std::max<i64>(g.total, 1), tb);
-  const int tmax = std::max(threads_max, 1);
-  if (tmax > 1 && (p.groups * blocks) % tmax != 0) {  // even shares for the threads
-    blocks = round_up(blocks, tmax / std::gcd<i64>(tmax, p.groups));
-    tb = round_up(ceil_div(std::max<i64>(g.total, 1), blocks), f.nr);
-    blocks = ceil_div(std::max<i64>(g.total, 1), tb);
-  }
-  f.tb = tb;
-  f.tpanels = tb / f.nr;
-  f.blocks = blocks;
-  f.tasks = checked_mul(p.groups, blocks, "winograd tasks");
+  const i64 units = ceil_div(std::max<i64>(g.total, 1), f.nr);  // NR-tile column panels
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
-  f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), std::max<i64>(f.tasks, 1)));
+  const int tmax = std::max(threads_max, 1);
+  f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), checked_mul(units, p.groups, "winograd")));
   f.threads = std::max(1, std::min(f.threads, tmax));
+  // Each group's tile panels in f.chunks contiguous shares of units/chunks (+-1) panels,
+  // one per thread (a group count that is not a multiple of the threads gets more
+  // shares), each run in blocks of at most tb tiles. The result does not depend on the
+  // partition (each output belongs to one tile; the GEMM's K blocks follow C_in/g).
+  f.chunks = std::min<i64>(units, f.threads / std::gcd<i64>(f.threads, p.groups));
+  f.units = units;
+  f.tb = tb;
+  f.tpanels = tb / f.nr;
+  f.blocks = ceil_div(ceil_div(units, f.chunks), f.tpanels);  // most blocks in one share
+  f.tasks = checked_mul(p.groups, f.chunks, "winograd tasks");
   f.ups = pos_stride(checked_mul(f.panels * f.mr, g.Cg, "winograd U"), elem);
   f.vps = pos_stride(checked_mul(g.Cg, tb, "winograd V"), elem);
   f.mps = pos_stride(checked_mul(g.Mg, tb, "winograd M"), elem);
@@ -215,6 +224,17 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
 }
 
 
+// Where the 3x3 kernel of (group g, output channel m, input channel c) of a problem
+// lies: w + g*gs + m*ms + c*cs, taps in order or (flip) reversed. The forward reads the
+// weights as they are; grad input reads the same array as its mirrored problem's
+// weights (channels swapped, kernel rotated), with no copy.
+template <typename T>
+struct WView {
+  const T* w;
+  i64 gs, ms, cs;
+  bool flip;
+};
+
 // U = G w G^T for every (output channel, input channel) pair, packed for the
 // micro-kernel: U(g, pos, co, ci) at Up[((g*16 + pos)*panels + co/MR)*Cg*MR + ci*MR + co%MR],
 // rows past C_out/g zero. One task per (group, panel); channels in chunks of kWChunk
@@ -223,20 +243,24 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
 // apart, so writing them element by element would thrash the cache sets).
 constexpr i64 kWChunk = 16;
 template <typename T>
-void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up, int threads) {
+void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv, T* Up, int threads) {
   const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.ups;
   const T h = T(0.5);
   const i64 tasks = p.groups * f.panels;
   const bool vec = std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 &&
-                   Cg * 9 * 16 < (i64(1) << 31);
+                   wv.ms * 16 < (i64(1) << 31);
+  // U too large to stay in the L3 until the GEMMs read it: non-temporal stores (no read
+  // for ownership; c512 7px b8, 16 MB: forward about 5% faster at 1 thread)
+  const bool stream = vec && f.u_elems * static_cast<i64>(sizeof(T)) > kBigU &&
+                      reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
     T* base = Up + g * 16 * pstride + ip * Cg * MR;
     if (vec) {
-      wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(w + (g * Mg + ip * MR) * Cg * 9), Cg * 9,
-                                     static_cast<int>(std::min(MR, Mg - ip * MR)), Cg, reinterpret_cast<float*>(base),
-                                     pstride);
+      wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(wv.w + g * wv.gs + ip * MR * wv.ms), wv.ms,
+                                     wv.cs, wv.flip, static_cast<int>(std::min(MR, Mg - ip * MR)), Cg,
+                                     reinterpret_cast<float*>(base), pstride, stream);
       continue;
     }
     alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
@@ -251,7 +275,9 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const T* w, T* Up,
             for (int q = 0; q < 16; ++q) o[q * ps] = T(0);
             continue;
           }
-          const T* k = w + ((g * Mg + m) * Cg + c0 + cc) * 9;
+          const T* kp = wv.w + g * wv.gs + m * wv.ms + (c0 + cc) * wv.cs;
+          T k[9];
+          for (int q = 0; q < 9; ++q) k[q] = kp[wv.flip ? 8 - q : q];
           T t[4][3];  // G g
           for (int c = 0; c < 3; ++c) {
             t[0][c] = k[c];
@@ -346,6 +372,11 @@ void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T
   }
 }
 
+// Most runs (adjacent tiles of one tile row) of a 16-tile panel that the AVX-512 row-load
+// and masked-store kernels take (four 4-tile rows of a 7x7 or 8x8 plane); more go
+// through gathers and scatters.
+constexpr int kRuns = 4;
+
 // One tile block through the AVX-512 float32 panel kernels.
 template <typename T>
 void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* x, T* V, T* M, i64 vps,
@@ -354,6 +385,43 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
     const i64 Cg = ge.Cg, Mg = ge.Mg, H = p.h.in, W = p.w.in, Ho = p.h.out, Wo = p.w.out;
     const i64 in_plane = H * W, out_plane = Ho * Wo, np = ceil_div(nt, i64(16));
     for (i64 jp = 0; jp < np; ++jp) {
+      {  // tiles in at most kRuns runs of one tile row each: loads and permutes, no gathers
+        i64 rbase[kRuns];
+        unsigned ma[4 * kRuns] = {}, ma2[4 * kRuns] = {};
+        int nruns = 0;
+        i64 prev = -1, rl0 = 0, riw = 0, rih = 0;
+        for (int l = 0; l < 16 && jp * 16 + l < nt; ++l) {
+          const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+          const i64 key = n * ge.th + i;
+          if (key != prev) {
+            if (nruns == kRuns) {
+              nruns = kRuns + 1;
+              break;
+            }
+            rl0 = l;
+            rih = 2 * i - p.h.pad_lo;
+            riw = 2 * j - p.w.pad_lo;
+            rbase[nruns] = n * p.c_in * in_plane + rih * W + riw - 2 * rl0;
+            ++nruns;
+            prev = key;
+          }
+          // lane l's columns riw + 2(l - rl0) + c, c = 0..3: elements 2l + c of the run's rows
+          for (int c = 0; c < 4; ++c) {
+            const i64 col = riw + 2 * (l - rl0) + c;
+            if (col < 0 || col >= W) continue;
+            for (int rr = 0; rr < 4; ++rr) {
+              if (rih + rr < 0 || rih + rr >= H) continue;
+              unsigned* mm = c < 2 ? ma : ma2;
+              mm[4 * (nruns - 1) + rr] |= 1u << (2 * l + (c & 1));
+            }
+          }
+        }
+        if (nruns <= kRuns) {
+          wino_avx512::input_panel_runs_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, nruns, rbase, ma, ma2,
+                                            V + jp * Cg * 16, 16, vps);
+          continue;
+        }
+      }
       alignas(64) int off[16];
       unsigned short masks[16] = {};
       for (int l = 0; l < 16; ++l) {
@@ -372,6 +440,36 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
     }
     block_gemms(f, micro_kernel<float>(), Up + grp * 16 * ups, V, M, Cg, Mg, nt);
     for (i64 jp = 0; jp < np; ++jp) {
+      // the panel's tiles as runs of one tile row each: at most kRuns take masked stores
+      i64 roff[kRuns];
+      int rl0[kRuns], nruns = 0;
+      unsigned rtop[kRuns] = {}, rbot[kRuns] = {};
+      i64 prev = -1;
+      for (int l = 0; l < 16 && t0 + jp * 16 + l < t0 + nt; ++l) {
+        const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const i64 key = n * ge.th + i;
+        if (key != prev) {
+          if (nruns == kRuns) {
+            nruns = kRuns + 1;
+            break;
+          }
+          roff[nruns] = n * p.c_out * out_plane + 2 * i * Wo + 2 * j;
+          rl0[nruns] = l;
+          ++nruns;
+          prev = key;
+        }
+        const unsigned bits = 2*j + 1 < Wo ? 3u : 1u;
+        rtop[nruns - 1] |= bits << (2 * l);
+        if (2 * i + 1 < Ho) rbot[nruns - 1] |= bits << (2 * l);
+      }
+      if (nruns <= kRuns) {
+        for (i64 co = 0; co < Mg; ++co) {
+          const i64 c = grp * Mg + co;
+          wino_avx512::output_panel_runs_f32(M + co * tb + jp * 16, mps, bias ? bias[c] : 0.0f, y + c * out_plane, Wo,
+                                             nruns, roff, rl0, rtop, rbot);
+        }
+        continue;
+      }
       alignas(64) int yoff[16];
       unsigned short ym[4] = {};
       for (int l = 0; l < 16; ++l) {
@@ -414,46 +512,51 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
                       p.n * p.c_out * out_plane + 2 * Wo < (i64(1) << 31);
 #pragma omp parallel for schedule(static) num_threads(f.threads)
   for (i64 task = 0; task < f.tasks; ++task) {
-    const i64 grp = task / f.blocks, b = task % f.blocks;
-    const i64 t0 = b * tb, nt = std::min(tb, ge.total - t0);
-    if (nt <= 0) continue;
-    T* V = ws + f.per_thread * thread_index();
-    T* M = V + f.v_elems;
-    T* buf = M + f.m_elems;
-    T* tmp = buf + f.row_elems;
-    const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
-    if (panels) {
-      panel_forward(p, ge, grp, t0, nt, x, V, M, vps, mps, tb, bias, y, Up, ups, f);
-      continue;
-    }
-    if (last < NR)  // columns past the block in the last micro-panel: zeros
-      for (int pos = 0; pos < 16; ++pos)
-        for (i64 ci = 0; ci < Cg; ++ci) {
-          T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
-          std::fill(d + last, d + NR, T(0));
-        }
-    input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
-    block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
-    for (i64 t = t0; t < t0 + nt;) {
-      const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
-      const i64 len = std::min(ge.tw - j, t0 + nt - t);
-      const i64 oh = 2 * i, ow = 2 * j;
-      const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
-      const i64 cols = std::min(2 * len, Wo - ow);
-      for (i64 co = 0; co < Mg; ++co) {
-        const i64 c = grp * Mg + co;
-        T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
-        const T bv = bias ? bias[c] : T(0);
-        const T* m = M + co * tb + (t - t0);
-        if (two_rows && full) {
-          k.out(m, mps, len, bv, y0, y0 + Wo);
-        } else {
-          k.out(m, mps, len, bv, tmp, tmp + 2 * len);
-          std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
-          if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
-        }
+    const i64 grp = task / f.chunks, ch = task % f.chunks;
+    const i64 u0 = ch * f.units / f.chunks, un = (ch + 1) * f.units / f.chunks - u0;
+    const i64 nb = ceil_div(un, f.tpanels);  // blocks of the share, sizes differing by one panel at most
+    for (i64 bi = 0; bi < nb; ++bi) {
+      const i64 t0 = (u0 + bi * un / nb) * NR;
+      const i64 nt = std::min((u0 + (bi + 1) * un / nb) * NR, ge.total) - t0;
+      if (nt <= 0) continue;
+      T* V = ws + f.per_thread * thread_index();
+      T* M = V + f.v_elems;
+      T* buf = M + f.m_elems;
+      T* tmp = buf + f.row_elems;
+      const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
+      if (panels) {
+        panel_forward(p, ge, grp, t0, nt, x, V, M, vps, mps, tb, bias, y, Up, ups, f);
+        continue;
       }
-      t += len;
+      if (last < NR)  // columns past the block in the last micro-panel: zeros
+        for (int pos = 0; pos < 16; ++pos)
+          for (i64 ci = 0; ci < Cg; ++ci) {
+            T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
+            std::fill(d + last, d + NR, T(0));
+          }
+      input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
+      block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
+      for (i64 t = t0; t < t0 + nt;) {
+        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const i64 len = std::min(ge.tw - j, t0 + nt - t);
+        const i64 oh = 2 * i, ow = 2 * j;
+        const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
+        const i64 cols = std::min(2 * len, Wo - ow);
+        for (i64 co = 0; co < Mg; ++co) {
+          const i64 c = grp * Mg + co;
+          T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
+          const T bv = bias ? bias[c] : T(0);
+          const T* m = M + co * tb + (t - t0);
+          if (two_rows && full) {
+            k.out(m, mps, len, bv, y0, y0 + Wo);
+          } else {
+            k.out(m, mps, len, bv, tmp, tmp + 2 * len);
+            std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
+            if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
+          }
+        }
+        t += len;
+      }
     }
   }
 }
@@ -466,7 +569,9 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
 // the micro-kernel's NR-column panels, and Y' written straight into MR-row panels.
 struct WgtPlan {
   int mr, nr;
-  i64 tw, kc, blocks, co_panels, ci_panels, groups_of, tasks;  // kc: GEMM depth per kernel call
+  i64 tw, kc, blocks, co_panels, ci_panels, tasks;  // kc: GEMM depth per kernel call
+  i64 gco, gci, n_cog, n_cig;  // GEMM tasks: gco output-channel x gci input-channel panels
+  bool chan;                   // AVX-512 float32 channel-panel transforms (no plain V)
   int threads;
   i64 vps, aps, bps, dps;                 // position strides of V, Y' panels, V^T panels, dM
   i64 v_elems, b_elems, a_elems, shared;  // shared buffers (elements)
@@ -474,7 +579,8 @@ struct WgtPlan {
   i64 row_elems, per_thread;              // per thread
 };
 
-constexpr i64 kWgtGroup = 4;  // MR-row panels of output channels per GEMM task
+constexpr i64 kWgtGroup = 4;  // most MR-row panels of output channels per GEMM task
+constexpr i64 kWgtBBytes = 512 << 10;  // V^T panels (16 positions) one GEMM task reuses
 constexpr i64 kChanTiles = 32;  // grad weight, AVX-512 input transform: tiles per task
 
 WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
@@ -483,7 +589,9 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   WgtPlan w{};
   w.mr = blk.mr;
   w.nr = blk.nr;
-  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), 2 * g.Cg + g.Mg, "winograd block");
+  w.chan = elem == 4 && active_isa() == Isa::avx512 && w.nr == 16 && w.mr == 16 &&
+           p.h.in * p.w.in < (i64(1) << 27) && p.h.out * p.w.out < (i64(1) << 27);
+  const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), (w.chan ? 1 : 2) * g.Cg + g.Mg, "winograd block");
   w.kc = blk.kc;
   i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
   tw = std::max<i64>(8, tw / 8 * 8);
@@ -492,17 +600,31 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   w.blocks = ceil_div(std::max<i64>(g.total, 1), tw);
   w.co_panels = ceil_div(g.Mg, w.mr);
   w.ci_panels = ceil_div(g.Cg, w.nr);
-  w.groups_of = ceil_div(w.co_panels, kWgtGroup);
-  w.tasks = 16 * w.groups_of;
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
   w.threads = std::max(1, std::min(threads_for_work(flops, 1 << 20), std::max(threads_max, 1)));
+  // GEMM tasks: (gco output-channel panels) x (gci input-channel panels), all 16
+  // positions, so the last block can turn its own dM rows into dW while they are in
+  // cache. gci: the task's V^T panels of the 16 positions fit about kWgtBBytes; gco
+  // shrinks until there are at least 4 tasks per thread. Any partition gives the same
+  // sums (each dM element is summed over the blocks, then K steps, in order).
+  w.gci = std::max<i64>(1, std::min(w.ci_panels, kWgtBBytes / (16 * tw * w.nr * static_cast<i64>(elem))));
+  w.n_cig = ceil_div(w.ci_panels, w.gci);
+  w.gci = ceil_div(w.ci_panels, w.n_cig);
+  w.gco = std::min(kWgtGroup, w.co_panels);
+  while (true) {
+    w.n_cog = ceil_div(w.co_panels, w.gco);
+    w.gco = ceil_div(w.co_panels, w.n_cog);
+    if (w.n_cog * w.n_cig >= 4 * w.threads || w.gco == 1) break;
+    w.gco = ceil_div(w.gco, 2);
+  }
+  w.tasks = w.n_cog * w.n_cig;
   w.vps = pos_stride(checked_mul(g.Cg, tw, "winograd V"), elem);
   w.bps = pos_stride(checked_mul(w.ci_panels * w.nr, tw, "winograd V"), elem);
   w.aps = pos_stride(checked_mul(w.co_panels * w.mr, tw, "winograd Y"), elem);
   w.dps = pos_stride(checked_mul(g.Cg, g.Mg, "winograd dM"), elem);
-  w.v_elems = checked_mul(16, w.vps, "winograd V");
+  w.v_elems = w.chan ? 0 : checked_mul(16, w.vps, "winograd V");
   w.b_elems = checked_mul(16, w.bps, "winograd V");
   w.a_elems = checked_mul(16, w.aps, "winograd Y");
   w.dm_elems = checked_mul(checked_mul(16, p.groups, "winograd dM"), w.dps, "winograd dM");
@@ -580,8 +702,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   const int threads = wp.threads;
   const i64 in_plane = p.h.in * p.w.in;
   const i64 out_plane = p.h.out * p.w.out;
-  const bool chan_panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 && MR == 16 &&
-                           in_plane < (i64(1) << 27) && out_plane < (i64(1) << 27);
+  const bool chan_panels = std::is_same<T, float>::value && wp.chan;
   // dM[g][pos][co][ci], summed over the tile blocks in increasing order.
 #pragma omp parallel num_threads(threads)
   {
@@ -651,52 +772,36 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
         }
 #pragma omp for schedule(static)
         for (i64 task = 0; task < wp.tasks; ++task) {
-          const i64 pos = task / wp.groups_of, gi = task % wp.groups_of;
-          const i64 ip0 = gi * kWgtGroup, ip1 = std::min(wp.co_panels, ip0 + kWgtGroup);
-          T* C = dMg + pos * wp.dps;
-          if (nt <= 0) {  // empty batch: dW = 0
-            for (i64 co = ip0 * MR; co < std::min(Mg, ip1 * MR); ++co) std::fill(C + co * Cg, C + (co + 1) * Cg, T(0));
-            continue;
-          }
+          const i64 ip0 = task / wp.n_cig * wp.gco, ip1 = std::min(wp.co_panels, ip0 + wp.gco);
+          const i64 q0 = task % wp.n_cig * wp.gci, q1 = std::min(wp.ci_panels, q0 + wp.gci);
+          const i64 c0 = q0 * NR, c1 = std::min(Cg, q1 * NR);
           for (i64 ip = ip0; ip < ip1; ++ip) {
-            const T* a = Ap + pos * aps + ip * nt * MR;
             const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
-            // the block's tiles in K steps of at most kc, in increasing order
-            for (i64 k0 = 0; k0 < nt; k0 += wp.kc) {
-              const i64 kc = std::min(wp.kc, nt - k0);
-              for (i64 q = 0; q < wp.ci_panels; ++q) {
-                const int n = static_cast<int>(std::min(NR, Cg - q * NR));
-                const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
-                run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + ip * MR * Cg + q * NR, Cg, 1, m, n,
-                    b > 0 || k0 > 0);
+            for (int pos = 0; pos < 16; ++pos) {
+              T* C = dMg + pos * wp.dps + ip * MR * Cg;
+              if (nt <= 0) {  // empty batch: dW = 0
+                for (int r = 0; r < m; ++r) std::fill(C + r * Cg + c0, C + r * Cg + c1, T(0));
+                continue;
+              }
+              const T* a = Ap + pos * aps + ip * nt * MR;
+              // the block's tiles in K steps of at most kc, in increasing order
+              for (i64 k0 = 0; k0 < nt; k0 += wp.kc) {
+                const i64 kc = std::min(wp.kc, nt - k0);
+                for (i64 q = q0; q < q1; ++q) {
+                  const int n = static_cast<int>(std::min(NR, Cg - q * NR));
+                  const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
+                  run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + q * NR, Cg, 1, m, n,
+                      b > 0 || k0 > 0);
+                }
               }
             }
+            if (b == wp.blocks - 1)  // dW = G^T dM G of these rows, while they are in cache
+              for (int r = 0; r < m; ++r) {
+                const i64 co = ip * MR + r;
+                k.wout(dMg + co * Cg + c0, wp.dps, c1 - c0, dw + ((grp * Mg + co) * Cg + c0) * 9);
+              }
           }
         }
-      }
-    }
-  }
-  // dW = G^T dM G
-  const i64 plane = wp.dps;
-  const T h = T(0.5);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (i64 co = 0; co < p.c_out; ++co) {
-    const i64 grp = co / Mg, m = co % Mg;
-    const T* base = dM + grp * 16 * plane + m * Cg;
-    for (i64 ci = 0; ci < Cg; ++ci) {
-      T X[16];
-      for (int q = 0; q < 16; ++q) X[q] = base[q * plane + ci];
-      T t[3][4];  // G^T X
-      for (int c = 0; c < 4; ++c) {
-        t[0][c] = X[c] + (X[4 + c] + X[8 + c]) * h;
-        t[1][c] = (X[4 + c] - X[8 + c]) * h;
-        t[2][c] = (X[4 + c] + X[8 + c]) * h + X[12 + c];
-      }
-      T* o = dw + (co * Cg + ci) * 9;
-      for (int r = 0; r < 3; ++r) {  // (G^T X) G
-        o[3 * r + 0] = t[r][0] + (t[r][1] + t[r][2]) * h;
-        o[3 * r + 1] = (t[r][1] - t[r][2]) * h;
-        o[3 * r + 2] = (t[r][1] + t[r][2]) * h + t[r][3];
       }
     }
   }
@@ -754,14 +859,14 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
   const i64 u = f.u_elems;
   i64 total = checked_add(u, checked_mul(f.per_thread, f.threads, "winograd workspace"), "winograd workspace");
   if (backward) {
-    // grad input (the mirrored forward plus the flipped weights) and grad weight use
+    // grad input (the mirrored forward, reading the weights in place) and grad weight use
     // different scratch slots: their sum bounds what a backward call holds
     i64 dx_part = 0;
     ConvParams q;
     if (mirrored(p, &q)) {
       const FwdPlan fq = fwd_plan(q, elem, threads);
-      dx_part = checked_add(fq.u_elems + lines(checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), 9, "weight"), elem),
-                            checked_mul(fq.per_thread, fq.threads, "winograd workspace"), "winograd workspace");
+      dx_part = checked_add(fq.u_elems, checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
+                            "winograd workspace");
     }
     const WgtPlan wp = wgt_plan(p, elem, threads);
     const i64 dw_part = checked_add(checked_add(wp.dm_elems, wp.shared, "winograd workspace"),
@@ -771,32 +876,34 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
   return static_cast<std::size_t>(checked_mul(total, static_cast<i64>(elem), "winograd workspace bytes"));
 }
 
+namespace {
+
 template <typename T>
-void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
-  if (p.n <= 0) return;
+void forward_with(const ConvParams& p, const T* x, const WView<T>& wv, const T* bias, T* y) {
   const int threads = num_threads();
   const FwdPlan f = fwd_plan(p, sizeof(T), threads);
   T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.u_elems) * sizeof(T)));
-  transform_weights(p, f, w, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
+  transform_weights(p, f, wv, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
   forward_impl(p, f, x, U, bias, y);
+}
+
+}  // namespace
+
+template <typename T>
+void winograd_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+  if (p.n <= 0) return;
+  const i64 Cg = p.cin_g();
+  forward_with(p, x, WView<T>{w, p.cout_g() * Cg * 9, Cg * 9, 9, false}, bias, y);
 }
 
 template <typename T>
 bool winograd_backward_input(const ConvParams& p, const T* dy, const T* w, T* dx) {
   ConvParams q;
   if (!mirrored(p, &q)) return false;
+  if (p.n <= 0) return true;
+  // w'[g*Cg + ci][co][kh][kw] = w[g*Mg + co][ci][2-kh][2-kw], read in place
   const i64 Mg = p.cout_g(), Cg = p.cin_g();
-  // w'[g*Cg + ci][co][kh][kw] = w[g*Mg + co][ci][2-kh][2-kw]
-  T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * 9) * sizeof(T)));
-  for (i64 co = 0; co < p.c_out; ++co) {
-    const i64 g = co / Mg, col = co % Mg;
-    for (i64 ci = 0; ci < Cg; ++ci) {
-      const T* src = w + (co * Cg + ci) * 9;
-      T* dst = wq + ((g * Cg + ci) * Mg + col) * 9;
-      for (int r = 0; r < 9; ++r) dst[r] = src[8 - r];
-    }
-  }
-  winograd_forward(q, dy, wq, static_cast<const T*>(nullptr), dx);
+  forward_with(q, dy, WView<T>{w, Mg * Cg * 9, 9, Cg * 9, true}, static_cast<const T*>(nullptr), dx);
   return true;
 }
 

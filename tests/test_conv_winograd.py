@@ -111,6 +111,7 @@ EDGE = [
     (3, 33, 19, 9, 5, (0, 1, 2, 0), 1),
     (0, 8, 8, 6, 6, (1, 1, 1, 1), 1),
     (1, 6, 4, 1, 16, (1, 1, 0, 2), 2),
+    (2, 5, 7, 9, 36, (1, 1, 2, 1), 1),   # wide odd planes: 16-tile panels over one or two tile rows
 ]
 
 
@@ -174,6 +175,20 @@ def test_thread_counts_bitwise_equal(shape):
     for other in outs[1:]:
         for a, c in zip(outs[0], other):
             np.testing.assert_array_equal(a, c)
+
+
+def test_large_weights_streamed_transform():
+    """16 x C_out x C_in transformed weights above 8 MB take the non-temporal stores (AVX-512
+    float32); forward and grad input stay exact on integers."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-2, 3, (1, 400, 5, 4)).astype(np.float32)
+    w = rng.integers(-2, 3, (408, 400, 3, 3)).astype(np.float32)
+    kw = _kw((1, 1, 1, 1), 1)
+    y = _fwd(x, w, None, (1, 1, 1, 1))
+    np.testing.assert_array_equal(y, ref.conv2d(x, w, None, **kw))
+    dy = rng.integers(-2, 3, y.shape).astype(np.float32)
+    dx = _core.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1, True, False, False, "winograd")[0]
+    np.testing.assert_array_equal(dx, ref.conv2d_backward(dy, x, w, **kw)[0])
 
 
 BENCH_SHAPES = [(1, 64, 56), (8, 64, 56), (1, 128, 28), (8, 128, 28), (1, 256, 14), (8, 256, 14), (8, 512, 7)]

@@ -18,6 +18,8 @@ PYCONV_WINO_ROW_KERNELS
 // ones bit for bit.
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace pyconv {
 namespace wino_avx512 {
 
@@ -69,6 +71,59 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
   }
 }
 
+// V for 16 tiles forming nruns (a few) runs of adjacent tiles of one tile row each, channels
+// c0 .. c1-1: run s's lane l reads its patch row r, columns 0..3 at x[ci*plane + base[s] +
+// r*row + 2l + c] (base[s] already moved back by the run's first lane), element k of
+// the 32 at + 2l + (0|1) (+ 2l + (2|3)) read where bit k of ma[4s + r] (ma2[4s + r]) is
+// set, else 0. Each row is four masked loads per run and four permutes splitting even
+// and odd columns instead of four gathers; same values and writes as input_panels_f32.
+void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, int nruns, const i64* base,
+                          const unsigned* ma, const unsigned* ma2, float* out, i64 ccs, i64 ps) {
+  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512 z = _mm512_setzero_ps();
+  constexpr i64 kAhead = 2;
+  for (i64 ci = c0; ci < c1; ++ci) {
+    const std::uintptr_t xc = reinterpret_cast<std::uintptr_t>(x) +
+                              static_cast<std::uintptr_t>(ci * plane * static_cast<i64>(sizeof(float)));
+    if (ci + kAhead < c1)
+      for (int s = 0; s < nruns; ++s)
+        for (int r = 0; r < 4; ++r)
+          if (ma2[4 * s + r]) {
+            const char* pf = reinterpret_cast<const char*>(
+                xc + static_cast<std::uintptr_t>((kAhead * plane + base[s] + r * row) * static_cast<i64>(sizeof(float))));
+            _mm_prefetch(pf + 4 * (__builtin_ctz(ma[4 * s + r] | ma2[4 * s + r])), _MM_HINT_T0);
+            _mm_prefetch(pf + 4 * (31 - __builtin_clz(ma2[4 * s + r])) + 8, _MM_HINT_T0);
+          }
+    __m512 a[4][4];
+    for (int r = 0; r < 4; ++r) {
+      __m512 A = z, B = z, A2 = z, B2 = z;
+      for (int s = 0; s < nruns; ++s) {
+        const unsigned m1 = ma[4 * s + r], m2 = ma2[4 * s + r];
+        if ((m1 | m2) == 0) continue;
+        const std::uintptr_t q = xc + static_cast<std::uintptr_t>((base[s] + r * row) * static_cast<i64>(sizeof(float)));
+        A = _mm512_mask_loadu_ps(A, static_cast<__mmask16>(m1 & 0xFFFFu), reinterpret_cast<const float*>(q));
+        B = _mm512_mask_loadu_ps(B, static_cast<__mmask16>(m1 >> 16), reinterpret_cast<const float*>(q + 64));
+        A2 = _mm512_mask_loadu_ps(A2, static_cast<__mmask16>(m2 & 0xFFFFu), reinterpret_cast<const float*>(q + 8));
+        B2 = _mm512_mask_loadu_ps(B2, static_cast<__mmask16>(m2 >> 16), reinterpret_cast<const float*>(q + 72));
+      }
+      const __m512 d0 = _mm512_permutex2var_ps(A, ev, B), d1 = _mm512_permutex2var_ps(A, od, B);
+      const __m512 d2 = _mm512_permutex2var_ps(A2, ev, B2), d3 = _mm512_permutex2var_ps(A2, od, B2);
+      a[r][0] = _mm512_sub_ps(d0, d2);
+      a[r][1] = _mm512_add_ps(d1, d2);
+      a[r][2] = _mm512_sub_ps(d2, d1);
+      a[r][3] = _mm512_sub_ps(d1, d3);
+    }
+    float* o = out + ci * ccs;
+    for (int c = 0; c < 4; ++c) {
+      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
+      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
+      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
+      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
+    }
+  }
+}
+
 // Outputs of 16 tiles of one channel: m[pos*ps + l] is M(pos, tile l); output (a, b) of
 // tile l goes to y[yoff[l] + a*row + b] where ymask[2a + b] has bit l set.
 void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
@@ -95,19 +150,68 @@ void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned sh
   _mm512_mask_i32scatter_ps(y, ymask[3], _mm512_add_epi32(_mm512_add_epi32(vo, down), one), y11, 4);
 }
 
-// U = G w G^T for one panel of 16 output channels (rows w + l*rs, l < m; rows past m
-// give zeros) and every input channel ci < cg: position pos of channel ci to
-// out[pos*ps + ci*16 + l]. Multiplications by 1/2 are exact, so any contraction into
-// FMAs gives the portable result.
-void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps) {
+// Outputs of 16 tiles of one channel whose tiles form nseg (a few) runs of adjacent tiles
+// of one tile row each: run s is lanes l0[s] .. and its first tile's top-left output is
+// y[off[s]]; bit 2l + b of top[s] (bot[s]) says that output (0, b) ((1, b)) of lane l
+// exists. The two output rows of the 16 tiles are interleaved in registers and written
+// with masked stores (no scatter); same values as output_panel_f32.
+void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row, int nseg, const i64* off,
+                           const int* l0, const unsigned* top, const unsigned* bot) {
+  __m512 s0[4], s1[4];
+  for (int r = 0; r < 4; ++r) {
+    const __m512 m0 = _mm512_loadu_ps(m + (4 * r + 0) * ps);
+    const __m512 m1 = _mm512_loadu_ps(m + (4 * r + 1) * ps);
+    const __m512 m2 = _mm512_loadu_ps(m + (4 * r + 2) * ps);
+    const __m512 m3 = _mm512_loadu_ps(m + (4 * r + 3) * ps);
+    s0[r] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+    s1[r] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+  }
+  const __m512 b = _mm512_set1_ps(bias);
+  const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
+  const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
+  const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
+  const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  const __m512 t0 = _mm512_permutex2var_ps(y00, lo, y01), t1 = _mm512_permutex2var_ps(y00, hi, y01);
+  const __m512 b0 = _mm512_permutex2var_ps(y10, lo, y11), b1 = _mm512_permutex2var_ps(y10, hi, y11);
+  for (int s = 0; s < nseg; ++s) {
+    // element e of the interleaved row (lane e / 2) lands at y[off[s] + e - 2*l0[s]]; the
+    // masked-off elements are never touched, wherever their addresses would fall
+    const std::uintptr_t d = reinterpret_cast<std::uintptr_t>(y) +
+                             static_cast<std::uintptr_t>((off[s] - 2 * l0[s]) * static_cast<i64>(sizeof(float)));
+    float* dt = reinterpret_cast<float*>(d);
+    _mm512_mask_storeu_ps(dt, static_cast<__mmask16>(top[s] & 0xFFFFu), t0);
+    _mm512_mask_storeu_ps(reinterpret_cast<float*>(d + 64), static_cast<__mmask16>(top[s] >> 16), t1);
+    if (bot[s]) {
+      const std::uintptr_t e = d + static_cast<std::uintptr_t>(row * static_cast<i64>(sizeof(float)));
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(e), static_cast<__mmask16>(bot[s] & 0xFFFFu), b0);
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(e + 64), static_cast<__mmask16>(bot[s] >> 16), b1);
+    }
+  }
+}
+
+// U = G w G^T for one panel of 16 output channels and every input channel ci < cg: the
+// 3x3 kernel of lane l < m (lanes past m give zeros) and channel ci is w + l*rs + ci*cs,
+// taps in order (flip: reversed, the grad-input problem's rotated kernel); position pos
+// of channel ci to out[pos*ps + ci*16 + l]. Multiplications by 1/2 are exact, so any
+// contraction into FMAs gives the portable result. stream: non-temporal stores.
+void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps, bool stream) {
   const __mmask16 mk = static_cast<__mmask16>(m >= 16 ? 0xFFFF : ((1u << m) - 1));
   const __m512i base = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                           _mm512_set1_epi32(static_cast<int>(rs)));
   const __m512 h = _mm512_set1_ps(0.5f), z = _mm512_setzero_ps();
   for (i64 ci = 0; ci < cg; ++ci) {
-    const float* k = w + ci * 9;
+    const float* k = w + ci * cs;
+    if (ci + 2 < cg) {  // the 16 kernels two channels ahead (gathers get no hardware prefetch)
+      const char* pf = reinterpret_cast<const char*>(k + 2 * cs);
+      for (int l = 0; l < m; ++l) {
+        _mm_prefetch(pf + l * rs * 4, _MM_HINT_T0);
+        _mm_prefetch(pf + l * rs * 4 + 35, _MM_HINT_T0);
+      }
+    }
     __m512 g[9];
-    for (int q = 0; q < 9; ++q) g[q] = _mm512_mask_i32gather_ps(z, mk, base, k + q, 4);
+    for (int q = 0; q < 9; ++q) g[q] = _mm512_mask_i32gather_ps(z, mk, base, k + (flip ? 8 - q : q), 4);
     __m512 t[4][3];
     for (int c = 0; c < 3; ++c) {
       t[0][c] = g[c];
@@ -116,13 +220,19 @@ void weights_panel_f32(const float* w, i64 rs, int m, i64 cg, float* out, i64 ps
       t[3][c] = g[6 + c];
     }
     float* o = out + ci * 16;
+    __m512 u[16];
     for (int r = 0; r < 4; ++r) {
-      _mm512_storeu_ps(o + (4 * r + 0) * ps, t[r][0]);
-      _mm512_storeu_ps(o + (4 * r + 1) * ps, _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), h));
-      _mm512_storeu_ps(o + (4 * r + 2) * ps, _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(t[r][0], t[r][1]), t[r][2]), h));
-      _mm512_storeu_ps(o + (4 * r + 3) * ps, t[r][2]);
+      u[4 * r + 0] = t[r][0];
+      u[4 * r + 1] = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(t[r][0], t[r][1]), t[r][2]), h);
+      u[4 * r + 2] = _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(t[r][0], t[r][1]), t[r][2]), h);
+      u[4 * r + 3] = t[r][2];
     }
+    if (stream)  // out and ps 64-byte aligned (the caller checks)
+      for (int q = 0; q < 16; ++q) _mm512_stream_ps(o + q * ps, u[q]);
+    else
+      for (int q = 0; q < 16; ++q) _mm512_storeu_ps(o + q * ps, u[q]);
   }
+  if (stream) _mm_sfence();  // the streamed stores are visible before the GEMMs read them
 }
 
 // V^T for tiles of 16 channels (grad weight's B panels): tile l of the nt tiles has its

@@ -90,9 +90,40 @@ inline void wino_output_rows(const T* m, std::int64_t ps, std::int64_t len, T bi
   }
 }
 
+// Grad weight's last step dW = G^T X G for `len` consecutive input channels: X(p, ci) =
+// x[p*ps + ci]; writes the 3x3 kernel of channel ci to out[9*ci .. 9*ci + 8].
+// Multiplications by 1/2 are exact, so a contraction into FMAs changes nothing.
+template <typename T>
+inline void wino_weight_out_rows(const T* x, std::int64_t ps, std::int64_t len, T* __restrict out) {
+  constexpr std::int64_t kChunk = 64;
+  T o[9][kChunk];
+  const T h = T(0.5);
+  for (std::int64_t j0 = 0; j0 < len; j0 += kChunk) {
+    const std::int64_t n = len - j0 < kChunk ? len - j0 : kChunk;
+    const T* __restrict s = x + j0;
+    for (std::int64_t j = 0; j < n; ++j) {
+      T t[3][4];  // G^T X
+      for (int c = 0; c < 4; ++c) {
+        const T x0 = s[c * ps + j], x1 = s[(4 + c) * ps + j], x2 = s[(8 + c) * ps + j], x3 = s[(12 + c) * ps + j];
+        t[0][c] = x0 + (x1 + x2) * h;
+        t[1][c] = (x1 - x2) * h;
+        t[2][c] = (x1 + x2) * h + x3;
+      }
+      for (int r = 0; r < 3; ++r) {  // (G^T X) G
+        o[3 * r + 0][j] = t[r][0] + (t[r][1] + t[r][2]) * h;
+        o[3 * r + 1][j] = (t[r][1] - t[r][2]) * h;
+        o[3 * r + 2][j] = (t[r][1] + t[r][2]) * h + t[r][3];
+      }
+    }
+    T* __restrict d = out + 9 * j0;
+    for (std::int64_t j = 0; j < n; ++j)
+      for (int r = 0; r < 9; ++r) d[9 * j + r] = o[r][j];
+  }
+}
+
 }  // namespace
 
-// The four row entry points every ISA file defines (inside its own namespace) around the
+// The row entry points every ISA file defines (inside its own namespace) around the
 // templates above, so each is compiled with that file's flags.
 #define PYCONV_WINO_ROW_KERNELS                                                                  \
   void input_rows_f32(const float* const* rows, std::int64_t len, float* out, std::int64_t ps) { \
@@ -108,4 +139,10 @@ inline void wino_output_rows(const T* m, std::int64_t ps, std::int64_t len, T bi
   void output_rows_f64(const double* m, std::int64_t ps, std::int64_t len, double bias, double* y0, \
                        double* y1) {                                                             \
     wino_output_rows(m, ps, len, bias, y0, y1);                                                  \
+  }                                                                                              \
+  void weight_out_rows_f32(const float* x, std::int64_t ps, std::int64_t len, float* out) {       \
+    wino_weight_out_rows(x, ps, len, out);                                                       \
+  }                                                                                              \
+  void weight_out_rows_f64(const double* x, std::int64_t ps, std::int64_t len, double* out) {     \
+    wino_weight_out_rows(x, ps, len, out);                                                       \
   }
