@@ -32,7 +32,7 @@
 // that depend only on C_in/g and the ISA, so the result does not depend on Tb or on the
 // thread count. Tb keeps V + M near kBlockBytes per thread (at least kBigUMinTiles tiles
 // when U outgrows the L3, as U is streamed once per block; such a U is also written with
-// non-temporal stores).
+// non-temporal stores when one thread runs the forward).
 //
 // Grad input: the forward Winograd convolution of dy with the flipped, channel-transposed
 // weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic). The
@@ -250,8 +250,11 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv
   const bool vec = std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 &&
                    wv.ms * 16 < (i64(1) << 31);
   // U too large to stay in the L3 until the GEMMs read it: non-temporal stores (no read
-  // for ownership; c512 7px b8, 16 MB: forward about 5% faster at 1 thread)
-  const bool stream = vec && f.u_elems * static_cast<i64>(sizeof(T)) > kBigU &&
+  // for ownership; c512 7px b8, 16 MB: forward about 5% faster at 1 thread). Only when one
+  // thread runs the GEMMs: with more, every thread reads all of U, which must then come
+  // from the cache (on a 16-core Xeon with a large L3, streaming U made c512 7px b8 3-4x
+  // slower at 4 and 16 threads).
+  const bool stream = vec && f.threads == 1 && f.u_elems * static_cast<i64>(sizeof(T)) > kBigU &&
                       reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
