@@ -22,6 +22,28 @@ PYCONV_WINO_ROW_KERNELS
 
 namespace pyconv {
 namespace wino_avx512 {
+namespace {
+
+// B^T d B for 16 lanes at once, in the order of winograd_kernels.h: bt_row takes row r
+// of d (columns d0..d3) to a[r]; bt_cols_store combines the rows and stores position
+// 4*q + c at o[(4*q + c)*ps].
+inline void bt_row(__m512 d0, __m512 d1, __m512 d2, __m512 d3, __m512* a) {
+  a[0] = _mm512_sub_ps(d0, d2);
+  a[1] = _mm512_add_ps(d1, d2);
+  a[2] = _mm512_sub_ps(d2, d1);
+  a[3] = _mm512_sub_ps(d1, d3);
+}
+
+inline void bt_cols_store(const __m512 (&a)[4][4], float* o, i64 ps) {
+  for (int c = 0; c < 4; ++c) {
+    _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
+    _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
+    _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
+    _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
+  }
+}
+
+}  // namespace
 
 // V for 16 tiles and channels c0 .. c1-1: element (r, c) of tile l of channel ci is
 // x[ci*plane + off[l] + r*row + c] where masks[4r + c] has bit l set (else 0). Writes
@@ -56,18 +78,10 @@ void input_panels_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, const 
       const __m512 d1 = _mm512_mask_i32gather_ps(z, mk[4 * r + 1], idx[4 * r + 1], xc, 4);
       const __m512 d2 = _mm512_mask_i32gather_ps(z, mk[4 * r + 2], idx[4 * r + 2], xc, 4);
       const __m512 d3 = _mm512_mask_i32gather_ps(z, mk[4 * r + 3], idx[4 * r + 3], xc, 4);
-      a[r][0] = _mm512_sub_ps(d0, d2);
-      a[r][1] = _mm512_add_ps(d1, d2);
-      a[r][2] = _mm512_sub_ps(d2, d1);
-      a[r][3] = _mm512_sub_ps(d1, d3);
+      bt_row(d0, d1, d2, d3, a[r]);
     }
     float* o = out + ci * ccs;
-    for (int c = 0; c < 4; ++c) {
-      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
-      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
-      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
-      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
-    }
+    bt_cols_store(a, o, ps);
   }
 }
 
@@ -109,18 +123,10 @@ void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, in
       }
       const __m512 d0 = _mm512_permutex2var_ps(A, ev, B), d1 = _mm512_permutex2var_ps(A, od, B);
       const __m512 d2 = _mm512_permutex2var_ps(A2, ev, B2), d3 = _mm512_permutex2var_ps(A2, od, B2);
-      a[r][0] = _mm512_sub_ps(d0, d2);
-      a[r][1] = _mm512_add_ps(d1, d2);
-      a[r][2] = _mm512_sub_ps(d2, d1);
-      a[r][3] = _mm512_sub_ps(d1, d3);
+      bt_row(d0, d1, d2, d3, a[r]);
     }
     float* o = out + ci * ccs;
-    for (int c = 0; c < 4; ++c) {
-      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
-      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
-      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
-      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
-    }
+    bt_cols_store(a, o, ps);
   }
 }
 
@@ -253,18 +259,10 @@ void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, con
       __m512 d[4];
       for (int c = 0; c < 4; ++c)
         d[c] = (v >> (4 * r + c)) & 1u ? _mm512_mask_i32gather_ps(z, mk, ch, xt + r * row + c, 4) : z;
-      a[r][0] = _mm512_sub_ps(d[0], d[2]);
-      a[r][1] = _mm512_add_ps(d[1], d[2]);
-      a[r][2] = _mm512_sub_ps(d[2], d[1]);
-      a[r][3] = _mm512_sub_ps(d[1], d[3]);
+      bt_row(d[0], d[1], d[2], d[3], a[r]);
     }
     float* o = out + l * 16;
-    for (int c = 0; c < 4; ++c) {
-      _mm512_storeu_ps(o + (0 + c) * ps, _mm512_sub_ps(a[0][c], a[2][c]));
-      _mm512_storeu_ps(o + (4 + c) * ps, _mm512_add_ps(a[1][c], a[2][c]));
-      _mm512_storeu_ps(o + (8 + c) * ps, _mm512_sub_ps(a[2][c], a[1][c]));
-      _mm512_storeu_ps(o + (12 + c) * ps, _mm512_sub_ps(a[1][c], a[3][c]));
-    }
+    bt_cols_store(a, o, ps);
   }
 }
 
