@@ -139,6 +139,15 @@ struct Geo {
     Hl = std::min(p.h.in, p.h.out + 2 - p.h.pad_lo);
     Wl = std::min(p.w.in, p.w.out + 2 - p.w.pad_lo);
   }
+  // Tile t of the batch (tiles counted image by image, row-major in each): its image n
+  // and its tile row i and column j.
+  struct Tile {
+    i64 n, i, j;
+  };
+  Tile at(i64 t) const {
+    const i64 r = t % tiles_img;
+    return {t / tiles_img, r / tw, r % tw};
+  }
 };
 
 template <typename T>
@@ -333,7 +342,7 @@ void input_block(const ConvParams& p, const Geo& ge, const Kernels<T>& k, const 
                  i64 c0, i64 c1, T* V, i64 vps, i64 vcs, i64 pw, i64 pws, T* buf) {
   const i64 in_plane = p.h.in * p.w.in;
   for (i64 t = t0; t < t0 + nt;) {
-    const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+    const auto [n, i, j] = ge.at(t);
     const i64 len = std::min(ge.tw - j, t0 + nt - t);
     const T* rows[4];
     for (i64 ci = c0; ci < c1; ++ci) {
@@ -394,7 +403,8 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
         int nruns = 0;
         i64 prev = -1, rl0 = 0, riw = 0, rih = 0;
         for (int l = 0; l < 16 && jp * 16 + l < nt; ++l) {
-          const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+          const i64 t = t0 + jp * 16 + l;
+          const auto [n, i, j] = ge.at(t);
           const i64 key = n * ge.th + i;
           if (key != prev) {
             if (nruns == kRuns) {
@@ -431,7 +441,7 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
         const i64 t = t0 + jp * 16 + l;
         off[l] = 0;
         if (t >= t0 + nt) continue;
-        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const auto [n, i, j] = ge.at(t);
         const i64 ih = 2 * i - p.h.pad_lo, iw = 2 * j - p.w.pad_lo;
         off[l] = static_cast<int>(n * p.c_in * in_plane + ih * W + iw);
         for (int a = 0; a < 4; ++a)
@@ -449,7 +459,8 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
       unsigned rtop[kRuns] = {}, rbot[kRuns] = {};
       i64 prev = -1;
       for (int l = 0; l < 16 && t0 + jp * 16 + l < t0 + nt; ++l) {
-        const i64 t = t0 + jp * 16 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const i64 t = t0 + jp * 16 + l;
+        const auto [n, i, j] = ge.at(t);
         const i64 key = n * ge.th + i;
         if (key != prev) {
           if (nruns == kRuns) {
@@ -479,7 +490,7 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
         const i64 t = t0 + jp * 16 + l;
         yoff[l] = 0;
         if (t >= t0 + nt) continue;
-        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const auto [n, i, j] = ge.at(t);
         yoff[l] = static_cast<int>(n * p.c_out * out_plane + 2 * i * Wo + 2 * j);
         const bool r1 = 2 * i + 1 < Ho, c1 = 2 * j + 1 < Wo;
         ym[0] |= 1u << l;
@@ -540,7 +551,7 @@ void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up
       input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
       block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
       for (i64 t = t0; t < t0 + nt;) {
-        const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+        const auto [n, i, j] = ge.at(t);
         const i64 len = std::min(ge.tw - j, t0 + nt - t);
         const i64 oh = 2 * i, ow = 2 * j;
         const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
@@ -652,7 +663,7 @@ void grad_output_block(const ConvParams& p, const Geo& ge, const T* dy, i64 grp,
   }
   const i64 c = grp * ge.Mg + co;
   for (i64 t = t0; t < t0 + nt; ++t) {
-    const i64 n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+    const auto [n, i, j] = ge.at(t);
     const T* s = dy + ((n * p.c_out + c) * Ho + 2 * i) * Wo + 2 * j;
     const bool r1 = 2 * i + 1 < Ho, c1 = 2 * j + 1 < Wo;
     const T d00 = s[0], d01 = c1 ? s[1] : T(0);
@@ -729,7 +740,8 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
               i64 off[kChanTiles];
               unsigned char valid[kChanTiles];
               for (i64 l = 0; l < cnt; ++l) {
-                const i64 t = t0 + l0 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+                const i64 t = t0 + l0 + l;
+                const auto [n, i, j] = ge.at(t);
                 off[l] = (n * p.c_out + grp * Mg + ip * MR) * out_plane + 2 * i * p.w.out + 2 * j;
                 const bool r1 = 2 * i + 1 < p.h.out, c1 = 2 * j + 1 < p.w.out;
                 valid[l] = static_cast<unsigned char>(1u | (c1 ? 2u : 0u) | (r1 ? 4u : 0u) | (r1 && c1 ? 8u : 0u));
@@ -744,7 +756,8 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
             i64 off[kChanTiles];
             unsigned short valid[kChanTiles];
             for (i64 l = 0; l < cnt; ++l) {
-              const i64 t = t0 + l0 + l, n = t / ge.tiles_img, r = t % ge.tiles_img, i = r / ge.tw, j = r % ge.tw;
+              const i64 t = t0 + l0 + l;
+              const auto [n, i, j] = ge.at(t);
               const i64 ih = 2 * i - p.h.pad_lo, iw = 2 * j - p.w.pad_lo;
               off[l] = (n * p.c_in + grp * Cg + q * NR) * in_plane + ih * p.w.in + iw;
               unsigned v = 0;
