@@ -368,6 +368,24 @@ def test_backward_2x2_windows_built_directly(isa, shape):
     same(pyconv.max_pool2d_backward(g, idx2, shape), ref.max_pool2d_backward(g, idx2, shape))
 
 
+def backward_scalar_and_avx2_threads(g, idx, shape):
+    """max_pool2d_backward on the scalar path, and on the AVX2 path at 1, 2 and 3 threads
+    (ISA and thread count restored afterwards): (scalar result, [AVX2 results])."""
+    before, threads = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
+    res = []
+    try:
+        _core._set_isa("scalar")
+        want = pyconv.max_pool2d_backward(g, idx, shape)
+        _core._set_isa("avx2")
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            res.append(pyconv.max_pool2d_backward(g, idx, shape))
+    finally:
+        _core._set_isa(before)
+        pyconv.set_num_threads(threads)
+    return want, res
+
+
 @pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1)])
 def test_backward_streamed_large_equals_scalar(k, s, p):
     """Destinations over 8 MiB are built in staging buffers and streamed out (odd widths:
@@ -382,18 +400,7 @@ def test_backward_streamed_large_equals_scalar(k, s, p):
     idx[1, 2, 5, 7] = 0
     g = rng.integers(-9, 10, size=out.shape).astype(np.float64)
     g.flat[::13] = -0.0
-    before, threads = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
-    res = []
-    try:
-        _core._set_isa("scalar")
-        want = pyconv.max_pool2d_backward(g, idx, shape)
-        _core._set_isa("avx2")
-        for t in (1, 2, 3):
-            pyconv.set_num_threads(t)
-            res.append(pyconv.max_pool2d_backward(g, idx, shape))
-    finally:
-        _core._set_isa(before)
-        pyconv.set_num_threads(threads)
+    want, res = backward_scalar_and_avx2_threads(g, idx, shape)
     for r in res:
         same(r, want)
     assert np.count_nonzero(want) > 0
@@ -422,18 +429,7 @@ def test_backward_streamed_mixed_planes_equals_scalar():
         idx[n, c, oh, ow] = (2 * oh) * shape[3] + 2 * ow - 1  # left column of the 3x3 window
     g = rng.integers(-9, 10, size=i2.shape).astype(np.float32)
     g.flat[::13] = -0.0
-    before, threads = pyconv.kernel_info()["isa"], pyconv.get_num_threads()
-    res = []
-    try:
-        _core._set_isa("scalar")
-        want = pyconv.max_pool2d_backward(g, idx, shape)
-        _core._set_isa("avx2")
-        for t in (1, 2, 3):
-            pyconv.set_num_threads(t)
-            res.append(pyconv.max_pool2d_backward(g, idx, shape))
-    finally:
-        _core._set_isa(before)
-        pyconv.set_num_threads(threads)
+    want, res = backward_scalar_and_avx2_threads(g, idx, shape)
     for r in res:
         same(r, want)
     same(want[:1, :4], ref.max_pool2d_backward(g[:1, :4], idx[:1, :4], (1, 4) + shape[2:]))
