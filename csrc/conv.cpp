@@ -658,6 +658,8 @@ constexpr Candidate kCandidates[] = {
      "C_in/groups == 1 with groups > 1"},
     {ConvPath::winograd, "winograd", winograd_supports, winograd_preferred,
      "a 3x3 kernel, stride 1 and dilation 1"},
+    {ConvPath::winograd_k2, "winograd_k2", winograd_k2_supports, winograd_k2_preferred,
+     "a 1x2 kernel (height 1, width 2) and stride 1 along the width"},
     {ConvPath::generic, "generic", supports_generic, supports_generic, "nothing: it runs every convolution"},
 };
 
@@ -1365,14 +1367,12 @@ void conv_validate(ConvParams& p) {
 // forward GEMM has rows enough for the register tile (Cg >= kDxForwardMinRows).
 constexpr i64 kDxForwardMinCols = 256;
 constexpr i64 kDxForwardMinRows = 8;
-bool input_grad_as_forward(const ConvParams& p, ConvParams* q) {
+// The mirrored problem alone (any size): false where it does not exist.
+bool mirrored_problem(const ConvParams& p, ConvParams* q) {
   if (p.h.stride != 1 || p.w.stride != 1 || p.n <= 0) return false;
-  if (p.cin_g() < kDxForwardMinRows) return false;
   const i64 sh = (p.h.kernel - 1) * p.h.dilation, sw = (p.w.kernel - 1) * p.w.dilation;
   if (p.h.pad_lo > sh || p.h.pad_hi > sh || p.w.pad_lo > sw || p.w.pad_hi > sw) return false;
   if (p.h.pad_lo < 0 || p.h.pad_hi < 0 || p.w.pad_lo < 0 || p.w.pad_hi < 0) return false;
-  // n*H*W cannot overflow: n*C_in*H*W was checked to fit
-  if (p.h.in * p.w.in < kDxForwardMinCols && p.n * p.h.in * p.w.in < kDxForwardMinCols) return false;
   ConvParams r = p;
   r.c_in = p.c_out;
   r.c_out = p.c_in;
@@ -1386,6 +1386,29 @@ bool input_grad_as_forward(const ConvParams& p, ConvParams* q) {
   r.w.out = p.w.in;
   *q = r;
   return true;
+}
+bool input_grad_as_forward(const ConvParams& p, ConvParams* q) {
+  if (p.cin_g() < kDxForwardMinRows) return false;
+  // n*H*W cannot overflow: n*C_in*H*W was checked to fit
+  if (p.h.in * p.w.in < kDxForwardMinCols && p.n * p.h.in * p.w.in < kDxForwardMinCols) return false;
+  return mirrored_problem(p, q);
+}
+
+// w'[g*Cg + ci, co, kh, kw] = w[g*Mg + co, ci, kH-1-kh, kW-1-kw], the weights of the
+// mirrored problem input_grad_as_forward() describes, in per-thread scratch.
+template <typename T>
+const T* mirrored_weights(const ConvParams& p, const T* w) {
+  const i64 KK = p.h.kernel * p.w.kernel, Mg = p.cout_g(), Cg = p.cin_g();
+  T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * KK) * sizeof(T)));
+  for (i64 co = 0; co < p.c_out; ++co) {
+    const i64 g = co / Mg, col = co % Mg;
+    for (i64 ci = 0; ci < Cg; ++ci) {
+      const T* src = w + (co * Cg + ci) * KK;
+      T* dst = wq + ((g * Cg + ci) * Mg + col) * KK;
+      for (i64 r = 0; r < KK; ++r) dst[r] = src[KK - 1 - r];
+    }
+  }
+  return wq;
 }
 
 std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
@@ -1421,12 +1444,13 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
   i64 total = checked_mul(checked_mul(per, std::max(threads, 1), "workspace"), 8, "workspace bytes");
   total = checked_add(total, checked_mul(red, 8, "workspace bytes"), "workspace bytes");
   ConvParams q;
-  if (backward && input_grad_as_forward(p, &q)) {  // forward workspace plus the mirrored weights
+  if (backward && mirrored_problem(p, &q)) {  // forward workspace plus the mirrored weights
     const i64 wq = checked_mul(checked_mul(p.c_out, p.cin_g(), "weight"), KK, "weight");
     total = std::max(total, checked_add(static_cast<i64>(conv_workspace_bytes(q, elem, false, threads)),
                                         checked_mul(wq + 64, 8, "weight bytes"), "workspace"));
   }
   total = std::max(total, static_cast<i64>(winograd_workspace_bytes(p, elem, backward, threads)));
+  total = std::max(total, static_cast<i64>(winograd_k2_workspace_bytes(p, elem, threads)));
   return static_cast<std::size_t>(total);
 }
 
@@ -1438,6 +1462,7 @@ void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, 
     case ConvPath::pointwise: forward_gemm<T, true>(p, x, w, bias, y); break;
     case ConvPath::depthwise: depthwise_forward<T>(p, x, w, bias, y); break;
     case ConvPath::winograd: winograd_forward<T>(p, x, w, bias, y); break;
+    case ConvPath::winograd_k2: winograd_k2_forward<T>(p, x, w, bias, y); break;
     default: forward_gemm<T, false>(p, x, w, bias, y); break;
   }
 }
@@ -1466,18 +1491,13 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
       else
         backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
     }
+  } else if (dx && path == ConvPath::winograd_k2 && mirrored_problem(p, &q)) {
+    // The mirrored problem has the same 1x2 kernel and stride 1: grad input through the
+    // same Winograd forward; grad weight through the generic reduction.
+    winograd_k2_forward<T>(q, dy, mirrored_weights(p, w), nullptr, dx);
+    if (dw) backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
   } else if (dx && path == ConvPath::generic && input_grad_as_forward(p, &q)) {
-    const i64 KK = p.h.kernel * p.w.kernel, Mg = p.cout_g(), Cg = p.cin_g();
-    T* wq = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(p.c_out * Cg * KK) * sizeof(T)));
-    for (i64 co = 0; co < p.c_out; ++co) {
-      const i64 g = co / Mg, col = co % Mg;
-      for (i64 ci = 0; ci < Cg; ++ci) {
-        const T* src = w + (co * Cg + ci) * KK;
-        T* dst = wq + ((g * Cg + ci) * Mg + col) * KK;
-        for (i64 r = 0; r < KK; ++r) dst[r] = src[KK - 1 - r];
-      }
-    }
-    forward_gemm<T, false>(q, dy, wq, nullptr, dx);
+    forward_gemm<T, false>(q, dy, mirrored_weights(p, w), nullptr, dx);
     if (dw) backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
   } else {
     backward_gemm<T>(p, path == ConvPath::pointwise, dy, x, w, dx, dw);
