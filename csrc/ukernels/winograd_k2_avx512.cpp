@@ -5,6 +5,8 @@
 // run of 8 pair columns maps to 8 consecutive output columns.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "../conv.h"
 
 namespace pyconv {
@@ -73,7 +75,6 @@ void pack(const typename S::T* x, i64 cs, const k2_detail::Geo& g, i64 kc, i64 j
     const i64 j = j0 + 8 * r;
     ts[r] = (8 * r < nc && j < g.P) ? (j / g.d) * 2 * g.d + j % g.d : -1;
   }
-  const i64 ahead = 2 * nc + 2 * g.d;
   for (i64 k = 0; k < kc; ++k) {
     const T* row = x + k * cs;
     for (i64 r = 0; r < runs; ++r) {
@@ -85,9 +86,6 @@ void pack(const typename S::T* x, i64 cs, const k2_detail::Geo& g, i64 kc, i64 j
         continue;
       }
       const i64 i = ts[r] - g.pad_lo;
-      // The same columns of the next chunk (the next task's, mostly): prefetch never
-      // faults, so addresses past the row are harmless.
-      if ((r & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + i + ahead), _MM_HINT_T0);
       const R a = S::rload(row + i, range_mask(i, g.W));
       const R b = S::rload(row + i + g.d, range_mask(i + g.d, g.W));
       const R c = S::rload(row + i + 2 * g.d, range_mask(i + 2 * g.d, g.W));
@@ -106,12 +104,15 @@ void tile(i64 kc, const typename S::T* __restrict a, const typename S::T* __rest
   using R = typename S::R;
   constexpr int L = S::L;
   {  // the output lines this tile writes: their ownership requests overlap the products
-    const i64 t0 = (j0 / g.d) * 2 * g.d + j0 % g.d;
+    const i64 jl = std::min(j0 + L, g.P) - 1;
+    const i64 ta = (j0 / g.d) * 2 * g.d + j0 % g.d, te = (jl / g.d) * 2 * g.d + jl % g.d + 7;
+    const i64 tb = std::max(ta + g.d, te + 1), tbe = te + g.d;  // the partners' columns, not yet covered
     for (int i = 0; i < m; ++i) {
-      const char* yr = reinterpret_cast<const char*>(y + i * y_rs + t0);
-      _mm_prefetch(yr, _MM_HINT_ET0);
-      _mm_prefetch(yr + 64, _MM_HINT_ET0);
-      _mm_prefetch(yr + 127, _MM_HINT_ET0);
+      const T* yr = y + i * y_rs;
+      for (i64 c = ta; c <= te; c += 64 / sizeof(T)) _mm_prefetch(reinterpret_cast<const char*>(yr + c), _MM_HINT_ET0);
+      _mm_prefetch(reinterpret_cast<const char*>(yr + te), _MM_HINT_ET0);
+      for (i64 c = tb; c <= tbe; c += 64 / sizeof(T)) _mm_prefetch(reinterpret_cast<const char*>(yr + c), _MM_HINT_ET0);
+      _mm_prefetch(reinterpret_cast<const char*>(yr + tbe), _MM_HINT_ET0);
     }
   }
   V m1[kMR], m2[kMR], m3[kMR];
