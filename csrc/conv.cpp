@@ -658,8 +658,8 @@ constexpr Candidate kCandidates[] = {
      "C_in/groups == 1 with groups > 1"},
     {ConvPath::winograd, "winograd", winograd_supports, winograd_preferred,
      "a 3x3 kernel, stride 1 and dilation 1"},
-    {ConvPath::winograd_k2, "winograd_k2", winograd_k2_supports, winograd_k2_preferred,
-     "a 1x2 kernel (height 1, width 2) and stride 1 along the width"},
+    {ConvPath::winograd_1d, "winograd_1d", winograd_1d_supports, winograd_1d_preferred,
+     "a 1x2 or 1x3 kernel (height 1, width 2 or 3) and stride 1 along the width"},
     {ConvPath::generic, "generic", supports_generic, supports_generic, "nothing: it runs every convolution"},
 };
 
@@ -1450,7 +1450,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                         checked_mul(wq + 64, 8, "weight bytes"), "workspace"));
   }
   total = std::max(total, static_cast<i64>(winograd_workspace_bytes(p, elem, backward, threads)));
-  total = std::max(total, static_cast<i64>(winograd_k2_workspace_bytes(p, elem, threads)));
+  total = std::max(total, static_cast<i64>(winograd_1d_workspace_bytes(p, elem, threads)));
   return static_cast<std::size_t>(total);
 }
 
@@ -1462,7 +1462,7 @@ void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, 
     case ConvPath::pointwise: forward_gemm<T, true>(p, x, w, bias, y); break;
     case ConvPath::depthwise: depthwise_forward<T>(p, x, w, bias, y); break;
     case ConvPath::winograd: winograd_forward<T>(p, x, w, bias, y); break;
-    case ConvPath::winograd_k2: winograd_k2_forward<T>(p, x, w, bias, y); break;
+    case ConvPath::winograd_1d: winograd_1d_forward<T>(p, x, w, bias, y); break;
     default: forward_gemm<T, false>(p, x, w, bias, y); break;
   }
 }
@@ -1491,10 +1491,10 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
       else
         backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
     }
-  } else if (dx && path == ConvPath::winograd_k2 && mirrored_problem(p, &q)) {
-    // The mirrored problem has the same 1x2 kernel and stride 1: grad input through the
+  } else if (dx && path == ConvPath::winograd_1d && mirrored_problem(p, &q)) {
+    // The mirrored problem has the same kernel size and stride 1: grad input through the
     // same Winograd forward; grad weight through the generic reduction.
-    winograd_k2_forward<T>(q, dy, mirrored_weights(p, w), nullptr, dx);
+    winograd_1d_forward<T>(q, dy, mirrored_weights(p, w), nullptr, dx);
     if (dw) backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
   } else if (dx && path == ConvPath::generic && input_grad_as_forward(p, &q)) {
     forward_gemm<T, false>(q, dy, mirrored_weights(p, w), nullptr, dx);

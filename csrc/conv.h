@@ -9,9 +9,10 @@
 //              fewer multiplies; NOT the direct summation order: on real data its error is
 //              a small constant factor above the direct sum's (see conv_winograd.cpp), on
 //              integer data of moderate size it is bit-exact like every other path;
-//   winograd_k2  kernel 1 x 2 (a 1D kernel of 2 taps, e.g. the causal dilated WaveNet
-//              conv), stride 1 along W: Winograd F(2,2) along W (conv_winograd_k2.cpp),
-//              output pairs (t, t + dilation) from 3 channel products instead of 4;
+//   winograd_1d  kernel 1 x 2 or 1 x 3 (a 1D kernel of 2 or 3 taps, e.g. the causal
+//              dilated WaveNet conv), stride 1 along W: Winograd F(2,2) / F(2,3) along W
+//              (conv_winograd_1d.cpp), output pairs (t, t + dilation) from 3 channel
+//              products instead of 4 / 4 instead of 6;
 //   generic    implicit GEMM per (image, group) with the unfolding fused into B packing;
 //              the exact direct summation order: force path="generic" to get it;
 //              backward input = W^T dY in bounded column tiles + col2im scatter,
@@ -31,10 +32,10 @@ enum class ConvPath : int {
   depthwise = 1,
   generic = 2,
   winograd = 3,
-  winograd_k2 = 4
+  winograd_1d = 4
 };
 
-// "auto", "pointwise", "depthwise", "winograd", "winograd_k2", "generic"; throws std::invalid_argument otherwise.
+// "auto", "pointwise", "depthwise", "winograd", "winograd_1d", "generic"; throws std::invalid_argument otherwise.
 ConvPath conv_path_from_name(const char* name);
 const char* conv_path_name(ConvPath path);
 // What the path's supports() asks of the parameters, in words (for error messages).
@@ -128,35 +129,39 @@ void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 
                               const unsigned char* valid, float* out, i64 ps);
 }  // namespace wino_avx512
 
-// ---- Winograd F(2,2) along W for 1 x 2 kernels (csrc/conv_winograd_k2.cpp)
-// Supported: kH == 1, kW == 2, stride 1 along W; any dilation, padding, groups, H stride.
-bool winograd_k2_supports(const ConvParams& p);
+// ---- 1D Winograd along W for 1 x 2 and 1 x 3 kernels (csrc/conv_winograd_1d.cpp)
+// Supported: kH == 1, kW == 2 or 3, stride 1 along W; any dilation, padding, groups, H stride.
+bool winograd_1d_supports(const ConvParams& p);
 // Where the automatic choice takes it (measured faster than generic; bench/conv.py).
-bool winograd_k2_preferred(const ConvParams& p);
+bool winograd_1d_preferred(const ConvParams& p);
 // Bytes of scratch a forward call takes with `threads` threads (0 where not supported).
-std::size_t winograd_k2_workspace_bytes(const ConvParams& p, std::size_t elem, int threads);
+std::size_t winograd_1d_workspace_bytes(const ConvParams& p, std::size_t elem, int threads);
 // y = conv(x, w) + bias (bias may be null); p.n > 0.
 template <typename T>
-void winograd_k2_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y);
-namespace k2_detail {
-constexpr int kMR = 8;           // output channels per tile
-constexpr i64 kMaxChunk = 512;   // pair columns one task packs at most
+void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y);
+namespace w1d_detail {
+// Output channels per tile: 3 (2 taps) or 4 (3 taps) products of this many rows each
+// keep 24 vector accumulators.
+constexpr int mr(int taps) { return taps == 2 ? 8 : 6; }
+constexpr i64 kMaxChunk = 512;  // pair columns one task packs at most
 // One output row's geometry: input width W, output width Wo, dilation d, left padding
-// pad_lo, and P, the number of pair columns (outputs t whose partner t + d starts a pair:
-// t mod 2d < d, t < Wo).
+// pad_lo, kernel taps r (2 or 3), and P, the number of pair columns (outputs t that start
+// a pair (t, t + d): t mod 2d < d, t < Wo).
 struct Geo {
   i64 W, Wo, d, pad_lo, P;
+  int r;
 };
-}  // namespace k2_detail
-// AVX-512 pack and tile kernels (csrc/ukernels/winograd_k2_avx512.cpp), for d % 8 == 0.
-namespace wino_k2_avx512 {
-void pack_f32(const float* x, i64 cs, const k2_detail::Geo& g, i64 kc, i64 j0, i64 nc, float* dst);
-void pack_f64(const double* x, i64 cs, const k2_detail::Geo& g, i64 kc, i64 j0, i64 nc, double* dst);
-void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m, i64 j0, const k2_detail::Geo& g,
+}  // namespace w1d_detail
+// AVX-512 pack and tile kernels (csrc/ukernels/winograd_1d_avx512.cpp), for d == 1 or
+// d % 8 == 0.
+namespace wino1d_avx512 {
+void pack_f32(const float* x, i64 cs, const w1d_detail::Geo& g, i64 kc, i64 j0, i64 nc, float* dst);
+void pack_f64(const double* x, i64 cs, const w1d_detail::Geo& g, i64 kc, i64 j0, i64 nc, double* dst);
+void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m, i64 j0, const w1d_detail::Geo& g,
               bool accumulate, const float* bias);
 void tile_f64(i64 kc, const double* a, const double* b, double* y, i64 y_rs, int m, i64 j0,
-              const k2_detail::Geo& g, bool accumulate, const double* bias);
-}  // namespace wino_k2_avx512
+              const w1d_detail::Geo& g, bool accumulate, const double* bias);
+}  // namespace wino1d_avx512
 
 namespace avx2 {
 // buf: dw_forward_buffer_elems(p, lanes) elements of per-thread scratch (stride-1 path).

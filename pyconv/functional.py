@@ -114,7 +114,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, nd, name)
     return x, weight, params, (x.shape[0], cout) + tuple(out), batched
 
 
-_ALGORITHMS = ("auto", "pointwise", "depthwise", "winograd", "winograd_k2", "generic")
+_ALGORITHMS = ("auto", "pointwise", "depthwise", "winograd", "winograd_1d", "generic")
 
 
 def _check_algorithm(algorithm, name):
@@ -191,16 +191,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     (C_out, C_in/groups, kH, kW). padding: int, (ph, pw), ((top, bottom), (left, right)),
     'valid' or 'same'. algorithm: 'auto' (the measured candidate list) or a forced lowering,
     see _ALGORITHMS; 'generic' sums every output in the direct order, 'winograd' (which
-    'auto' takes for 3x3 stride-1 convolutions with enough channels) and 'winograd_k2'
-    (kernels 1x2, stride 1 along the width; 'auto' takes it for 2-tap kernels dilated by a
-    multiple of 8 on AVX-512) do not."""
+    'auto' takes for 3x3 stride-1 convolutions with enough channels) and 'winograd_1d'
+    (kernels 1x2 and 1x3, stride 1 along the width; 'auto' takes it on AVX-512 for a
+    dilation of 1 or a multiple of 8 with enough channels) do not."""
     return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d", algorithm)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto"):
     """1D convolution of NCL or CL input with weight (C_out, C_in/groups, k). padding: int,
     (p,), (lo, hi), ((lo, hi),), 'valid', 'same' or 'causal'. algorithm: as for conv2d
-    ('winograd_k2' runs 2-tap kernels at stride 1)."""
+    ('winograd_1d' runs 2- and 3-tap kernels at stride 1)."""
     return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d", algorithm)
 
 

@@ -1,35 +1,38 @@
-// Winograd F(2,2) along W for 1 x 2 kernels (stride 1 along W), e.g. the causal dilated
-// conv1d of WaveNet. With x~ the padded input row and d the dilation, the outputs t and
-// t + d of one output channel are
-//     y[t]     = W0 x~[t]     + W1 x~[t + d]
-//     y[t + d] = W0 x~[t + d] + W1 x~[t + 2d]
-// and with a = x~[t], b = x~[t + d], c = x~[t + 2d] (vectors over input channels):
-//     m1 = W0 (a - b),  m2 = (W0 + W1) b,  m3 = W1 (c - b)
-//     y[t] = m1 + m2,   y[t + d] = m3 + m2
-// so each pair costs 3 channel products instead of 4 (0.75x the multiply-adds).
+// 1D Winograd along W for 1 x 2 and 1 x 3 kernels (stride 1 along W): the causal
+// dilated conv1d of WaveNet (2 taps) and plain or dilated 3-tap conv1d layers. With x~
+// the padded input row, d the dilation and r the taps, the outputs t and t + d of one
+// output channel read the r + 1 inputs x~[t + q*d], q = 0..r, and come from r + 1
+// channel products instead of 2r:
+//   F(2,2): u = (d0 - d1, d1, d2 - d1), weights (W0, W0 + W1, W1),
+//           y[t] = m0 + m1, y[t + d] = m2 + m1;
+//   F(2,3): u = (d0 - d2, d1 + d2, d2 - d1, d1 - d3),
+//           weights (W0, ((W0 + W1) + W2) / 2, ((W0 - W1) + W2) / 2, W2),
+//           y[t] = (m0 + m1) + m2, y[t + d] = (m1 - m2) - m3,
+// with m_q = W'_q u_q summed over the input channels (0.75x / 0.67x the multiply-adds).
 //
 // Pairs: the outputs t with t mod 2d < d, t < Wo, each taking t + d along (which may lie
 // past the row's end: then it is computed and not stored). Pair column j (0 <= j < P)
 // is output t = (j / d) * 2d + j mod d.
 //
 // Lowering, per (image, group, output row, chunk of pair columns) task:
-//   A (weights, transformed once per call): for each K block and each 8-row panel of
-//     output channels, k-major [k][q][i] with q = 0, 1, 2 for W0, W0 + W1, W1;
+//   A (weights, transformed once per call): for each K block and each MR-row panel of
+//     output channels (MR = 8 for 2 taps, 6 for 3), k-major [k][q][i];
 //   B (per task, per K block): panels of L pair columns (L = 16 floats / 8 doubles),
-//     [k][q][l] with q = 0, 1, 2 for a - b, b, c - b;
-//   tile: 8 output channels x L pair columns, the three products summed over k in
-//     increasing order from zero, one fused multiply-add per term; then y[t] = m1 + m2
-//     and y[t + d] = m3 + m2, added to what earlier K blocks left in y, and the bias added
-//     to the finished sum (so conv(x, w, b) == conv(x, w) + b bitwise).
+//     [k][q][l], the transformed inputs;
+//   tile: MR output channels x L pair columns, the r + 1 products summed over k in
+//     increasing order from zero, one fused multiply-add per term; then the output
+//     transform, added to what earlier K blocks left in y, and the bias added to the
+//     finished sum (so conv(x, w, b) == conv(x, w) + b bitwise).
 // Every output element is computed by one task in a fixed order: results do not depend
-// on the thread count. The AVX-512 kernels (d a multiple of 8) and the portable ones
-// below perform the same operations in the same order, so they agree bit for bit.
-// Accuracy: a - b and c - b round once more than the direct sum; integer-valued data
-// of moderate size stay exact.
+// on the thread count. The AVX-512 kernels (d == 1 or a multiple of 8) and the portable
+// ones below perform the same operations in the same order, so they agree bit for bit.
+// Accuracy: the transforms round a few more times than the direct sum, and an output's
+// error involves its partner's inputs; integer-valued data of moderate size stay exact
+// (the halves of F(2,3) are exact in binary).
 //
 // Memory (pyconv::scratch(), reused across calls): the transformed weights,
-// 3 * round_up(C_out/groups, 8) * C_in/groups * groups elements, plus one B block
-// (at most kMaxChunk pair columns x kKcMax channels x 3) per thread.
+// (r + 1) * round_up(C_out/groups, MR) * C_in/groups * groups elements, plus one B block
+// (at most kMaxChunk pair columns x kKcMax channels x (r + 1)) per thread.
 #include <algorithm>
 #include <cmath>
 
@@ -43,9 +46,9 @@
 namespace pyconv {
 namespace {
 
-using k2_detail::Geo;
-using k2_detail::kMaxChunk;
-using k2_detail::kMR;
+using w1d_detail::Geo;
+using w1d_detail::kMaxChunk;
+using w1d_detail::mr;
 
 i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
 i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
@@ -60,13 +63,14 @@ constexpr i64 kBBlockBytes = 192 * 1024;
 
 struct Plan {
   Geo g{};
+  int Q = 0, MR = 0;  // products per pair (taps + 1); output channels per tile
   i64 M = 0, K = 0, Mr = 0, kc = 0, nc = 0, chunks = 0, tasks = 0;
   i64 a_elems = 0, b_elems = 0;  // transformed weights; one thread's B block
   int threads = 1;
 };
 
 Geo make_geo(const ConvParams& p) {
-  Geo g{p.w.in, p.w.out, p.w.dilation, p.w.pad_lo, 0};
+  Geo g{p.w.in, p.w.out, p.w.dilation, p.w.pad_lo, 0, static_cast<int>(p.w.kernel)};
   const i64 two_d = 2 * g.d;
   g.P = (g.Wo / two_d) * g.d + std::min(g.Wo % two_d, g.d);
   return g;
@@ -76,26 +80,43 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   Plan pl;
   pl.g = make_geo(p);
   const i64 L = elem == 4 ? 16 : 8;
+  pl.Q = pl.g.r + 1;
+  pl.MR = mr(pl.g.r);
   pl.M = p.cout_g();
   pl.K = p.cin_g();
-  pl.Mr = round_up(pl.M, kMR);
+  pl.Mr = round_up(pl.M, pl.MR);
   pl.kc = ceil_div(pl.K, ceil_div(pl.K, kKcMax));
-  i64 nc = kBBlockBytes / (pl.kc * 3 * static_cast<i64>(elem));
+  i64 nc = kBBlockBytes / (pl.kc * pl.Q * static_cast<i64>(elem));
   nc = std::clamp<i64>(nc / L * L, L, kMaxChunk);
   pl.nc = std::min(nc, round_up(pl.g.P, L));
   pl.chunks = ceil_div(pl.g.P, pl.nc);
   pl.tasks = checked_mul(checked_mul(checked_mul(p.n, p.groups, "tasks"), p.h.out, "tasks"), pl.chunks, "tasks");
   pl.threads = static_cast<int>(std::max<i64>(1, std::min<i64>(threads, pl.tasks)));
-  pl.a_elems = checked_mul(checked_mul(checked_mul(pl.Mr, pl.K, "weights"), 3, "weights"), p.groups, "weights");
-  pl.b_elems = round_up(checked_mul(checked_mul(round_up(pl.nc, L), pl.kc, "panel"), 3, "panel"),
+  pl.a_elems = checked_mul(checked_mul(checked_mul(pl.Mr, pl.K, "weights"), pl.Q, "weights"), p.groups, "weights");
+  pl.b_elems = round_up(checked_mul(checked_mul(round_up(pl.nc, L), pl.kc, "panel"), pl.Q, "panel"),
                         64 / static_cast<i64>(elem));
   return pl;
 }
 
 // Portable kernels: the layouts and arithmetic the AVX-512 ones reproduce.
 template <typename T>
+void input_transform(int r, const T* d, T* u) {
+  if (r == 2) {
+    u[0] = d[0] - d[1];
+    u[1] = d[1];
+    u[2] = d[2] - d[1];
+  } else {
+    u[0] = d[0] - d[2];
+    u[1] = d[1] + d[2];
+    u[2] = d[2] - d[1];
+    u[3] = d[1] - d[3];
+  }
+}
+
+template <typename T>
 void pack_portable(const T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, T* dst) {
   constexpr int L = lanes<T>();
+  const int Q = g.r + 1;
   const i64 panels = ceil_div(nc, L);
   for (i64 pn = 0; pn < panels; ++pn)
     for (int l = 0; l < L; ++l) {
@@ -103,17 +124,17 @@ void pack_portable(const T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, T* 
       const bool live = pn * L + l < nc && j < g.P;
       const i64 i = live ? (j / g.d) * 2 * g.d + j % g.d - g.pad_lo : 0;
       for (i64 k = 0; k < kc; ++k) {
-        T* o = dst + (pn * kc + k) * 3 * L + l;
-        if (!live) {
-          o[0] = o[L] = o[2 * L] = T(0);
-          continue;
+        T* o = dst + (pn * kc + k) * Q * L + l;
+        T d[4] = {0, 0, 0, 0}, u[4] = {0, 0, 0, 0};
+        if (live) {
+          const T* row = x + k * cs;
+          for (int q = 0; q <= g.r; ++q) {
+            const i64 c = i + q * g.d;
+            d[q] = c >= 0 && c < g.W ? row[c] : T(0);
+          }
+          input_transform(g.r, d, u);
         }
-        const T* row = x + k * cs;
-        auto at = [&](i64 q) { return q >= 0 && q < g.W ? row[q] : T(0); };
-        const T b = at(i + g.d);
-        o[0] = at(i) - b;
-        o[L] = b;
-        o[2 * L] = at(i + 2 * g.d) - b;
+        for (int q = 0; q < Q; ++q) o[q * L] = u[q];
       }
     }
 }
@@ -122,20 +143,23 @@ template <typename T>
 void tile_portable(i64 kc, const T* a, const T* b, T* y, i64 y_rs, int m, i64 j0, const Geo& g, bool accumulate,
                    const T* bias) {
   constexpr int L = lanes<T>();
+  const int Q = g.r + 1, MR = mr(g.r);
   for (int l = 0; l < L; ++l) {
     const i64 j = j0 + l;
     if (j >= g.P) break;
     const i64 t = (j / g.d) * 2 * g.d + j % g.d;
     for (int i = 0; i < m; ++i) {
-      T s1 = 0, s2 = 0, s3 = 0;
-      for (i64 k = 0; k < kc; ++k) {
-        const T* ak = a + k * 3 * kMR;
-        const T* bk = b + k * 3 * L;
-        s1 = std::fma(ak[i], bk[l], s1);
-        s2 = std::fma(ak[kMR + i], bk[L + l], s2);
-        s3 = std::fma(ak[2 * kMR + i], bk[2 * L + l], s3);
+      T s[4] = {0, 0, 0, 0};
+      for (i64 k = 0; k < kc; ++k)
+        for (int q = 0; q < Q; ++q) s[q] = std::fma(a[(k * Q + q) * MR + i], b[(k * Q + q) * L + l], s[q]);
+      T va, vb;
+      if (g.r == 2) {
+        va = s[0] + s[1];
+        vb = s[2] + s[1];
+      } else {
+        va = (s[0] + s[1]) + s[2];
+        vb = (s[1] - s[2]) - s[3];
       }
-      T va = s1 + s2, vb = s3 + s2;
       T* yr = y + i * y_rs;
       if (accumulate) {
         va = yr[t] + va;
@@ -156,56 +180,62 @@ struct Kernels {
   void (*pack)(const T*, i64, const Geo&, i64, i64, i64, T*);
   void (*tile)(i64, const T*, const T*, T*, i64, int, i64, const Geo&, bool, const T*);
 };
+bool vector_geometry(const Geo& g) { return active_isa() == Isa::avx512 && (g.d == 1 || g.d % 8 == 0); }
 Kernels<float> kernels_for(const Geo& g, float*) {
-  if (active_isa() == Isa::avx512 && g.d % 8 == 0) return {wino_k2_avx512::pack_f32, wino_k2_avx512::tile_f32};
+  if (vector_geometry(g)) return {wino1d_avx512::pack_f32, wino1d_avx512::tile_f32};
   return {pack_portable<float>, tile_portable<float>};
 }
 Kernels<double> kernels_for(const Geo& g, double*) {
-  if (active_isa() == Isa::avx512 && g.d % 8 == 0) return {wino_k2_avx512::pack_f64, wino_k2_avx512::tile_f64};
+  if (vector_geometry(g)) return {wino1d_avx512::pack_f64, wino1d_avx512::tile_f64};
   return {pack_portable<double>, tile_portable<double>};
 }
 
-// A for every group and K block: panel (g, k block at k0, rows mp*8 ..) at
-// a + g*Mr*K*3 + k0*Mr*3 + mp*8*kc*3, element [k][q][i].
+// A for every group and K block: panel (g, k block at k0, rows mp*MR ..) at
+// a + g*Mr*K*Q + k0*Mr*Q + mp*MR*kc*Q, element [k][q][i].
 template <typename T>
 void transform_weights(const ConvParams& p, const Plan& pl, const T* w, T* a) {
+  const int r = pl.g.r, Q = pl.Q, MR = pl.MR;
   for (i64 g = 0; g < p.groups; ++g)
     for (i64 k0 = 0; k0 < pl.K; k0 += pl.kc) {
       const i64 kc = std::min(pl.kc, pl.K - k0);
-      T* blk = a + g * pl.Mr * pl.K * 3 + k0 * pl.Mr * 3;
-      for (i64 mp = 0; mp < pl.Mr / kMR; ++mp)
+      T* blk = a + g * pl.Mr * pl.K * Q + k0 * pl.Mr * Q;
+      for (i64 mp = 0; mp < pl.Mr / MR; ++mp)
         for (i64 k = 0; k < kc; ++k)
-          for (int i = 0; i < kMR; ++i) {
-            const i64 co = mp * kMR + i;
-            T* o = blk + mp * kMR * kc * 3 + k * 3 * kMR + i;
-            T w0 = 0, w1 = 0;
-            if (co < pl.M) {
-              const T* src = w + ((g * pl.M + co) * pl.K + k0 + k) * 2;
-              w0 = src[0];
-              w1 = src[1];
+          for (int i = 0; i < MR; ++i) {
+            const i64 co = mp * MR + i;
+            T* o = blk + (mp * kc + k) * Q * MR + i;
+            T v[3] = {0, 0, 0};
+            if (co < pl.M)
+              for (int q = 0; q < r; ++q) v[q] = w[((g * pl.M + co) * pl.K + k0 + k) * r + q];
+            if (r == 2) {
+              o[0] = v[0];
+              o[MR] = v[0] + v[1];
+              o[2 * MR] = v[1];
+            } else {
+              o[0] = v[0];
+              o[MR] = ((v[0] + v[1]) + v[2]) * T(0.5);
+              o[2 * MR] = ((v[0] - v[1]) + v[2]) * T(0.5);
+              o[3 * MR] = v[2];
             }
-            o[0] = w0;
-            o[kMR] = w0 + w1;
-            o[2 * kMR] = w1;
           }
     }
 }
 
 }  // namespace
 
-bool winograd_k2_supports(const ConvParams& p) {
-  return p.h.kernel == 1 && p.w.kernel == 2 && p.w.stride == 1;
+bool winograd_1d_supports(const ConvParams& p) {
+  return p.h.kernel == 1 && (p.w.kernel == 2 || p.w.kernel == 3) && p.w.stride == 1;
 }
 
 // Taken where the vector kernels run and the channel products are large enough to beat
-// the direct sum's unfolding GEMM (bench/conv.py: WaveNet-style c64 L16000).
-bool winograd_k2_preferred(const ConvParams& p) {
-  return winograd_k2_supports(p) && active_isa() == Isa::avx512 && p.w.dilation % 8 == 0 && p.cin_g() >= 16 &&
-         p.cout_g() >= 16 && make_geo(p).P >= 64;
+// the direct sum's unfolding GEMM (bench/conv.py: WaveNet-style c64 L16000, k3 c128 L1024).
+bool winograd_1d_preferred(const ConvParams& p) {
+  return winograd_1d_supports(p) && vector_geometry(make_geo(p)) && p.cin_g() >= 16 && p.cout_g() >= 16 &&
+         make_geo(p).P >= 64;
 }
 
-std::size_t winograd_k2_workspace_bytes(const ConvParams& p, std::size_t elem, int threads) {
-  if (!winograd_k2_supports(p)) return 0;
+std::size_t winograd_1d_workspace_bytes(const ConvParams& p, std::size_t elem, int threads) {
+  if (!winograd_1d_supports(p)) return 0;
   const Plan pl = make_plan(p, elem, std::max(threads, 1));
   const i64 total = checked_add(pl.a_elems, checked_mul(pl.b_elems, pl.threads, "workspace"), "workspace");
   return static_cast<std::size_t>(checked_mul(total, static_cast<i64>(elem), "workspace bytes"));
@@ -231,12 +261,12 @@ Task decode(const ConvParams& p, const Plan& pl, i64 t) {
   const Geo& g = pl.g;
   const i64 jl = k.j0 + k.nc - 1;
   k.col_lo = std::max<i64>(0, (k.j0 / g.d) * 2 * g.d + k.j0 % g.d - g.pad_lo);
-  k.col_hi = std::min<i64>(g.W, (jl / g.d) * 2 * g.d + jl % g.d + 2 * g.d - g.pad_lo + 1);
+  k.col_hi = std::min<i64>(g.W, (jl / g.d) * 2 * g.d + jl % g.d + g.r * g.d - g.pad_lo + 1);
   return k;
 }
 
 template <typename T>
-void winograd_k2_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
+void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y) {
   const Plan pl = make_plan(p, sizeof(T), num_threads());
   const Geo g = pl.g;
   const Kernels<T> kern = kernels_for(g, static_cast<T*>(nullptr));
@@ -283,7 +313,7 @@ void winograd_k2_forward(const ConvParams& p, const T* x, const T* w, const T* b
         const i64 kc = std::min(pl.kc, pl.K - k0);
         const bool last = k0 + kc >= pl.K;
         kern.pack(xrow + k0 * cs, cs, g, kc, k.j0, k.nc, bbuf);
-        const T* ablk = a + k.grp * pl.Mr * pl.K * 3 + k0 * pl.Mr * 3;
+        const T* ablk = a + k.grp * pl.Mr * pl.K * pl.Q + k0 * pl.Mr * pl.Q;
         const i64 npan = (k.nc + L - 1) / L;
         const i64 piece = prefetch ? round_up(ceil_div(nx.col_hi - nx.col_lo, npan), kLine) : 0;
         for (i64 pn = 0; pn < npan; ++pn) {
@@ -292,11 +322,11 @@ void winograd_k2_forward(const ConvParams& p, const T* x, const T* w, const T* b
             for (i64 kk = 0; kk < kc; ++kk)
               for (i64 c = c0; c < c1; c += kLine) __builtin_prefetch(nxrow + (k0 + kk) * cs + c, 0, 2);
           }
-          const T* bp = bbuf + pn * kc * 3 * L;
-          for (i64 mp = 0; mp < pl.Mr / kMR; ++mp) {
-            const int m = static_cast<int>(std::min<i64>(kMR, pl.M - mp * kMR));
-            kern.tile(kc, ablk + mp * kMR * kc * 3, bp, yrow + mp * kMR * y_rs, y_rs, m, k.j0 + pn * L, g, k0 > 0,
-                      last && brow ? brow + mp * kMR : nullptr);
+          const T* bp = bbuf + pn * kc * pl.Q * L;
+          for (i64 mp = 0; mp < pl.Mr / pl.MR; ++mp) {
+            const int m = static_cast<int>(std::min<i64>(pl.MR, pl.M - mp * pl.MR));
+            kern.tile(kc, ablk + mp * pl.MR * kc * pl.Q, bp, yrow + mp * pl.MR * y_rs, y_rs, m, k.j0 + pn * L, g,
+                      k0 > 0, last && brow ? brow + mp * pl.MR : nullptr);
           }
         }
       }
@@ -304,7 +334,7 @@ void winograd_k2_forward(const ConvParams& p, const T* x, const T* w, const T* b
   }
 }
 
-template void winograd_k2_forward<float>(const ConvParams&, const float*, const float*, const float*, float*);
-template void winograd_k2_forward<double>(const ConvParams&, const double*, const double*, const double*, double*);
+template void winograd_1d_forward<float>(const ConvParams&, const float*, const float*, const float*, float*);
+template void winograd_1d_forward<double>(const ConvParams&, const double*, const double*, const double*, double*);
 
 }  // namespace pyconv

@@ -1,6 +1,6 @@
-"""The kernel-width-2 Winograd path (csrc/conv_winograd_k2.cpp): forward and grad input
-against the float64 reference, bit-exact on integers, the same bits on every ISA and
-thread count, and the automatic choice on WaveNet-style layers."""
+"""The 1D Winograd path for 2- and 3-tap kernels (csrc/conv_winograd_1d.cpp): forward and
+grad input against the float64 reference, bit-exact on integers, the same bits on every
+ISA and thread count, and the automatic choice on WaveNet-style and 3-tap layers."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -10,7 +10,7 @@ from pyconv import _core
 from pyconv import reference as ref
 
 EPS = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): 2.0 ** -53}
-PATH = "winograd_k2"
+PATH = "winograd_1d"
 
 
 def _fwd(x, w, b, pads, d, groups=1, sh=1, path=PATH, hpads=(0, 0)):
@@ -26,9 +26,9 @@ def _kw(pads, d, groups, sh=1, hpads=(0, 0)):
 
 
 def _pair_bound(B, d):
-    """B computed with both taps of every weight set to |W0| + |W1|: B[t] covers the
-    inputs of output t; an output's Winograd error also involves its pair partner's
-    inputs (t + d or t - d), so the bound is B[t] + B[t - d] + B[t + d]."""
+    """B computed with every tap of a weight set to sum|W_q|: B[t] covers the inputs of
+    output t; an output's Winograd error also involves its pair partner's inputs (t + d
+    or t - d), so the bound is B[t] + B[t - d] + B[t + d]."""
     out = B.astype(np.float64).copy()
     if B.shape[-1] > d:
         out[..., d:] += B[..., :-d]
@@ -43,8 +43,8 @@ def _abs_pair_weights(w):
 
 def _tol_check(got, want, bound, terms):
     """The direct sum's bound 4 * terms * eps * sum|x||w| with 8 more terms for the
-    transforms (a - b, c - b and W0 + W1 each round once), where the bound comes from
-    _pair_bound; a wrong index or a lost term would be off by O(sum|x||w|)."""
+    transforms (each input and weight transform rounds once or twice), where the bound
+    comes from _pair_bound; a wrong index or a lost term would be off by O(sum|x||w|)."""
     assert got.shape == want.shape and got.dtype == want.dtype
     tol = 4.0 * (terms + 8) * EPS[got.dtype] * bound.astype(np.float64) + 1e-300
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
@@ -68,21 +68,22 @@ def cases(draw):
     groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
     cin = groups * draw(st.integers(1, 11))
     cout = groups * draw(st.integers(1, 19))
+    taps = draw(st.sampled_from([2, 3]))
     d = draw(st.sampled_from([1, 2, 3, 5, 8, 16, 24]))
-    pads = (draw(st.integers(0, 2 * d)), draw(st.integers(0, 2 * d)))
-    W = draw(st.integers(max(1, d + 1 - pads[0] - pads[1]), 70))
+    pads = (draw(st.integers(0, taps * d)), draw(st.integers(0, taps * d)))
+    W = draw(st.integers(max(1, (taps - 1) * d + 1 - pads[0] - pads[1]), 70))
     H = draw(st.integers(1, 3))
     n = draw(st.integers(0, 3))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     bias = draw(st.booleans())
     seed = draw(st.integers(0, 2 ** 31 - 1))
-    return dict(n=n, cin=cin, cout=cout, H=H, W=W, d=d, pads=pads, groups=groups, dtype=dtype, bias=bias,
-                seed=seed)
+    return dict(n=n, cin=cin, cout=cout, H=H, W=W, taps=taps, d=d, pads=pads, groups=groups, dtype=dtype,
+                bias=bias, seed=seed)
 
 
 def _arrays(c, ints):
     rng = np.random.default_rng(c["seed"])
-    xs, ws = (c["n"], c["cin"], c["H"], c["W"]), (c["cout"], c["cin"] // c["groups"], 1, 2)
+    xs, ws = (c["n"], c["cin"], c["H"], c["W"]), (c["cout"], c["cin"] // c["groups"], 1, c["taps"])
     if ints:
         draw = lambda s: rng.integers(-3, 4, size=s).astype(c["dtype"])
     else:
@@ -96,10 +97,11 @@ def test_matches_reference_real_values(case):
     pads, d, g = case["pads"], case["d"], case["groups"]
     kw = _kw(pads, d, g)
     y = _fwd(x, w, b, pads, d, g)
-    _tol_check(y, ref.conv2d(x, w, b, **kw), _fwd_bound(x, w, b, kw, d), case["cin"] // g * 2 + 1)
+    taps = case["taps"]
+    _tol_check(y, ref.conv2d(x, w, b, **kw), _fwd_bound(x, w, b, kw, d), case["cin"] // g * taps + 1)
     dy = rng.standard_normal(y.shape).astype(x.dtype)
     dx = _bwd(dy, x, w, pads, d, g)[0]
-    _tol_check(dx, ref.conv2d_backward(dy, x, w, **kw)[0], _dx_bound(dy, x, w, kw, d), case["cout"] // g * 2)
+    _tol_check(dx, ref.conv2d_backward(dy, x, w, **kw)[0], _dx_bound(dy, x, w, kw, d), case["cout"] // g * taps)
 
 
 @given(case=cases())
@@ -115,19 +117,27 @@ def test_bit_exact_on_integers(case):
         np.testing.assert_array_equal(got, want)
 
 
-# (n, cin, cout, H, W, d, pads, groups): a row shorter than a vector, the kernel span equal
-# to the padded row, channels past a register tile, several K blocks (cin > 128), causal
-# and anti-causal padding, dilations that are and are not multiples of 8 (the AVX-512
-# kernels take the former), an empty batch.
+# (n, cin, cout, H, W, taps, d, pads, groups): a row shorter than a vector, the kernel span
+# equal to the padded row, channels past a register tile, several K blocks (cin > 128),
+# causal and anti-causal padding, dilations 1 and multiples of 8 (the AVX-512 kernels)
+# and others (portable kernels), a pad past the span (grad input then goes generic), an
+# empty batch.
 EDGE = [
-    (1, 1, 1, 1, 1, 8, (8, 0), 1),
-    (1, 3, 5, 1, 9, 8, (0, 0), 1),
-    (2, 17, 9, 1, 40, 8, (8, 0), 1),
-    (1, 130, 21, 1, 77, 16, (16, 0), 1),
-    (2, 6, 10, 2, 50, 24, (0, 24), 2),
-    (1, 5, 7, 1, 33, 3, (2, 3), 1),
-    (1, 5, 7, 1, 33, 3, (2, 4), 1),     # a pad past the span: grad input goes generic
-    (0, 8, 8, 1, 20, 8, (8, 0), 1),
+    (1, 1, 1, 1, 1, 2, 8, (8, 0), 1),
+    (1, 3, 5, 1, 9, 2, 8, (0, 0), 1),
+    (2, 17, 9, 1, 40, 2, 8, (8, 0), 1),
+    (1, 130, 21, 1, 77, 2, 16, (16, 0), 1),
+    (2, 6, 10, 2, 50, 2, 24, (0, 24), 2),
+    (1, 5, 7, 1, 33, 2, 3, (2, 3), 1),
+    (1, 5, 7, 1, 33, 2, 3, (2, 4), 1),
+    (0, 8, 8, 1, 20, 2, 8, (8, 0), 1),
+    (2, 9, 13, 1, 37, 2, 1, (1, 0), 1),
+    (1, 1, 1, 1, 1, 3, 1, (1, 1), 1),
+    (2, 19, 14, 1, 53, 3, 1, (1, 1), 1),
+    (1, 131, 7, 1, 66, 3, 1, (2, 0), 1),
+    (2, 6, 12, 2, 41, 3, 8, (16, 0), 2),
+    (1, 4, 6, 1, 3, 3, 1, (0, 0), 1),
+    (1, 5, 5, 1, 29, 3, 2, (2, 2), 1),
 ]
 
 
@@ -136,11 +146,11 @@ EDGE = [
 def test_edge_shapes_same_bits_on_every_isa(case, dtype, isa):
     """Each ISA's kernels: exact on integers, and on real values the same bits as the
     portable kernels (same operations in the same order)."""
-    n, cin, cout, H, W, d, pads, g = case
+    n, cin, cout, H, W, taps, d, pads, g = case
     rng = np.random.default_rng(7)
     kw = _kw(pads, d, g)
     x = rng.integers(-3, 4, (n, cin, H, W)).astype(dtype)
-    w = rng.integers(-3, 4, (cout, cin // g, 1, 2)).astype(dtype)
+    w = rng.integers(-3, 4, (cout, cin // g, 1, taps)).astype(dtype)
     b = rng.integers(-3, 4, cout).astype(dtype)
     y = _fwd(x, w, b, pads, d, g)
     np.testing.assert_array_equal(y, ref.conv2d(x, w, b, **kw))
@@ -155,18 +165,20 @@ def test_edge_shapes_same_bits_on_every_isa(case, dtype, isa):
     try:
         _core._set_isa("scalar")
         np.testing.assert_array_equal(y, _fwd(x, w, b, pads, d, g))
-        if max(pads) <= d:  # else grad input takes the generic lowering (its bits vary by ISA)
+        if max(pads) <= (taps - 1) * d:  # else grad input goes generic (its bits vary by ISA)
             np.testing.assert_array_equal(dx, _bwd(dy, x, w, pads, d, g)[0])
     finally:
         _core._set_isa(before)
-    _tol_check(y, ref.conv2d(x, w, b, **kw), _fwd_bound(x, w, b, kw, d), cin // g * 2 + 1)
+    _tol_check(y, ref.conv2d(x, w, b, **kw), _fwd_bound(x, w, b, kw, d), cin // g * taps + 1)
 
 
-def test_2d_rows_stride_and_padding():
-    """A 1 x 2 kernel on 2D input: rows strided and padded (padding rows give the bias)."""
+@pytest.mark.parametrize("taps", [2, 3])
+def test_2d_rows_stride_and_padding(taps):
+    """A 1 x 2 / 1 x 3 kernel on 2D input: rows strided and padded (padding rows give the
+    bias)."""
     rng = np.random.default_rng(2)
     x = rng.integers(-3, 4, (2, 12, 7, 45)).astype(np.float32)
-    w = rng.integers(-3, 4, (20, 12, 1, 2)).astype(np.float32)
+    w = rng.integers(-3, 4, (20, 12, 1, taps)).astype(np.float32)
     b = rng.integers(-3, 4, 20).astype(np.float32)
     for sh, hp in [(1, (0, 0)), (2, (1, 2)), (3, (2, 0))]:
         kw = _kw((8, 0), 8, 1, sh, hp)
@@ -177,23 +189,24 @@ def test_2d_rows_stride_and_padding():
             np.testing.assert_array_equal(got, want)
 
 
-def test_bias_is_added_to_the_finished_sum():
+@pytest.mark.parametrize("taps,d", [(2, 8), (3, 1)])
+def test_bias_is_added_to_the_finished_sum(taps, d):
     """conv(x, w, b) == conv(x, w) + b bitwise, across K blocks (cin > 128)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 150, 1, 200)).astype(np.float32)
-    w = rng.standard_normal((24, 150, 1, 2)).astype(np.float32)
+    w = rng.standard_normal((24, 150, 1, taps)).astype(np.float32)
     b = rng.standard_normal(24).astype(np.float32)
-    y = _fwd(x, w, b, (8, 0), 8)
-    np.testing.assert_array_equal(y, _fwd(x, w, None, (8, 0), 8) + b[None, :, None, None])
+    y = _fwd(x, w, b, (d, 0), d)
+    np.testing.assert_array_equal(y, _fwd(x, w, None, (d, 0), d) + b[None, :, None, None])
 
 
-@pytest.mark.parametrize("shape", [(3, 64, 64, 1, 3000, 8, (8, 0), 1), (2, 24, 40, 2, 517, 16, (0, 16), 2),
-                                   (5, 20, 36, 1, 300, 3, (3, 0), 1)])
+@pytest.mark.parametrize("shape", [(3, 64, 64, 1, 3000, 2, 8, (8, 0), 1), (2, 24, 40, 2, 517, 2, 16, (0, 16), 2),
+                                   (5, 20, 36, 1, 300, 2, 3, (3, 0), 1), (4, 32, 30, 1, 700, 3, 1, (1, 1), 1)])
 def test_thread_counts_bitwise_equal(shape):
-    n, cin, cout, H, W, d, pads, g = shape
+    n, cin, cout, H, W, taps, d, pads, g = shape
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, cin, H, W)).astype(np.float32)
-    w = rng.standard_normal((cout, cin // g, 1, 2)).astype(np.float32)
+    w = rng.standard_normal((cout, cin // g, 1, taps)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     before = pyconv.get_num_threads()
     try:
@@ -209,11 +222,13 @@ def test_thread_counts_bitwise_equal(shape):
             np.testing.assert_array_equal(a, c)
 
 
-def test_auto_takes_it_on_the_wavenet_layer():
-    """conv1d causal k=2 d=8 64 channels: auto runs winograd_k2 where AVX-512 is active
-    (and its results equal the forced path's), the generic lowering elsewhere."""
-    want = "winograd_k2" if pyconv.kernel_info()["isa"] == "avx512" else "generic"
+def test_auto_takes_it_on_the_benchmark_layers():
+    """conv1d causal k=2 d=8 64 channels and k=3 pad 1 128 channels: auto runs
+    winograd_1d where AVX-512 is active (and its results equal the forced path's), the
+    generic lowering elsewhere."""
+    want = "winograd_1d" if pyconv.kernel_info()["isa"] == "avx512" else "generic"
     assert _core.conv_path([8, 64, 1, 16000], [64, 64, 1, 2], 1, 1, 0, 0, 8, 0, 1, 8, 1) == want
+    assert _core.conv_path([32, 128, 1, 1024], [128, 128, 1, 3], 1, 1, 0, 0, 1, 1, 1, 1, 1) == want
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 64, 300)).astype(np.float32)
     w = rng.standard_normal((64, 64, 2)).astype(np.float32)
@@ -229,16 +244,17 @@ def test_auto_takes_it_on_the_wavenet_layer():
     ((1, 64, 1, 500), (64, 64, 1, 2), (1, 1), (0, 0, 8, 0), (1, 3)),    # dilation not a multiple of 8
     ((1, 4, 1, 500), (64, 4, 1, 2), (1, 1), (0, 0, 8, 0), (1, 8)),      # few input channels
     ((1, 64, 1, 20), (64, 64, 1, 2), (1, 1), (0, 0, 8, 0), (1, 8)),     # few output pairs
-    ((1, 64, 1, 500), (64, 64, 1, 3), (1, 1), (0, 0, 8, 0), (1, 8)),    # kernel 3
+    ((1, 64, 1, 500), (64, 64, 1, 4), (1, 1), (0, 0, 8, 0), (1, 8)),    # kernel 4
+    ((1, 64, 1, 500), (64, 64, 1, 3), (1, 2), (0, 0, 1, 1), (1, 1)),    # strided
 ])
 def test_auto_leaves_other_shapes(xs, ws, s, pads, d):
-    assert _core.conv_path(list(xs), list(ws), *s, *pads, *d, 1) != "winograd_k2"
+    assert _core.conv_path(list(xs), list(ws), *s, *pads, *d, 1) != "winograd_1d"
 
 
 def test_forcing_it_where_unsupported_is_an_error():
     x = np.zeros((1, 4, 3, 30), np.float32)
-    for ws, s in [((4, 4, 1, 3), (1, 1)), ((4, 4, 2, 2), (1, 1)), ((4, 4, 1, 2), (1, 2))]:
-        with pytest.raises(ValueError, match="winograd_k2"):
+    for ws, s in [((4, 4, 1, 4), (1, 1)), ((4, 4, 2, 2), (1, 1)), ((4, 4, 1, 2), (1, 2)), ((4, 4, 1, 1), (1, 1))]:
+        with pytest.raises(ValueError, match="winograd_1d"):
             _core.conv2d_forward(x, np.zeros(ws, np.float32), None, *s, 0, 0, 0, 0, 1, 1, 1, PATH)
-    with pytest.raises(ValueError, match="winograd_k2"):
-        pyconv.conv1d(np.zeros((1, 4, 30), np.float32), np.zeros((4, 4, 3), np.float32), algorithm=PATH)
+    with pytest.raises(ValueError, match="winograd_1d"):
+        pyconv.conv1d(np.zeros((1, 4, 30), np.float32), np.zeros((4, 4, 5), np.float32), algorithm=PATH)

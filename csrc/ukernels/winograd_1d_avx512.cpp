@@ -1,0 +1,344 @@
+// AVX-512 pack and tile kernels of the 1D Winograd path (layouts, transforms and
+// arithmetic in csrc/conv_winograd_1d.cpp, whose portable copies they equal bit for bit:
+// the same input transforms, one fused multiply-add per term in increasing k from zero,
+// the same output transforms in the same order). Two geometries are vectorised:
+//   runs  the dilation is a multiple of 8: every run of 8 pair columns is 8 consecutive
+//         output columns (and their partners 8 consecutive columns d further on);
+//   d1    dilation 1: pair column j is outputs 2j and 2j + 1, so a panel's inputs are the
+//         even or odd elements of two vectors and its outputs interleave two vectors.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "../conv.h"
+
+namespace pyconv {
+namespace wino1d_avx512 {
+namespace {
+
+using w1d_detail::Geo;
+
+struct F32 {
+  using T = float;
+  using V = __m512;  // one panel (16 lanes) = two runs
+  using R = __m256;  // one run
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static V load(const T* p) { return _mm512_load_ps(p); }
+  static V loadu(const T* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void storeu(T* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V bcast(const T* p) { return _mm512_set1_ps(*p); }
+  static V set1(T v) { return _mm512_set1_ps(v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static void store(T* p, V v) { _mm512_store_ps(p, v); }
+  // Even / odd elements of the 2L-element concatenation (lo, hi); interleave back.
+  static V evens(V lo, V hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
+  }
+  static V odds(V lo, V hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi);
+  }
+  static V zip_lo(V a, V b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
+  }
+  static V zip_hi(V a, V b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), b);
+  }
+  static R rload(const T* p, __mmask8 m) { return _mm256_maskz_loadu_ps(m, p); }
+  static R rzero() { return _mm256_setzero_ps(); }
+  static R rsub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R radd(R a, R b) { return _mm256_add_ps(a, b); }
+  static R rset1(T v) { return _mm256_set1_ps(v); }
+  static void rstore(T* p, R v) { _mm256_store_ps(p, v); }
+  static void rstore(T* p, R v, __mmask8 m) { _mm256_mask_storeu_ps(p, m, v); }
+  static R rtmp(const T* p) { return _mm256_load_ps(p); }
+};
+struct F64 {
+  using T = double;
+  using V = __m512d;  // one panel (8 lanes) = one run
+  using R = __m512d;
+  using M = __mmask8;
+  static constexpr int L = 8;
+  static V load(const T* p) { return _mm512_load_pd(p); }
+  static V loadu(const T* p, M m) { return _mm512_maskz_loadu_pd(m, p); }
+  static void storeu(T* p, V v, M m) { _mm512_mask_storeu_pd(p, m, v); }
+  static V zero() { return _mm512_setzero_pd(); }
+  static V bcast(const T* p) { return _mm512_set1_pd(*p); }
+  static V set1(T v) { return _mm512_set1_pd(v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  static void store(T* p, V v) { _mm512_store_pd(p, v); }
+  static V evens(V lo, V hi) { return _mm512_permutex2var_pd(lo, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), hi); }
+  static V odds(V lo, V hi) { return _mm512_permutex2var_pd(lo, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), hi); }
+  static V zip_lo(V a, V b) { return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), b); }
+  static V zip_hi(V a, V b) { return _mm512_permutex2var_pd(a, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), b); }
+  static R rload(const T* p, __mmask8 m) { return _mm512_maskz_loadu_pd(m, p); }
+  static R rzero() { return _mm512_setzero_pd(); }
+  static R rsub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R radd(R a, R b) { return _mm512_add_pd(a, b); }
+  static R rset1(T v) { return _mm512_set1_pd(v); }
+  static void rstore(T* p, R v) { _mm512_store_pd(p, v); }
+  static void rstore(T* p, R v, __mmask8 m) { _mm512_mask_storeu_pd(p, m, v); }
+  static R rtmp(const T* p) { return _mm512_load_pd(p); }
+};
+
+// Lanes l (l < n_lanes) of a vector starting at index i that fall inside [0, n).
+inline unsigned range_bits(i64 i, i64 n, int n_lanes) {
+  const unsigned all = n_lanes >= 32 ? ~0u : (1u << n_lanes) - 1;
+  if (i >= 0 && i + n_lanes <= n) return all;
+  unsigned m = 0;
+  for (int l = 0; l < n_lanes; ++l)
+    if (i + l >= 0 && i + l < n) m |= 1u << l;
+  return m;
+}
+
+// The input transform of one pair column's R + 1 inputs d[0..R], in the order of the
+// portable transform; Ops supplies sub/add for the vector type (a run or a panel).
+template <class S>
+struct RunOps {
+  using Vec = typename S::R;
+  static Vec sub(Vec a, Vec b) { return S::rsub(a, b); }
+  static Vec add(Vec a, Vec b) { return S::radd(a, b); }
+};
+template <class S>
+struct PanelOps {
+  using Vec = typename S::V;
+  static Vec sub(Vec a, Vec b) { return S::sub(a, b); }
+  static Vec add(Vec a, Vec b) { return S::add(a, b); }
+};
+template <int Rt, class Ops>
+inline void input_transform(const typename Ops::Vec* d, typename Ops::Vec* u) {
+  if constexpr (Rt == 2) {
+    u[0] = Ops::sub(d[0], d[1]);
+    u[1] = d[1];
+    u[2] = Ops::sub(d[2], d[1]);
+  } else {
+    u[0] = Ops::sub(d[0], d[2]);
+    u[1] = Ops::add(d[1], d[2]);
+    u[2] = Ops::sub(d[2], d[1]);
+    u[3] = Ops::sub(d[1], d[3]);
+  }
+}
+
+// Runs of 8 (dilation a multiple of 8).
+template <class S, int Rt>
+void pack_runs(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, typename S::T* dst) {
+  using T = typename S::T;
+  using R = typename S::R;
+  constexpr int L = S::L, Q = Rt + 1;
+  const i64 panels = (nc + L - 1) / L, runs = panels * (L / 8);
+  i64 ts[w1d_detail::kMaxChunk / 8];  // first output column of each run (-1: no run)
+  for (i64 r = 0; r < runs; ++r) {
+    const i64 j = j0 + 8 * r;
+    ts[r] = (8 * r < nc && j < g.P) ? (j / g.d) * 2 * g.d + j % g.d : -1;
+  }
+  for (i64 k = 0; k < kc; ++k) {
+    const T* row = x + k * cs;
+    for (i64 r = 0; r < runs; ++r) {
+      T* o = dst + ((r / (L / 8)) * kc + k) * Q * L + (r % (L / 8)) * 8;
+      if (ts[r] < 0) {
+        for (int q = 0; q < Q; ++q) S::rstore(o + q * L, S::rzero());
+        continue;
+      }
+      const i64 i = ts[r] - g.pad_lo;
+      R d[Rt + 1], u[Q];
+      for (int q = 0; q <= Rt; ++q)
+        d[q] = S::rload(row + i + q * g.d, static_cast<__mmask8>(range_bits(i + q * g.d, g.W, 8)));
+      input_transform<Rt, RunOps<S>>(d, u);
+      for (int q = 0; q < Q; ++q) S::rstore(o + q * L, u[q]);
+    }
+  }
+}
+
+// Dilation 1: pair column j reads x~[2j + q], q = 0..R.
+template <class S, int Rt>
+void pack_d1(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, typename S::T* dst) {
+  using T = typename S::T;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, Q = Rt + 1;
+  const i64 panels = (nc + L - 1) / L;
+  for (i64 pn = 0; pn < panels; ++pn) {
+    const i64 i = 2 * (j0 + pn * L) - g.pad_lo;  // input of lane 0, q = 0
+    M mk[2][2];  // the loads from i and from i + 2, low and high halves
+    for (int q = 0; q < 2; ++q)
+      for (int h = 0; h < 2; ++h) mk[q][h] = static_cast<M>(range_bits(i + 2 * q + h * L, g.W, L));
+    for (i64 k = 0; k < kc; ++k) {
+      const T* row = x + k * cs + i;
+      T* o = dst + (pn * kc + k) * Q * L;
+      V d[Rt + 1], u[Q];
+      // q even: the even elements from q on; q odd: the odd elements from q - 1 on.
+      const V a0 = S::loadu(row, mk[0][0]), a1 = S::loadu(row + L, mk[0][1]);
+      d[0] = S::evens(a0, a1);
+      d[1] = S::odds(a0, a1);
+      const V b0 = S::loadu(row + 2, mk[1][0]), b1 = S::loadu(row + 2 + L, mk[1][1]);
+      d[2] = S::evens(b0, b1);
+      if constexpr (Rt == 3) d[3] = S::odds(b0, b1);
+      input_transform<Rt, PanelOps<S>>(d, u);
+      for (int q = 0; q < Q; ++q) S::store(o + q * L, u[q]);
+    }
+  }
+}
+
+// The products of one tile: acc[q][i] = sum over k of a[k][q][i] * b[k][q][:], then the
+// output transform into ya (output t) and yb (its partner).
+template <class S, int Rt>
+inline void tile_products(i64 kc, const typename S::T* __restrict a, const typename S::T* __restrict b,
+                          typename S::V* ya, typename S::V* yb) {
+  using V = typename S::V;
+  constexpr int L = S::L, Q = Rt + 1, MR = w1d_detail::mr(Rt);
+  V acc[Q][MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) acc[q][i] = S::zero();
+#pragma GCC unroll 1
+  for (i64 k = 0; k < kc; ++k) {
+    V u[Q];
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) u[q] = S::load(b + q * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q) acc[q][i] = S::fma(S::bcast(a + q * MR + i), u[q], acc[q][i]);
+    a += Q * MR;
+    b += Q * L;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    if constexpr (Rt == 2) {
+      ya[i] = S::add(acc[0][i], acc[1][i]);
+      yb[i] = S::add(acc[2][i], acc[1][i]);
+    } else {
+      ya[i] = S::add(S::add(acc[0][i], acc[1][i]), acc[2][i]);
+      yb[i] = S::sub(S::sub(acc[1][i], acc[2][i]), acc[3][i]);
+    }
+  }
+}
+
+// Columns [c0, c1] of m rows: their ownership requested while the products run.
+template <typename T>
+inline void prefetch_cols(const T* y, i64 y_rs, int m, i64 c0, i64 c1) {
+  for (int i = 0; i < m; ++i) {
+    const T* yr = y + i * y_rs;
+    for (i64 c = c0; c <= c1; c += 64 / static_cast<i64>(sizeof(T)))
+      _mm_prefetch(reinterpret_cast<const char*>(yr + c), _MM_HINT_ET0);
+    _mm_prefetch(reinterpret_cast<const char*>(yr + c1), _MM_HINT_ET0);
+  }
+}
+
+template <class S, int Rt>
+void tile_runs(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
+               const Geo& g, bool accumulate, const typename S::T* bias) {
+  using T = typename S::T;
+  using V = typename S::V;
+  using R = typename S::R;
+  constexpr int L = S::L, MR = w1d_detail::mr(Rt);
+  {
+    const i64 jl = std::min(j0 + L, g.P) - 1;
+    const i64 ta = (j0 / g.d) * 2 * g.d + j0 % g.d, te = (jl / g.d) * 2 * g.d + jl % g.d + 7;
+    prefetch_cols(y, y_rs, m, ta, te);
+    prefetch_cols(y, y_rs, m, std::max(ta + g.d, te + 1), te + g.d);  // partners not yet covered
+  }
+  V va[MR], vb[MR];
+  tile_products<S, Rt>(kc, a, b, va, vb);
+  alignas(64) T ya[MR][L], yb[MR][L];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    S::store(ya[i], va[i]);
+    S::store(yb[i], vb[i]);
+  }
+  for (int r = 0; r < L / 8; ++r) {
+    const i64 j = j0 + 8 * r;
+    if (j >= g.P) break;
+    const i64 t = (j / g.d) * 2 * g.d + j % g.d;
+    const __mmask8 ma = static_cast<__mmask8>(range_bits(t, g.Wo, 8));
+    const __mmask8 mb = static_cast<__mmask8>(range_bits(t + g.d, g.Wo, 8));
+    for (int i = 0; i < m; ++i) {
+      T* yr = y + i * y_rs + t;
+      R ra = S::rtmp(ya[i] + 8 * r), rb = S::rtmp(yb[i] + 8 * r);
+      if (accumulate) {
+        ra = S::radd(S::rload(yr, ma), ra);
+        rb = S::radd(S::rload(yr + g.d, mb), rb);
+      }
+      if (bias) {
+        ra = S::radd(ra, S::rset1(bias[i]));
+        rb = S::radd(rb, S::rset1(bias[i]));
+      }
+      S::rstore(yr, ra, ma);
+      S::rstore(yr + g.d, rb, mb);
+    }
+  }
+}
+
+template <class S, int Rt>
+void tile_d1(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
+             const Geo& g, bool accumulate, const typename S::T* bias) {
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, MR = w1d_detail::mr(Rt);
+  const i64 t = 2 * j0;  // outputs t .. t + 2L - 1
+  prefetch_cols(y, y_rs, m, t, t + 2 * L - 1);
+  V va[MR], vb[MR];
+  tile_products<S, Rt>(kc, a, b, va, vb);
+  const M m0 = static_cast<M>(range_bits(t, g.Wo, L)), m1 = static_cast<M>(range_bits(t + L, g.Wo, L));
+  for (int i = 0; i < m; ++i) {
+    auto* yr = y + i * y_rs + t;
+    V lo = S::zip_lo(va[i], vb[i]), hi = S::zip_hi(va[i], vb[i]);
+    if (accumulate) {
+      lo = S::add(S::loadu(yr, m0), lo);
+      hi = S::add(S::loadu(yr + L, m1), hi);
+    }
+    if (bias) {
+      lo = S::add(lo, S::set1(bias[i]));
+      hi = S::add(hi, S::set1(bias[i]));
+    }
+    S::storeu(yr, lo, m0);
+    S::storeu(yr + L, hi, m1);
+  }
+}
+
+template <class S>
+void pack_any(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, typename S::T* dst) {
+  if (g.d == 1) {
+    if (g.r == 2) return pack_d1<S, 2>(x, cs, g, kc, j0, nc, dst);
+    return pack_d1<S, 3>(x, cs, g, kc, j0, nc, dst);
+  }
+  if (g.r == 2) return pack_runs<S, 2>(x, cs, g, kc, j0, nc, dst);
+  pack_runs<S, 3>(x, cs, g, kc, j0, nc, dst);
+}
+
+template <class S>
+void tile_any(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
+              const Geo& g, bool accumulate, const typename S::T* bias) {
+  if (g.d == 1) {
+    if (g.r == 2) return tile_d1<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+    return tile_d1<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+  }
+  if (g.r == 2) return tile_runs<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+  tile_runs<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+}
+
+}  // namespace
+
+void pack_f32(const float* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, float* dst) {
+  pack_any<F32>(x, cs, g, kc, j0, nc, dst);
+}
+void pack_f64(const double* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, double* dst) {
+  pack_any<F64>(x, cs, g, kc, j0, nc, dst);
+}
+void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m, i64 j0, const Geo& g,
+              bool accumulate, const float* bias) {
+  tile_any<F32>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+}
+void tile_f64(i64 kc, const double* a, const double* b, double* y, i64 y_rs, int m, i64 j0, const Geo& g,
+              bool accumulate, const double* bias) {
+  tile_any<F64>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+}
+
+}  // namespace wino1d_avx512
+}  // namespace pyconv
