@@ -1451,6 +1451,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
   }
   total = std::max(total, static_cast<i64>(winograd_workspace_bytes(p, elem, backward, threads)));
   total = std::max(total, static_cast<i64>(winograd_1d_workspace_bytes(p, elem, threads)));
+  if (backward) total = std::max(total, static_cast<i64>(winograd_1d_weight_workspace_bytes(p, elem, threads)));
   return static_cast<std::size_t>(total);
 }
 
@@ -1491,11 +1492,16 @@ void conv2d_backward(const ConvParams& p, const T* dy, const T* x, const T* w, T
       else
         backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
     }
-  } else if (dx && path == ConvPath::winograd_1d && mirrored_problem(p, &q)) {
-    // The mirrored problem has the same kernel size and stride 1: grad input through the
-    // same Winograd forward; grad weight through the generic reduction.
-    winograd_1d_forward<T>(q, dy, mirrored_weights(p, w), nullptr, dx);
-    if (dw) backward_gemm<T>(p, false, dy, x, w, nullptr, dw);
+  } else if (path == ConvPath::winograd_1d) {
+    // Grad input: the mirrored problem has the same kernel size and stride 1, so it runs
+    // through the same Winograd forward (generic where the mirrored padding would be
+    // negative). Grad weight through the Winograd domain where preferred (forced: always).
+    const bool wdx = dx && mirrored_problem(p, &q);
+    if (wdx) winograd_1d_forward<T>(q, dy, mirrored_weights(p, w), nullptr, dx);
+    const bool wdw = dw && p.n > 0 && (forced || winograd_1d_weight_grad_preferred(p, sizeof(T)));
+    if (wdw) winograd_1d_backward_weight<T>(p, dy, x, dw);
+    if ((dx && !wdx) || (dw && !wdw))
+      backward_gemm<T>(p, false, dy, x, w, wdx ? nullptr : dx, wdw ? nullptr : dw);
   } else if (dx && path == ConvPath::generic && input_grad_as_forward(p, &q)) {
     forward_gemm<T, false>(q, dy, mirrored_weights(p, w), nullptr, dx);
     if (dw) backward_gemm<T>(p, false, dy, x, w, nullptr, dw);

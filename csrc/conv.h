@@ -139,11 +139,20 @@ std::size_t winograd_1d_workspace_bytes(const ConvParams& p, std::size_t elem, i
 // y = conv(x, w) + bias (bias may be null); p.n > 0.
 template <typename T>
 void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y);
+// dw = the weight gradient through the Winograd domain, reduced over fixed pieces of
+// (image, row, pair chunk) units in a fixed order; p.n > 0.
+template <typename T>
+void winograd_1d_backward_weight(const ConvParams& p, const T* dy, const T* x, T* dw);
+// Where the automatic backward takes it for grad weight (float32 on AVX-512).
+bool winograd_1d_weight_grad_preferred(const ConvParams& p, std::size_t elem);
+std::size_t winograd_1d_weight_workspace_bytes(const ConvParams& p, std::size_t elem, int threads);
 namespace w1d_detail {
 // Output channels per tile: 3 (2 taps) or 4 (3 taps) products of this many rows each
 // keep 24 vector accumulators.
 constexpr int mr(int taps) { return taps == 2 ? 8 : 6; }
 constexpr i64 kMaxChunk = 512;  // pair columns one task packs at most
+// Pairs per weight-gradient unit (a compile-time row length of its packed grad outputs).
+constexpr int nc_weight(int taps) { return taps == 2 ? 128 : 96; }
 // One output row's geometry: input width W, output width Wo, dilation d, left padding
 // pad_lo, kernel taps r (2 or 3), and P, the number of pair columns (outputs t that start
 // a pair (t, t + d): t mod 2d < d, t < Wo).
@@ -161,6 +170,10 @@ void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m,
               bool accumulate, const float* bias);
 void tile_f64(i64 kc, const double* a, const double* b, double* y, i64 y_rs, int m, i64 j0,
               const w1d_detail::Geo& g, bool accumulate, const double* bias);
+// Weight gradient, float32 (conv_winograd_1d.cpp describes the layouts).
+void dw_pack_a_f32(const float* dy, i64 rs, int m, const w1d_detail::Geo& g, i64 j0, i64 kp, float* dst);
+void dw_pack_b_f32(const float* x, i64 cs, int c, const w1d_detail::Geo& g, i64 j0, i64 kp, float* dst, float* tmp);
+void dw_tile_f32(i64 kp, const float* a, const float* b, float* wp, i64 wp_rs, i64 q_stride, int taps);
 }  // namespace wino1d_avx512
 
 namespace avx2 {

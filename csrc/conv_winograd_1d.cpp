@@ -30,9 +30,26 @@
 // error involves its partner's inputs; integer-valued data of moderate size stay exact
 // (the halves of F(2,3) are exact in binary).
 //
+// Weight gradient: with dm = the transposed output transform of (dy[t], dy[t + d])
+// (F(2,2): (a, a + b, b); F(2,3): (a, a + b, a - b, 0 - b)) and u the input transform,
+// dW'_q = sum over pairs of dm_q (x) u_q (output channels x input channels), and
+// F(2,2): dW0 = dW'0 + dW'1, dW1 = dW'1 + dW'2;
+// F(2,3): h = dW'1 + dW'2, dW0 = dW'0 + h/2, dW1 = (dW'1 - dW'2)/2, dW2 = h/2 + dW'3
+// (h is even on integer data: exact). Units of work are (image, row, chunk of NCw
+// pairs); each group's units are cut into a fixed number of pieces (independent of the
+// thread count), each piece sums its units in order into its own dW', and the pieces
+// are added in order: bitwise reproducible. Layouts per unit:
+//   A (grad outputs): [q][co][k], rows of NCw pairs (k-contiguous, no transpose: the
+//     tile broadcasts A(q, co, k) from a compile-time offset);
+//   B (inputs): [k][q][ci in L lanes], the forward packer's panels transposed;
+//   tile: MR output channels x L input channels, the r + 1 products over k, added to
+//     the piece's dW'.
+//
 // Memory (pyconv::scratch(), reused across calls): the transformed weights,
 // (r + 1) * round_up(C_out/groups, MR) * C_in/groups * groups elements, plus one B block
-// (at most kMaxChunk pair columns x kKcMax channels x (r + 1)) per thread.
+// (at most kMaxChunk pair columns x kKcMax channels x (r + 1)) per thread; grad weight:
+// the pieces' dW' ((r + 1) x round_up(C_out/g, MR) x round_up(C_in/g, L) each, at most
+// kWeightPieces per group) and per thread one unit's A and B.
 #include <algorithm>
 #include <cmath>
 
@@ -175,19 +192,85 @@ void tile_portable(i64 kc, const T* a, const T* b, T* y, i64 y_rs, int m, i64 j0
   }
 }
 
+// Weight gradient, portable (the AVX-512 float32 kernels reproduce these bit for bit).
+template <typename T>
+void dw_pack_a_portable(const T* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp, T* dst) {
+  const int r = g.r, Q = r + 1, MR = mr(r), NC = w1d_detail::nc_weight(r);
+  for (int i = 0; i < MR; ++i)
+    for (i64 k = 0; k < kp; ++k) {
+      const i64 j = j0 + k;
+      T a = 0, b = 0;
+      if (i < m && j < g.P) {
+        const i64 t = (j / g.d) * 2 * g.d + j % g.d;
+        a = dy[i * rs + t];
+        if (t + g.d < g.Wo) b = dy[i * rs + t + g.d];
+      }
+      T dm[4] = {a, a + b, b, 0};
+      if (r == 3) {
+        dm[2] = a - b;
+        dm[3] = T(0) - b;
+      }
+      for (int q = 0; q < Q; ++q) dst[(q * MR + i) * NC + k] = dm[q];
+    }
+}
+
+template <typename T>
+void dw_pack_b_portable(const T* x, i64 cs, int c, const Geo& g, i64 j0, i64 kp, T* dst, T*) {
+  constexpr int L = lanes<T>();
+  const int Q = g.r + 1;
+  for (i64 k = 0; k < kp; ++k) {
+    const i64 j = j0 + k;
+    const i64 i = (j / g.d) * 2 * g.d + j % g.d - g.pad_lo;
+    for (int l = 0; l < L; ++l) {
+      T d[4] = {0, 0, 0, 0}, u[4] = {0, 0, 0, 0};
+      if (l < c && j < g.P) {
+        for (int q = 0; q <= g.r; ++q) {
+          const i64 col = i + q * g.d;
+          d[q] = col >= 0 && col < g.W ? x[l * cs + col] : T(0);
+        }
+        input_transform(g.r, d, u);
+      }
+      for (int q = 0; q < Q; ++q) dst[(k * Q + q) * L + l] = u[q];
+    }
+  }
+}
+
+template <typename T>
+void dw_tile_portable(i64 kp, const T* a, const T* b, T* wp, i64 wp_rs, i64 q_stride, int r) {
+  constexpr int L = lanes<T>();
+  const int Q = r + 1, MR = mr(r), NC = w1d_detail::nc_weight(r);
+  for (int q = 0; q < Q; ++q)
+    for (int i = 0; i < MR; ++i)
+      for (int l = 0; l < L; ++l) {
+        T s = 0;
+        for (i64 k = 0; k < kp; ++k) s = std::fma(a[(q * MR + i) * NC + k], b[(k * Q + q) * L + l], s);
+        T* o = wp + q * q_stride + i * wp_rs + l;
+        *o = *o + s;
+      }
+}
+
 template <typename T>
 struct Kernels {
   void (*pack)(const T*, i64, const Geo&, i64, i64, i64, T*);
   void (*tile)(i64, const T*, const T*, T*, i64, int, i64, const Geo&, bool, const T*);
+  void (*dw_pack_a)(const T*, i64, int, const Geo&, i64, i64, T*);
+  void (*dw_pack_b)(const T*, i64, int, const Geo&, i64, i64, T*, T*);
+  void (*dw_tile)(i64, const T*, const T*, T*, i64, i64, int);
 };
 bool vector_geometry(const Geo& g) { return active_isa() == Isa::avx512 && (g.d == 1 || g.d % 8 == 0); }
 Kernels<float> kernels_for(const Geo& g, float*) {
-  if (vector_geometry(g)) return {wino1d_avx512::pack_f32, wino1d_avx512::tile_f32};
-  return {pack_portable<float>, tile_portable<float>};
+  if (vector_geometry(g))
+    return {wino1d_avx512::pack_f32, wino1d_avx512::tile_f32, wino1d_avx512::dw_pack_a_f32,
+            wino1d_avx512::dw_pack_b_f32, wino1d_avx512::dw_tile_f32};
+  return {pack_portable<float>, tile_portable<float>, dw_pack_a_portable<float>, dw_pack_b_portable<float>,
+          dw_tile_portable<float>};
 }
-Kernels<double> kernels_for(const Geo& g, double*) {
-  if (vector_geometry(g)) return {wino1d_avx512::pack_f64, wino1d_avx512::tile_f64};
-  return {pack_portable<double>, tile_portable<double>};
+Kernels<double> kernels_for(const Geo& g, double*) {  // grad weight: portable only
+  if (vector_geometry(g))
+    return {wino1d_avx512::pack_f64, wino1d_avx512::tile_f64, dw_pack_a_portable<double>,
+            dw_pack_b_portable<double>, dw_tile_portable<double>};
+  return {pack_portable<double>, tile_portable<double>, dw_pack_a_portable<double>, dw_pack_b_portable<double>,
+          dw_tile_portable<double>};
 }
 
 // A for every group and K block: panel (g, k block at k0, rows mp*MR ..) at
@@ -334,7 +417,171 @@ void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* b
   }
 }
 
+namespace {
+
+// Pieces each group's weight-gradient units are cut into (a fixed count: the sum order
+// does not depend on the thread count; enough for the threads of a 2- to 8-core run).
+constexpr i64 kWeightPieces = 8;
+
+struct WPlan {
+  Geo g{};
+  int Q = 0, MR = 0, NC = 0, L = 0, threads = 1;
+  i64 M = 0, K = 0, Mr = 0, Kp = 0, chunks = 0, units = 0, pieces = 0, tasks = 0;
+  i64 wp_elems = 0, a_elems = 0, b_elems = 0, tmp_elems = 0;  // per piece; per thread
+};
+
+WPlan make_wplan(const ConvParams& p, std::size_t elem, int threads) {
+  WPlan w;
+  w.g = make_geo(p);
+  w.Q = w.g.r + 1;
+  w.MR = mr(w.g.r);
+  w.NC = w1d_detail::nc_weight(w.g.r);
+  w.L = elem == 4 ? 16 : 8;
+  w.M = p.cout_g();
+  w.K = p.cin_g();
+  w.Mr = round_up(w.M, w.MR);
+  w.Kp = round_up(w.K, w.L);
+  w.chunks = ceil_div(w.g.P, w.NC);
+  w.units = checked_mul(checked_mul(p.n, p.h.out, "units"), w.chunks, "units");
+  w.pieces = std::max<i64>(1, std::min(w.units, kWeightPieces));
+  w.tasks = checked_mul(p.groups, w.pieces, "tasks");
+  w.threads = static_cast<int>(std::max<i64>(1, std::min<i64>(threads, w.tasks)));
+  w.wp_elems = checked_mul(checked_mul(w.Q, w.Mr, "weights"), w.Kp, "weights");
+  w.a_elems = static_cast<i64>(w.Q) * w.Mr * w.NC;
+  w.b_elems = w.Kp * w.NC * w.Q;
+  w.tmp_elems = static_cast<i64>(w.L) * w.Q * w.L;
+  return w;
+}
+
+i64 wplan_thread_elems(const WPlan& w) { return w.a_elems + w.b_elems + w.tmp_elems; }
+
+}  // namespace
+
+bool winograd_1d_weight_grad_preferred(const ConvParams& p, std::size_t elem) {
+  return elem == 4 && winograd_1d_preferred(p);
+}
+
+std::size_t winograd_1d_weight_workspace_bytes(const ConvParams& p, std::size_t elem, int threads) {
+  if (!winograd_1d_supports(p)) return 0;
+  const WPlan w = make_wplan(p, elem, std::max(threads, 1));
+  const i64 total = checked_add(checked_mul(w.wp_elems, w.tasks, "workspace"),
+                                checked_mul(wplan_thread_elems(w), w.threads, "workspace"), "workspace");
+  return static_cast<std::size_t>(checked_mul(total, static_cast<i64>(elem), "workspace bytes"));
+}
+
+template <typename T>
+void winograd_1d_backward_weight(const ConvParams& p, const T* dy, const T* x, T* dw) {
+  const WPlan w = make_wplan(p, sizeof(T), num_threads());
+  const Geo g = w.g;
+  const Kernels<T> kern = kernels_for(g, static_cast<T*>(nullptr));
+  T* wp = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(w.wp_elems * w.tasks) * sizeof(T)));
+  const i64 per_thread = wplan_thread_elems(w);
+  T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(per_thread * w.threads) * sizeof(T)));
+  const i64 Ho = p.h.out, H = p.h.in, W = p.w.in, Wo = p.w.out;
+  const i64 rs = Ho * Wo, cs = H * W;
+  constexpr i64 kLine = 64 / static_cast<i64>(sizeof(T));
+  // A unit's rows: dy (output channels of the group) and x (input channels), the output
+  // columns [t_lo, t_hi) and input columns [c_lo, c_hi) its packing reads; row < 0: none.
+  struct Unit {
+    const T* dy = nullptr;
+    const T* x = nullptr;
+    i64 j0 = 0, row = -1, t_lo = 0, t_hi = 0, c_lo = 0, c_hi = 0;
+  };
+  auto unit = [&](i64 u, i64 grp) {
+    Unit k;
+    const i64 chunk = u % w.chunks, ho = (u / w.chunks) % Ho, img = u / w.chunks / Ho;
+    k.row = ho * p.h.stride - p.h.pad_lo;
+    if (k.row < 0 || k.row >= H) {
+      k.row = -1;
+      return k;
+    }
+    k.j0 = chunk * w.NC;
+    const i64 jl = std::min(g.P, k.j0 + w.NC) - 1;
+    k.t_lo = (k.j0 / g.d) * 2 * g.d + k.j0 % g.d;
+    k.t_hi = std::min(Wo, (jl / g.d) * 2 * g.d + jl % g.d + g.d + 1);
+    k.c_lo = std::max<i64>(0, k.t_lo - g.pad_lo);
+    k.c_hi = std::min(W, k.t_hi - g.d + g.r * g.d - g.pad_lo);
+    k.dy = dy + ((img * p.c_out + grp * w.M) * Ho + ho) * Wo;
+    k.x = x + ((img * p.c_in + grp * w.K) * H + k.row) * W;
+    return k;
+  };
+#pragma omp parallel num_threads(w.threads)
+  {
+#ifdef _OPENMP
+    const i64 tid = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const i64 tid = 0, team = 1;
+#endif
+    T* abuf = ws + tid * per_thread;
+    T* bbuf = abuf + w.a_elems;
+    T* tmp = bbuf + w.b_elems;
+    for (i64 task = w.tasks * tid / team; task < w.tasks * (tid + 1) / team; ++task) {
+      const i64 grp = task / w.pieces, piece = task % w.pieces;
+      T* acc = wp + task * w.wp_elems;
+      std::fill(acc, acc + w.wp_elems, T(0));
+      const i64 u_end = w.units * (piece + 1) / w.pieces;
+      for (i64 u = w.units * piece / w.pieces; u < u_end; ++u) {
+        const Unit un = unit(u, grp), nx = u + 1 < u_end ? unit(u + 1, grp) : Unit{};
+        if (un.row < 0) continue;  // a padding row contributes zeros
+        const i64 j0 = un.j0, kp = round_up(std::min<i64>(w.NC, g.P - j0), w.L);
+        const T* dyb = un.dy;
+        const T* xb = un.x;
+        // The next unit's grad outputs and inputs are prefetched (to L2) a slice of rows
+        // per tile while this unit computes.
+        const i64 calls = (w.Kp / w.L) * (w.Mr / w.MR), nrows = nx.row < 0 ? 0 : w.M + w.K;
+        i64 call = 0;
+        auto prefetch_slice = [&]() {
+          for (i64 rr = nrows * call / calls; rr < nrows * (call + 1) / calls; ++rr) {
+            const T* base = rr < w.M ? nx.dy + rr * rs : nx.x + (rr - w.M) * cs;
+            const i64 lo = rr < w.M ? nx.t_lo : nx.c_lo, hi = rr < w.M ? nx.t_hi : nx.c_hi;
+            for (i64 c = lo; c < hi; c += kLine) __builtin_prefetch(base + c, 0, 2);
+          }
+          ++call;
+        };
+        for (i64 mp = 0; mp < w.Mr / w.MR; ++mp)
+          kern.dw_pack_a(dyb + mp * w.MR * rs, rs, static_cast<int>(std::min<i64>(w.MR, w.M - mp * w.MR)), g, j0,
+                         kp, abuf + mp * w.Q * w.MR * w.NC);
+        for (i64 lp = 0; lp < w.Kp / w.L; ++lp)
+          kern.dw_pack_b(xb + lp * w.L * cs, cs, static_cast<int>(std::min<i64>(w.L, w.K - lp * w.L)), g, j0, kp,
+                         bbuf + lp * w.NC * w.Q * w.L, tmp);
+        for (i64 lp = 0; lp < w.Kp / w.L; ++lp)
+          for (i64 mp = 0; mp < w.Mr / w.MR; ++mp) {
+            prefetch_slice();
+            kern.dw_tile(kp, abuf + mp * w.Q * w.MR * w.NC, bbuf + lp * w.NC * w.Q * w.L,
+                         acc + mp * w.MR * w.Kp + lp * w.L, w.Kp, w.Mr * w.Kp, g.r);
+          }
+      }
+    }
+  }
+  // dW' summed over the pieces in order, then G^T back to the taps.
+  const int r = g.r;
+  for (i64 grp = 0; grp < p.groups; ++grp)
+    for (i64 co = 0; co < w.M; ++co)
+      for (i64 ci = 0; ci < w.K; ++ci) {
+        T S[4] = {0, 0, 0, 0};
+        for (int q = 0; q < w.Q; ++q) {
+          const T* src = wp + grp * w.pieces * w.wp_elems + (q * w.Mr + co) * w.Kp + ci;
+          T v = src[0];
+          for (i64 pc = 1; pc < w.pieces; ++pc) v = v + src[pc * w.wp_elems];
+          S[q] = v;
+        }
+        T* o = dw + ((grp * w.M + co) * w.K + ci) * r;
+        if (r == 2) {
+          o[0] = S[0] + S[1];
+          o[1] = S[1] + S[2];
+        } else {
+          const T h = S[1] + S[2];
+          o[0] = S[0] + h * T(0.5);
+          o[1] = (S[1] - S[2]) * T(0.5);
+          o[2] = h * T(0.5) + S[3];
+        }
+      }
+}
+
 template void winograd_1d_forward<float>(const ConvParams&, const float*, const float*, const float*, float*);
 template void winograd_1d_forward<double>(const ConvParams&, const double*, const double*, const double*, double*);
+
+template void winograd_1d_backward_weight<float>(const ConvParams&, const float*, const float*, float*);
+template void winograd_1d_backward_weight<double>(const ConvParams&, const double*, const double*, double*);
 
 }  // namespace pyconv

@@ -1,5 +1,5 @@
-"""The 1D Winograd path for 2- and 3-tap kernels (csrc/conv_winograd_1d.cpp): forward and
-grad input against the float64 reference, bit-exact on integers, the same bits on every
+"""The 1D Winograd path for 2- and 3-tap kernels (csrc/conv_winograd_1d.cpp): forward, grad
+input and grad weight against the float64 reference, bit-exact on integers, the same bits on every
 ISA and thread count, and the automatic choice on WaveNet-style and 3-tap layers."""
 import numpy as np
 import pytest
@@ -57,6 +57,15 @@ def _fwd_bound(x, w, b, kw, d):
     return _pair_bound(B, d)
 
 
+def _dw_bound(dy, x, w, kw):
+    """Every product the Winograd weight gradient forms pairs a grad output with an input
+    that one of the taps pairs it with: the bound of each tap is the sum over the taps of
+    the direct sums sum|dy||x|."""
+    B = ref.conv2d_backward(np.abs(dy).astype(np.float64), np.abs(x).astype(np.float64),
+                            np.abs(w).astype(np.float64), **kw)[1]
+    return np.broadcast_to(B.sum(axis=-1, keepdims=True), B.shape)
+
+
 def _dx_bound(dy, x, w, kw, d):
     B = ref.conv2d_backward(np.abs(dy).astype(np.float64), np.abs(x).astype(np.float64),
                             _abs_pair_weights(w), **kw)[0]
@@ -100,8 +109,10 @@ def test_matches_reference_real_values(case):
     taps = case["taps"]
     _tol_check(y, ref.conv2d(x, w, b, **kw), _fwd_bound(x, w, b, kw, d), case["cin"] // g * taps + 1)
     dy = rng.standard_normal(y.shape).astype(x.dtype)
-    dx = _bwd(dy, x, w, pads, d, g)[0]
-    _tol_check(dx, ref.conv2d_backward(dy, x, w, **kw)[0], _dx_bound(dy, x, w, kw, d), case["cout"] // g * taps)
+    dx, dw, _ = _bwd(dy, x, w, pads, d, g)
+    want = ref.conv2d_backward(dy, x, w, **kw)
+    _tol_check(dx, want[0], _dx_bound(dy, x, w, kw, d), case["cout"] // g * taps)
+    _tol_check(dw, want[1], _dw_bound(dy, x, w, kw), case["n"] * case["H"] * y.shape[-1])
 
 
 @given(case=cases())
@@ -160,13 +171,16 @@ def test_edge_shapes_same_bits_on_every_isa(case, dtype, isa):
     x, w = rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(w.shape).astype(dtype)
     b = rng.standard_normal(cout).astype(dtype)
     y = _fwd(x, w, b, pads, d, g)
-    dx = _bwd(dy, x, w, pads, d, g)[0]
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, _ = _bwd(dy, x, w, pads, d, g)
     before = pyconv.kernel_info()["isa"]
     try:
         _core._set_isa("scalar")
         np.testing.assert_array_equal(y, _fwd(x, w, b, pads, d, g))
+        sdx, sdw, _ = _bwd(dy, x, w, pads, d, g)
+        np.testing.assert_array_equal(dw, sdw)
         if max(pads) <= (taps - 1) * d:  # else grad input goes generic (its bits vary by ISA)
-            np.testing.assert_array_equal(dx, _bwd(dy, x, w, pads, d, g)[0])
+            np.testing.assert_array_equal(dx, sdx)
     finally:
         _core._set_isa(before)
     _tol_check(y, ref.conv2d(x, w, b, **kw), _fwd_bound(x, w, b, kw, d), cin // g * taps + 1)
@@ -234,6 +248,17 @@ def test_auto_takes_it_on_the_benchmark_layers():
     w = rng.standard_normal((64, 64, 2)).astype(np.float32)
     y = pyconv.conv1d(x, w, padding="causal", dilation=8)
     np.testing.assert_array_equal(y, pyconv.conv1d(x, w, padding="causal", dilation=8, algorithm=want))
+    # the automatic backward: float32 grad weight through the Winograd domain where
+    # AVX-512 runs, float64 through the generic reduction
+    dy = np.cos(y)
+    auto = pyconv.conv1d_backward(dy, x, w, padding="causal", dilation=8)
+    forced = pyconv.conv1d_backward(dy, x, w, padding="causal", dilation=8, algorithm=want)
+    for a, f in zip(auto, forced):
+        np.testing.assert_array_equal(a, f)
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    np.testing.assert_array_equal(pyconv.conv1d_backward(dy64, x64, w64, padding="causal", dilation=8)[1],
+                                  pyconv.conv1d_backward(dy64, x64, w64, padding="causal", dilation=8,
+                                                         algorithm="generic")[1])
     y_direct = pyconv.conv1d(x, w, padding="causal", dilation=8, algorithm="generic")
     bound = _pair_bound(ref.conv1d(np.abs(x).astype(np.float64), _abs_pair_weights(w), padding="causal",
                                    dilation=8), 8)

@@ -323,6 +323,141 @@ void tile_any(i64 kc, const typename S::T* a, const typename S::T* b, typename S
   tile_runs<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
 }
 
+// ---- weight gradient (float32): see conv_winograd_1d.cpp for the layouts.
+
+// Columns of a 16 x 16 block: r[i] holds row i on entry and column i on return.
+inline void transpose16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + e]: rows 4i..4i+3 at column 4L + e of 128-bit lane L
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  __m512 o[16];
+  for (int e = 0; e < 4; ++e) {
+    const __m512 a = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88), b = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xdd);
+    const __m512 c = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88);
+    const __m512 d = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xdd);
+    o[e] = _mm512_shuffle_f32x4(a, c, 0x88);
+    o[8 + e] = _mm512_shuffle_f32x4(a, c, 0xdd);
+    o[4 + e] = _mm512_shuffle_f32x4(b, d, 0x88);
+    o[12 + e] = _mm512_shuffle_f32x4(b, d, 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = o[i];
+}
+
+// dy at pairs k .. k+15 (of the unit's first pair j0) of one row: the outputs (a) and
+// their partners (b), zero where an output does not exist. ts: each run's first output
+// column (-1: past the last pair), for dilations that are multiples of 8.
+inline void grad_pair(const float* row, const Geo& g, i64 j0, i64 k, const i64* ts, __m512* a, __m512* b) {
+  if (g.d == 1) {
+    const i64 t = 2 * (j0 + k);
+    const __m512 v0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(range_bits(t, g.Wo, 16)), row + t);
+    const __m512 v1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(range_bits(t + 16, g.Wo, 16)), row + t + 16);
+    *a = F32::evens(v0, v1);
+    *b = F32::odds(v0, v1);
+    return;
+  }
+  __m256 ra[2], rb[2];
+  for (int r = 0; r < 2; ++r) {
+    const i64 t = ts[k / 8 + r];
+    if (t < 0) {
+      ra[r] = rb[r] = _mm256_setzero_ps();
+      continue;
+    }
+    ra[r] = _mm256_maskz_loadu_ps(static_cast<__mmask8>(range_bits(t, g.Wo, 8)), row + t);
+    rb[r] = _mm256_maskz_loadu_ps(static_cast<__mmask8>(range_bits(t + g.d, g.Wo, 8)), row + t + g.d);
+  }
+  *a = _mm512_insertf32x8(_mm512_castps256_ps512(ra[0]), ra[1], 1);
+  *b = _mm512_insertf32x8(_mm512_castps256_ps512(rb[0]), rb[1], 1);
+}
+
+template <int Rt>
+void dw_pack_a(const float* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp, float* dst) {
+  constexpr int Q = Rt + 1, MR = w1d_detail::mr(Rt), NC = w1d_detail::nc_weight(Rt);
+  i64 ts[NC / 8];
+  if (g.d != 1)
+    for (i64 r = 0; r < kp / 8; ++r) {
+      const i64 j = j0 + 8 * r;
+      ts[r] = j < g.P ? (j / g.d) * 2 * g.d + j % g.d : -1;
+    }
+  for (int i = 0; i < MR; ++i)
+    for (i64 k = 0; k < kp; k += 16) {
+      __m512 dm[Q];
+      if (i < m) {
+        __m512 a, b;
+        grad_pair(dy + i * rs, g, j0, k, ts, &a, &b);
+        dm[0] = a;
+        dm[1] = _mm512_add_ps(a, b);
+        if constexpr (Rt == 2) {
+          dm[2] = b;
+        } else {
+          dm[2] = _mm512_sub_ps(a, b);
+          dm[3] = _mm512_sub_ps(_mm512_setzero_ps(), b);
+        }
+      } else {
+        for (int q = 0; q < Q; ++q) dm[q] = _mm512_setzero_ps();
+      }
+      for (int q = 0; q < Q; ++q) _mm512_store_ps(dst + (q * MR + i) * NC + k, dm[q]);
+    }
+}
+
+template <int Rt>
+void dw_pack_b(const float* x, i64 cs, int c, const Geo& g, i64 j0, i64 kp, float* dst, float* tmp) {
+  constexpr int Q = Rt + 1, L = 16;
+  for (i64 k = 0; k < kp; k += L) {
+    // The forward packer's panel for these 16 pairs: [channel][q][pair].
+    if (g.d == 1)
+      pack_d1<F32, Rt>(x, cs, g, c, j0 + k, L, tmp);
+    else
+      pack_runs<F32, Rt>(x, cs, g, c, j0 + k, L, tmp);
+    for (int ch = c; ch < L; ++ch)
+      for (int q = 0; q < Q; ++q) _mm512_store_ps(tmp + (ch * Q + q) * L, _mm512_setzero_ps());
+    const i64 live = std::clamp<i64>(g.P - (j0 + k), 0, L);  // pairs that exist
+    for (int q = 0; q < Q; ++q) {
+      __m512 r[16];
+      for (int ch = 0; ch < L; ++ch) r[ch] = _mm512_load_ps(tmp + (ch * Q + q) * L);
+      transpose16(r);
+      for (int l = 0; l < L; ++l)
+        _mm512_store_ps(dst + ((k + l) * Q + q) * L, l < live ? r[l] : _mm512_setzero_ps());
+    }
+  }
+}
+
+template <int Rt>
+void dw_tile(i64 kp, const float* __restrict a, const float* __restrict b, float* wp, i64 wp_rs, i64 q_stride) {
+  constexpr int Q = Rt + 1, MR = w1d_detail::mr(Rt), NC = w1d_detail::nc_weight(Rt), L = 16;
+  __m512 acc[Q][MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) acc[q][i] = _mm512_setzero_ps();
+#pragma GCC unroll 1
+  for (i64 k = 0; k < kp; ++k) {
+    __m512 u[Q];
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) u[q] = _mm512_load_ps(b + q * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q) acc[q][i] = _mm512_fmadd_ps(_mm512_set1_ps(a[(q * MR + i) * NC]), u[q], acc[q][i]);
+    a += 1;
+    b += Q * L;
+  }
+  for (int q = 0; q < Q; ++q)
+    for (int i = 0; i < MR; ++i) {
+      float* o = wp + q * q_stride + i * wp_rs;
+      _mm512_store_ps(o, _mm512_add_ps(_mm512_load_ps(o), acc[q][i]));
+    }
+}
+
 }  // namespace
 
 void pack_f32(const float* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, float* dst) {
@@ -338,6 +473,19 @@ void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m,
 void tile_f64(i64 kc, const double* a, const double* b, double* y, i64 y_rs, int m, i64 j0, const Geo& g,
               bool accumulate, const double* bias) {
   tile_any<F64>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+}
+
+void dw_pack_a_f32(const float* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp, float* dst) {
+  if (g.r == 2) return dw_pack_a<2>(dy, rs, m, g, j0, kp, dst);
+  dw_pack_a<3>(dy, rs, m, g, j0, kp, dst);
+}
+void dw_pack_b_f32(const float* x, i64 cs, int c, const Geo& g, i64 j0, i64 kp, float* dst, float* tmp) {
+  if (g.r == 2) return dw_pack_b<2>(x, cs, c, g, j0, kp, dst, tmp);
+  dw_pack_b<3>(x, cs, c, g, j0, kp, dst, tmp);
+}
+void dw_tile_f32(i64 kp, const float* a, const float* b, float* wp, i64 wp_rs, i64 q_stride, int taps) {
+  if (taps == 2) return dw_tile<2>(kp, a, b, wp, wp_rs, q_stride);
+  dw_tile<3>(kp, a, b, wp, wp_rs, q_stride);
 }
 
 }  // namespace wino1d_avx512
