@@ -553,29 +553,33 @@ void winograd_1d_backward_weight(const ConvParams& p, const T* dy, const T* x, T
       }
     }
   }
-  // dW' summed over the pieces in order, then G^T back to the taps.
+  // dW' summed over the pieces in order, then G^T back to the taps (rows split over the
+  // threads; each element's sum order is fixed).
   const int r = g.r;
-  for (i64 grp = 0; grp < p.groups; ++grp)
-    for (i64 co = 0; co < w.M; ++co)
-      for (i64 ci = 0; ci < w.K; ++ci) {
-        T S[4] = {0, 0, 0, 0};
-        for (int q = 0; q < w.Q; ++q) {
-          const T* src = wp + grp * w.pieces * w.wp_elems + (q * w.Mr + co) * w.Kp + ci;
-          T v = src[0];
-          for (i64 pc = 1; pc < w.pieces; ++pc) v = v + src[pc * w.wp_elems];
-          S[q] = v;
-        }
-        T* o = dw + ((grp * w.M + co) * w.K + ci) * r;
-        if (r == 2) {
-          o[0] = S[0] + S[1];
-          o[1] = S[1] + S[2];
-        } else {
-          const T h = S[1] + S[2];
-          o[0] = S[0] + h * T(0.5);
-          o[1] = (S[1] - S[2]) * T(0.5);
-          o[2] = h * T(0.5) + S[3];
-        }
+  const i64 rows = p.groups * w.M;
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(std::min<i64>(w.threads, rows)))
+  for (i64 gr = 0; gr < rows; ++gr) {
+    const i64 grp = gr / w.M, co = gr % w.M;
+    for (i64 ci = 0; ci < w.K; ++ci) {
+      T S[4] = {0, 0, 0, 0};
+      for (int q = 0; q < w.Q; ++q) {
+        const T* src = wp + grp * w.pieces * w.wp_elems + (q * w.Mr + co) * w.Kp + ci;
+        T v = src[0];
+        for (i64 pc = 1; pc < w.pieces; ++pc) v = v + src[pc * w.wp_elems];
+        S[q] = v;
       }
+      T* o = dw + ((grp * w.M + co) * w.K + ci) * r;
+      if (r == 2) {
+        o[0] = S[0] + S[1];
+        o[1] = S[1] + S[2];
+      } else {
+        const T h = S[1] + S[2];
+        o[0] = S[0] + h * T(0.5);
+        o[1] = (S[1] - S[2]) * T(0.5);
+        o[2] = h * T(0.5) + S[3];
+      }
+    }
+  }
 }
 
 template void winograd_1d_forward<float>(const ConvParams&, const float*, const float*, const float*, float*);
