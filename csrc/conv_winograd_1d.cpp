@@ -458,9 +458,10 @@ i64 wplan_thread_elems(const WPlan& w) { return w.a_elems + w.b_elems + w.tmp_el
 }  // namespace
 
 // Float32 where the forward is preferred, while one piece's dW' stays within L2 next to a
-// unit's packed A and B (c256 k3: 1 MB per piece measured slower than the generic
-// reduction, 23.3 vs 21.1 ms) and there are pairs enough to amortise the pieces.
-constexpr i64 kWeightPieceMaxBytes = 256 * 1024;
+// unit's packed A and B (c128 k3: 270 KB, 26 vs 43 ms; c256 k3: 1 MB per piece measured
+// slower than the generic reduction, 23.3 vs 21.1 ms) and there are pairs enough to
+// amortise the pieces.
+constexpr i64 kWeightPieceMaxBytes = 512 * 1024;
 constexpr i64 kWeightMinPairs = 256;
 bool winograd_1d_weight_grad_preferred(const ConvParams& p, std::size_t elem) {
   if (elem != 4 || !winograd_1d_preferred(p)) return false;
@@ -528,13 +529,14 @@ void winograd_1d_backward_weight(const ConvParams& p, const T* dy, const T* x, T
       std::fill(acc, acc + w.wp_elems, T(0));
       const i64 u_end = w.units * (piece + 1) / w.pieces;
       for (i64 u = w.units * piece / w.pieces; u < u_end; ++u) {
-        const Unit un = unit(u, grp), nx = u + 1 < u_end ? unit(u + 1, grp) : Unit{};
+        const Unit un = unit(u, grp), nx = u + 2 < u_end ? unit(u + 2, grp) : Unit{};
         if (un.row < 0) continue;  // a padding row contributes zeros
         const i64 j0 = un.j0, kp = round_up(std::min<i64>(w.NC, g.P - j0), w.L);
         const T* dyb = un.dy;
         const T* xb = un.x;
-        // The next unit's grad outputs and inputs are prefetched (to L2) a slice of rows
-        // per tile while this unit computes.
+        // The grad outputs and inputs of the unit after next are prefetched (to L2) a
+        // slice of rows per tile while this one computes (WaveNet dW: 24.5-27.6 ms with
+        // the next unit, 21.4-24.9 with the one after, alternating runs).
         const i64 calls = (w.Kp / w.L) * (w.Mr / w.MR), nrows = nx.row < 0 ? 0 : w.M + w.K;
         i64 call = 0;
         auto prefetch_slice = [&]() {
