@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "../conv.h"
+#include "transpose_avx512.h"
 
 namespace pyconv {
 namespace wino1d_avx512 {
@@ -325,34 +326,6 @@ void tile_any(i64 kc, const typename S::T* a, const typename S::T* b, typename S
 
 // ---- weight gradient (float32): see conv_winograd_1d.cpp for the layouts.
 
-// Columns of a 16 x 16 block: r[i] holds row i on entry and column i on return.
-inline void transpose16(__m512* r) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // r[4i + e]: rows 4i..4i+3 at column 4L + e of 128-bit lane L
-    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 2]);
-    const __m512d c = _mm512_castps_pd(t[4 * i + 1]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-  }
-  __m512 o[16];
-  for (int e = 0; e < 4; ++e) {
-    const __m512 a = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88), b = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xdd);
-    const __m512 c = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88);
-    const __m512 d = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xdd);
-    o[e] = _mm512_shuffle_f32x4(a, c, 0x88);
-    o[8 + e] = _mm512_shuffle_f32x4(a, c, 0xdd);
-    o[4 + e] = _mm512_shuffle_f32x4(b, d, 0x88);
-    o[12 + e] = _mm512_shuffle_f32x4(b, d, 0xdd);
-  }
-  for (int i = 0; i < 16; ++i) r[i] = o[i];
-}
-
 // dy at pairs k .. k+15 (of the unit's first pair j0) of one row: the outputs (a) and
 // their partners (b), zero where an output does not exist. ts: each run's first output
 // column (-1: past the last pair), for dilations that are multiples of 8.
@@ -424,7 +397,7 @@ void dw_pack_b(const float* x, i64 cs, int c, const Geo& g, i64 j0, i64 kp, floa
     for (int q = 0; q < Q; ++q) {
       __m512 r[16];
       for (int ch = 0; ch < L; ++ch) r[ch] = _mm512_load_ps(tmp + (ch * Q + q) * L);
-      transpose16(r);
+      avx512_util::transpose16(r);
       for (int l = 0; l < L; ++l)
         _mm512_store_ps(dst + ((k + l) * Q + q) * L, l < live ? r[l] : _mm512_setzero_ps());
     }
