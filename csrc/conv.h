@@ -161,8 +161,8 @@ struct Geo {
   int r;
 };
 }  // namespace w1d_detail
-// AVX-512 pack and tile kernels (csrc/ukernels/winograd_1d_avx512.cpp), for d == 1 or
-// d % 8 == 0.
+// AVX-512 pack and tile kernels (csrc/ukernels/winograd_1d_avx512.cpp), for d = 1, 2, 4
+// or a multiple of 8.
 namespace wino1d_avx512 {
 void pack_f32(const float* x, i64 cs, const w1d_detail::Geo& g, i64 kc, i64 j0, i64 nc, float* dst);
 void pack_f64(const double* x, i64 cs, const w1d_detail::Geo& g, i64 kc, i64 j0, i64 nc, double* dst);

@@ -24,7 +24,7 @@
 //     transform, added to what earlier K blocks left in y, and the bias added to the
 //     finished sum (so conv(x, w, b) == conv(x, w) + b bitwise).
 // Every output element is computed by one task in a fixed order: results do not depend
-// on the thread count. The AVX-512 kernels (d == 1 or a multiple of 8) and the portable
+// on the thread count. The AVX-512 kernels (d = 1, 2, 4 or a multiple of 8) and the portable
 // ones below perform the same operations in the same order, so they agree bit for bit.
 // Accuracy: the transforms round a few more times than the direct sum, and an output's
 // error involves its partner's inputs; integer-valued data of moderate size stay exact
@@ -257,7 +257,9 @@ struct Kernels {
   void (*dw_pack_b)(const T*, i64, int, const Geo&, i64, i64, T*, T*);
   void (*dw_tile)(i64, const T*, const T*, T*, i64, i64, int);
 };
-bool vector_geometry(const Geo& g) { return active_isa() == Isa::avx512 && (g.d == 1 || g.d % 8 == 0); }
+bool vector_geometry(const Geo& g) {
+  return active_isa() == Isa::avx512 && (g.d % 8 == 0 || g.d == 1 || g.d == 2 || g.d == 4);
+}
 Kernels<float> kernels_for(const Geo& g, float*) {
   if (vector_geometry(g))
     return {wino1d_avx512::pack_f32, wino1d_avx512::tile_f32, wino1d_avx512::dw_pack_a_f32,

@@ -78,7 +78,7 @@ def cases(draw):
     cin = groups * draw(st.integers(1, 11))
     cout = groups * draw(st.integers(1, 19))
     taps = draw(st.sampled_from([2, 3]))
-    d = draw(st.sampled_from([1, 2, 3, 5, 8, 16, 24]))
+    d = draw(st.sampled_from([1, 2, 3, 4, 5, 8, 16, 24]))
     pads = (draw(st.integers(0, taps * d)), draw(st.integers(0, taps * d)))
     W = draw(st.integers(max(1, (taps - 1) * d + 1 - pads[0] - pads[1]), 70))
     H = draw(st.integers(1, 3))
@@ -130,8 +130,8 @@ def test_bit_exact_on_integers(case):
 
 # (n, cin, cout, H, W, taps, d, pads, groups): a row shorter than a vector, the kernel span
 # equal to the padded row, channels past a register tile, several K blocks (cin > 128),
-# causal and anti-causal padding, dilations 1 and multiples of 8 (the AVX-512 kernels)
-# and others (portable kernels), a pad past the span (grad input then goes generic), an
+# causal and anti-causal padding, dilations 1, 2, 4 and multiples of 8 (the AVX-512
+# kernels) and others (portable kernels), a pad past the span (grad input then goes generic), an
 # empty batch.
 EDGE = [
     (1, 1, 1, 1, 1, 2, 8, (8, 0), 1),
@@ -149,6 +149,9 @@ EDGE = [
     (2, 6, 12, 2, 41, 3, 8, (16, 0), 2),
     (1, 4, 6, 1, 3, 3, 1, (0, 0), 1),
     (1, 5, 5, 1, 29, 3, 2, (2, 2), 1),
+    (2, 18, 11, 1, 71, 2, 2, (2, 0), 1),
+    (1, 21, 17, 1, 90, 2, 4, (4, 0), 1),
+    (2, 7, 9, 1, 45, 3, 4, (4, 4), 1),
 ]
 
 
@@ -215,7 +218,8 @@ def test_bias_is_added_to_the_finished_sum(taps, d):
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 64, 1, 3000, 2, 8, (8, 0), 1), (2, 24, 40, 2, 517, 2, 16, (0, 16), 2),
-                                   (5, 20, 36, 1, 300, 2, 3, (3, 0), 1), (4, 32, 30, 1, 700, 3, 1, (1, 1), 1)])
+                                   (5, 20, 36, 1, 300, 2, 3, (3, 0), 1), (4, 32, 30, 1, 700, 3, 1, (1, 1), 1),
+                                   (3, 40, 24, 1, 900, 2, 4, (4, 0), 1)])
 def test_thread_counts_bitwise_equal(shape):
     n, cin, cout, H, W, taps, d, pads, g = shape
     rng = np.random.default_rng(5)
@@ -266,7 +270,7 @@ def test_auto_takes_it_on_the_benchmark_layers():
 
 
 @pytest.mark.parametrize("xs,ws,s,pads,d", [
-    ((1, 64, 1, 500), (64, 64, 1, 2), (1, 1), (0, 0, 8, 0), (1, 3)),    # dilation not a multiple of 8
+    ((1, 64, 1, 500), (64, 64, 1, 2), (1, 1), (0, 0, 3, 0), (1, 3)),    # dilation 3: portable kernels only
     ((1, 4, 1, 500), (64, 4, 1, 2), (1, 1), (0, 0, 8, 0), (1, 8)),      # few input channels
     ((1, 64, 1, 20), (64, 64, 1, 2), (1, 1), (0, 0, 8, 0), (1, 8)),     # few output pairs
     ((1, 64, 1, 500), (64, 64, 1, 4), (1, 1), (0, 0, 8, 0), (1, 8)),    # kernel 4

@@ -4,8 +4,9 @@
 // the same output transforms in the same order). Two geometries are vectorised:
 //   runs  the dilation is a multiple of 8: every run of 8 pair columns is 8 consecutive
 //         output columns (and their partners 8 consecutive columns d further on);
-//   d1    dilation 1: pair column j is outputs 2j and 2j + 1, so a panel's inputs are the
-//         even or odd elements of two vectors and its outputs interleave two vectors.
+//   perm  dilation 1, 2 or 4: a panel of L pair columns is 2L consecutive output columns
+//         (its outputs and their partners interleaved in runs of d), so each input of a
+//         panel is one permute of two vectors and the outputs two permutes of (ya, yb).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -35,19 +36,7 @@ struct F32 {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static void store(T* p, V v) { _mm512_store_ps(p, v); }
-  // Even / odd elements of the 2L-element concatenation (lo, hi); interleave back.
-  static V evens(V lo, V hi) {
-    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi);
-  }
-  static V odds(V lo, V hi) {
-    return _mm512_permutex2var_ps(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi);
-  }
-  static V zip_lo(V a, V b) {
-    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
-  }
-  static V zip_hi(V a, V b) {
-    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), b);
-  }
+  static V perm2(V lo, __m512i idx, V hi) { return _mm512_permutex2var_ps(lo, idx, hi); }
   static R rload(const T* p, __mmask8 m) { return _mm256_maskz_loadu_ps(m, p); }
   static R rzero() { return _mm256_setzero_ps(); }
   static R rsub(R a, R b) { return _mm256_sub_ps(a, b); }
@@ -73,10 +62,7 @@ struct F64 {
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   static void store(T* p, V v) { _mm512_store_pd(p, v); }
-  static V evens(V lo, V hi) { return _mm512_permutex2var_pd(lo, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), hi); }
-  static V odds(V lo, V hi) { return _mm512_permutex2var_pd(lo, _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15), hi); }
-  static V zip_lo(V a, V b) { return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), b); }
-  static V zip_hi(V a, V b) { return _mm512_permutex2var_pd(a, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), b); }
+  static V perm2(V lo, __m512i idx, V hi) { return _mm512_permutex2var_pd(lo, idx, hi); }
   static R rload(const T* p, __mmask8 m) { return _mm512_maskz_loadu_pd(m, p); }
   static R rzero() { return _mm512_setzero_pd(); }
   static R rsub(R a, R b) { return _mm512_sub_pd(a, b); }
@@ -95,6 +81,50 @@ inline unsigned range_bits(i64 i, i64 n, int n_lanes) {
   for (int l = 0; l < n_lanes; ++l)
     if (i + l >= 0 && i + l < n) m |= 1u << l;
   return m;
+}
+
+// Permute indices of the perm geometry (dilation d = 1, 2, 4; L lanes): pair lane l is
+// column (l / d) * 2d + l % d of the panel's 2L columns; output column p comes from
+// ya lane (p / 2d) * d + p % 2d if p % 2d < d, else from yb lane (p / 2d) * d + p % 2d - d.
+template <typename I, int L>
+struct PermTables {
+  alignas(64) I a[3][L];
+  alignas(64) I z[3][2 * L];
+  PermTables() {
+    for (int s = 0; s < 3; ++s) {
+      const int d = 1 << s;
+      for (int l = 0; l < L; ++l) a[s][l] = static_cast<I>((l / d) * 2 * d + l % d);
+      for (int p = 0; p < 2 * L; ++p) {
+        const int lane = (p / (2 * d)) * d + p % (2 * d);
+        z[s][p] = static_cast<I>(p % (2 * d) < d ? lane : L + lane - d);
+      }
+    }
+  }
+};
+template <class S>
+struct Perm;
+template <>
+struct Perm<F32> {
+  static const PermTables<int, 16>& t() {
+    static const PermTables<int, 16> tab;
+    return tab;
+  }
+};
+template <>
+struct Perm<F64> {
+  static const PermTables<long long, 8>& t() {
+    static const PermTables<long long, 8> tab;
+    return tab;
+  }
+};
+inline int perm_slot(i64 d) { return d == 1 ? 0 : d == 2 ? 1 : 2; }
+template <class S>
+inline __m512i perm_in(i64 d) {
+  return _mm512_load_si512(Perm<S>::t().a[perm_slot(d)]);
+}
+template <class S>
+inline __m512i perm_out(i64 d, int half) {
+  return _mm512_load_si512(Perm<S>::t().z[perm_slot(d)] + half * S::L);
 }
 
 // The input transform of one pair column's R + 1 inputs d[0..R], in the order of the
@@ -155,30 +185,26 @@ void pack_runs(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64
   }
 }
 
-// Dilation 1: pair column j reads x~[2j + q], q = 0..R.
+// Dilation 1, 2 or 4: the panel of pairs j0 .. j0+L-1 covers columns 2*j0 .. 2*j0+2L-1.
 template <class S, int Rt>
-void pack_d1(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, typename S::T* dst) {
+void pack_perm(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, typename S::T* dst) {
   using T = typename S::T;
   using V = typename S::V;
   using M = typename S::M;
   constexpr int L = S::L, Q = Rt + 1;
+  const __m512i idx = perm_in<S>(g.d);
   const i64 panels = (nc + L - 1) / L;
   for (i64 pn = 0; pn < panels; ++pn) {
     const i64 i = 2 * (j0 + pn * L) - g.pad_lo;  // input of lane 0, q = 0
-    M mk[2][2];  // the loads from i and from i + 2, low and high halves
-    for (int q = 0; q < 2; ++q)
-      for (int h = 0; h < 2; ++h) mk[q][h] = static_cast<M>(range_bits(i + 2 * q + h * L, g.W, L));
+    M mk[Rt + 1][2];
+    for (int q = 0; q <= Rt; ++q)
+      for (int h = 0; h < 2; ++h) mk[q][h] = static_cast<M>(range_bits(i + q * g.d + h * L, g.W, L));
     for (i64 k = 0; k < kc; ++k) {
       const T* row = x + k * cs + i;
       T* o = dst + (pn * kc + k) * Q * L;
       V d[Rt + 1], u[Q];
-      // q even: the even elements from q on; q odd: the odd elements from q - 1 on.
-      const V a0 = S::loadu(row, mk[0][0]), a1 = S::loadu(row + L, mk[0][1]);
-      d[0] = S::evens(a0, a1);
-      d[1] = S::odds(a0, a1);
-      const V b0 = S::loadu(row + 2, mk[1][0]), b1 = S::loadu(row + 2 + L, mk[1][1]);
-      d[2] = S::evens(b0, b1);
-      if constexpr (Rt == 3) d[3] = S::odds(b0, b1);
+      for (int q = 0; q <= Rt; ++q)
+        d[q] = S::perm2(S::loadu(row + q * g.d, mk[q][0]), idx, S::loadu(row + q * g.d + L, mk[q][1]));
       input_transform<Rt, PanelOps<S>>(d, u);
       for (int q = 0; q < Q; ++q) S::store(o + q * L, u[q]);
     }
@@ -277,8 +303,8 @@ void tile_runs(i64 kc, const typename S::T* a, const typename S::T* b, typename 
 }
 
 template <class S, int Rt>
-void tile_d1(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
-             const Geo& g, bool accumulate, const typename S::T* bias) {
+void tile_perm(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
+               const Geo& g, bool accumulate, const typename S::T* bias) {
   using V = typename S::V;
   using M = typename S::M;
   constexpr int L = S::L, MR = w1d_detail::mr(Rt);
@@ -286,10 +312,11 @@ void tile_d1(i64 kc, const typename S::T* a, const typename S::T* b, typename S:
   prefetch_cols(y, y_rs, m, t, t + 2 * L - 1);
   V va[MR], vb[MR];
   tile_products<S, Rt>(kc, a, b, va, vb);
+  const __m512i z0 = perm_out<S>(g.d, 0), z1 = perm_out<S>(g.d, 1);
   const M m0 = static_cast<M>(range_bits(t, g.Wo, L)), m1 = static_cast<M>(range_bits(t + L, g.Wo, L));
   for (int i = 0; i < m; ++i) {
     auto* yr = y + i * y_rs + t;
-    V lo = S::zip_lo(va[i], vb[i]), hi = S::zip_hi(va[i], vb[i]);
+    V lo = S::perm2(va[i], z0, vb[i]), hi = S::perm2(va[i], z1, vb[i]);
     if (accumulate) {
       lo = S::add(S::loadu(yr, m0), lo);
       hi = S::add(S::loadu(yr + L, m1), hi);
@@ -305,9 +332,9 @@ void tile_d1(i64 kc, const typename S::T* a, const typename S::T* b, typename S:
 
 template <class S>
 void pack_any(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, typename S::T* dst) {
-  if (g.d == 1) {
-    if (g.r == 2) return pack_d1<S, 2>(x, cs, g, kc, j0, nc, dst);
-    return pack_d1<S, 3>(x, cs, g, kc, j0, nc, dst);
+  if (g.d % 8 != 0) {
+    if (g.r == 2) return pack_perm<S, 2>(x, cs, g, kc, j0, nc, dst);
+    return pack_perm<S, 3>(x, cs, g, kc, j0, nc, dst);
   }
   if (g.r == 2) return pack_runs<S, 2>(x, cs, g, kc, j0, nc, dst);
   pack_runs<S, 3>(x, cs, g, kc, j0, nc, dst);
@@ -316,9 +343,9 @@ void pack_any(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 
 template <class S>
 void tile_any(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
               const Geo& g, bool accumulate, const typename S::T* bias) {
-  if (g.d == 1) {
-    if (g.r == 2) return tile_d1<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
-    return tile_d1<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+  if (g.d % 8 != 0) {
+    if (g.r == 2) return tile_perm<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+    return tile_perm<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
   }
   if (g.r == 2) return tile_runs<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
   tile_runs<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
@@ -330,12 +357,12 @@ void tile_any(i64 kc, const typename S::T* a, const typename S::T* b, typename S
 // their partners (b), zero where an output does not exist. ts: each run's first output
 // column (-1: past the last pair), for dilations that are multiples of 8.
 inline void grad_pair(const float* row, const Geo& g, i64 j0, i64 k, const i64* ts, __m512* a, __m512* b) {
-  if (g.d == 1) {
+  if (g.d % 8 != 0) {
     const i64 t = 2 * (j0 + k);
-    const __m512 v0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(range_bits(t, g.Wo, 16)), row + t);
-    const __m512 v1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(range_bits(t + 16, g.Wo, 16)), row + t + 16);
-    *a = F32::evens(v0, v1);
-    *b = F32::odds(v0, v1);
+    const __m512i idx = perm_in<F32>(g.d);
+    auto half = [&](i64 c) { return F32::loadu(row + c, static_cast<__mmask16>(range_bits(c, g.Wo, 16))); };
+    *a = F32::perm2(half(t), idx, half(t + 16));
+    *b = F32::perm2(half(t + g.d), idx, half(t + g.d + 16));
     return;
   }
   __m256 ra[2], rb[2];
@@ -356,7 +383,7 @@ template <int Rt>
 void dw_pack_a(const float* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp, float* dst) {
   constexpr int Q = Rt + 1, MR = w1d_detail::mr(Rt), NC = w1d_detail::nc_weight(Rt);
   i64 ts[NC / 8];
-  if (g.d != 1)
+  if (g.d % 8 == 0)
     for (i64 r = 0; r < kp / 8; ++r) {
       const i64 j = j0 + 8 * r;
       ts[r] = j < g.P ? (j / g.d) * 2 * g.d + j % g.d : -1;
@@ -387,8 +414,8 @@ void dw_pack_b(const float* x, i64 cs, int c, const Geo& g, i64 j0, i64 kp, floa
   constexpr int Q = Rt + 1, L = 16;
   for (i64 k = 0; k < kp; k += L) {
     // The forward packer's panel for these 16 pairs: [channel][q][pair].
-    if (g.d == 1)
-      pack_d1<F32, Rt>(x, cs, g, c, j0 + k, L, tmp);
+    if (g.d % 8 != 0)
+      pack_perm<F32, Rt>(x, cs, g, c, j0 + k, L, tmp);
     else
       pack_runs<F32, Rt>(x, cs, g, c, j0 + k, L, tmp);
     for (int ch = c; ch < L; ++ch)
