@@ -193,7 +193,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     see _ALGORITHMS; 'generic' sums every output in the direct order, 'winograd' (which
     'auto' takes for 3x3 stride-1 convolutions with enough channels) and 'winograd_1d'
     (kernels 1x2 and 1x3, stride 1 along the width; 'auto' takes it on AVX-512 for a
-    dilation of 1 or a multiple of 8 with enough channels) do not."""
+    dilation of 1, 2, 4 or a multiple of 8 with enough channels) do not."""
     return _conv_forward(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d", algorithm)
 
 
