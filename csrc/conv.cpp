@@ -234,7 +234,7 @@ struct UnfoldTB final : BPanelSource<T> {
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
     k0 += kbase;
-    if (sizeof(T) == 4 && nr == 16 && p.w.stride == 1 && active_isa() == Isa::avx512) {
+    if (sizeof(T) == 4 && nr == 16 && (p.w.stride == 1 || p.w.stride == 2) && active_isa() == Isa::avx512) {
       avx512::unfold_t_pack_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(x), cbase,
                                 reinterpret_cast<float*>(dst), k0, kc, j0, nc);
       return;
@@ -1036,6 +1036,11 @@ void input_grad_pointwise(const ConvParams& p, const Plan& pl, const T* dy, cons
 template <typename T>
 void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nci, i64 j0,
                  i64 jn, T* dxp, i64 h0, i64 h1) {
+  if (sizeof(T) == 4 && (p.w.stride == 1 || p.w.stride == 2) && active_isa() == Isa::avx512) {
+    avx512::col2im_tile_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(tile), nci, j0, jn,
+                            reinterpret_cast<float*>(dxp), h0, h1);
+    return;
+  }
   const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in, sw = p.w.stride;
   const i64 plane = p.h.in * W;
   for (i64 ci = 0; ci < nci; ++ci)

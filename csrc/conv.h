@@ -143,9 +143,14 @@ void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
                      i64 jbase, i64 img, double* dst, i64 k0, i64 kc, i64 j0, i64 nc);
 // y[0..n) += b (the forward's bias, added to the finished sum), masked tail.
 void add_bias_f32(float* y, i64 n, float b);
-// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 along W.
+// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 or 2
+// along W.
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+// The grad-input col2im (col2im_tile in conv.cpp), float32, stride 1 or 2 along W: the
+// same additions in the same order, vectorised along each output-row segment.
+void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
+                     i64 j0, i64 jn, float* dxp, i64 h0, i64 h1);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.

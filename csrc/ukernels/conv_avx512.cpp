@@ -196,7 +196,10 @@ inline void transpose16(__m512 r[16]) {
 // Grad-weight packer (UnfoldTB in conv.cpp): B(k, j) with k an output pixel and j an
 // unfolded (ci, kh, kw) column. Per panel of 16 columns and chunk of 16 pixels, each
 // column's 16 pixels are one vector (masked loads per output-row segment, as above),
-// then the 16x16 block is transposed in registers into 16 panel rows.
+// then the 16x16 block is transposed in registers into 16 panel rows. SW: the stride
+// along W (1 or 2; at 2 each segment is two masked loads and an even-lane permute, as in
+// pack()).
+template <int SW>
 void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                 i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
   constexpr int NR = 16;
@@ -236,11 +239,25 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
           if (ih < 0 || ih >= H) continue;
           const i64 a = lmax(c_lo[c], s.ow), b = lmin(c_hi[c], s.ow + s.len);
           if (a >= b) continue;
-          const __mmask16 m = static_cast<__mmask16>(((1u << (b - a)) - 1u) << (s.lane0 + a - s.ow));
+          const i64 l0 = s.lane0 + a - s.ow;  // first valid lane
+          const __mmask16 m = static_cast<__mmask16>(((1u << (b - a)) - 1u) << l0);
+          // Lane L reads input column SW*(s.ow + L - s.lane0) + iwk (the base may point
+          // before the row: formed without pointer arithmetic; only masked lanes, all
+          // inside the row, are accessed).
           const std::uintptr_t base =
               reinterpret_cast<std::uintptr_t>(c_xp[c] + ih * W) +
-              static_cast<std::uintptr_t>((s.ow - s.lane0 + c_iwk[c]) * static_cast<i64>(sizeof(float)));
-          v[c] = _mm512_mask_loadu_ps(v[c], m, reinterpret_cast<const float*>(base));
+              static_cast<std::uintptr_t>((SW * (s.ow - s.lane0) + c_iwk[c]) * static_cast<i64>(sizeof(float)));
+          if (SW == 1) {
+            v[c] = _mm512_mask_loadu_ps(v[c], m, reinterpret_cast<const float*>(base));
+          } else {
+            // elements 2*l0 .. 2*(l0 + b - a - 1) of the 32 from base
+            const std::uint32_t em = ((std::uint32_t(1) << (2 * (b - a) - 1)) - 1u) << (2 * l0);
+            const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(em & 0xFFFFu),
+                                                    reinterpret_cast<const float*>(base));
+            const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(em >> 16),
+                                                    reinterpret_cast<const float*>(base + 16 * sizeof(float)));
+            v[c] = _mm512_mask_blend_ps(m, v[c], P32::evens(lo, hi));
+          }
         }
       }
       transpose16(v);
@@ -250,6 +267,74 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
   }
 }
 
+
+// dst[i*SW] += src[i] for i in [0, n): the scalar col2im's additions, 16 at a time. At
+// stride 2 the 16 values are spread over the even lanes of two vectors (a permute each)
+// and only those lanes are loaded, added and stored: the odd elements in between belong
+// to other taps and are never touched.
+template <int SW>
+inline void col2im_row(float* dst, const float* src, i64 n) {
+  i64 i = 0;
+  if (SW == 1) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_add_ps(_mm512_loadu_ps(dst + i), _mm512_loadu_ps(src + i)));
+    if (i < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      _mm512_mask_storeu_ps(dst + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst + i), _mm512_maskz_loadu_ps(m, src + i)));
+    }
+    return;
+  }
+  const __m512i ilo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i ihi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  constexpr __mmask16 kEven = 0x5555;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    float* d = dst + 2 * i;
+    _mm512_mask_storeu_ps(d, kEven, _mm512_add_ps(_mm512_maskz_loadu_ps(kEven, d), _mm512_permutexvar_ps(ilo, v)));
+    _mm512_mask_storeu_ps(d + 16, kEven,
+                          _mm512_add_ps(_mm512_maskz_loadu_ps(kEven, d + 16), _mm512_permutexvar_ps(ihi, v)));
+  }
+  if (i < n) {
+    const i64 r = n - i;  // 1 .. 15 values: even lanes below 2r, over the two vectors
+    const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << r) - 1u), src + i);
+    const std::uint32_t em = 0x55555555u & ((std::uint32_t(1) << (2 * r)) - 1u);
+    const __mmask16 mlo = static_cast<__mmask16>(em & 0xFFFFu), mhi = static_cast<__mmask16>(em >> 16);
+    float* d = dst + 2 * i;
+    _mm512_mask_storeu_ps(d, mlo, _mm512_add_ps(_mm512_maskz_loadu_ps(mlo, d), _mm512_permutexvar_ps(ilo, v)));
+    if (mhi)
+      _mm512_mask_storeu_ps(d + 16, mhi,
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(mhi, d + 16), _mm512_permutexvar_ps(ihi, v)));
+  }
+}
+
+// col2im_tile of conv.cpp: the tile's rows (ci, kh, kw), each a run of output pixels
+// j0 .. j0+jn-1, added into input rows h0 .. h1-1 of the planes dxp, in the same order.
+template <int SW>
+void col2im_tile(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
+                 i64 j0, i64 jn, float* dxp, i64 h0, i64 h1) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in;
+  const i64 plane = p.h.in * W;
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 kh = 0; kh < kH; ++kh)
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const float* row = tile + ((ci * kH + kh) * kW + kw) * jn;
+        float* xp = dxp + ci * plane;
+        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr_lo[kw], hi = tr_hi[kw];
+        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
+        while (at < jn) {
+          const i64 len = lmin(jn - at, Wo - ow);
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih >= h0 && ih < h1) {
+            const i64 a = lmin(lmax(lo - ow, 0), len);
+            const i64 b = lmin(lmax(hi - ow, a), len);
+            if (b > a) col2im_row<SW>(xp + ih * W + (ow + a) * SW + iwk, row + at + a, b - a);
+          }
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+}
 
 // ---------------------------------------------------------------- depthwise planes
 //
@@ -890,7 +975,17 @@ void weight_plane_any(const DwGeom& g, const typename S::T* dy, const typename S
 namespace avx512 {
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
-  pack_t_f32(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
+  if (p.w.stride == 2)
+    pack_t_f32<2>(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
+  else
+    pack_t_f32<1>(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
+}
+void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
+                     i64 j0, i64 jn, float* dxp, i64 h0, i64 h1) {
+  if (p.w.stride == 2)
+    col2im_tile<2>(p, tr_lo, tr_hi, tile, nci, j0, jn, dxp, h0, h1);
+  else
+    col2im_tile<1>(p, tr_lo, tr_hi, tile, nci, j0, jn, dxp, h0, h1);
 }
 void add_bias_f32(float* y, i64 n, float b) {
   const __m512 bv = _mm512_set1_ps(b);
