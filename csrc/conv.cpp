@@ -234,7 +234,7 @@ struct UnfoldTB final : BPanelSource<T> {
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
     k0 += kbase;
-    if (sizeof(T) == 4 && nr == 16 && (p.w.stride == 1 || p.w.stride == 2) && active_isa() == Isa::avx512) {
+    if (sizeof(T) == 4 && nr == 16 && avx512::unfold_t_pack_supports(p) && active_isa() == Isa::avx512) {
       avx512::unfold_t_pack_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(x), cbase,
                                 reinterpret_cast<float*>(dst), k0, kc, j0, nc);
       return;

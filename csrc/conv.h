@@ -143,8 +143,13 @@ void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
                      i64 jbase, i64 img, double* dst, i64 k0, i64 kc, i64 j0, i64 nc);
 // y[0..n) += b (the forward's bias, added to the finished sum), masked tail.
 void add_bias_f32(float* y, i64 n, float b);
-// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 or 2
-// along W.
+// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels: stride 1 or 2
+// along W, or any stride with dilation 1 along W and at least kUnfoldTRunsMinKw kernel
+// columns (then packed from runs of consecutive taps, no transpose).
+constexpr i64 kUnfoldTRunsMinKw = 4;
+inline bool unfold_t_pack_supports(const ConvParams& p) {
+  return p.w.stride <= 2 || (p.w.dilation == 1 && p.w.kernel >= kUnfoldTRunsMinKw);
+}
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
 // The grad-input col2im (col2im_tile in conv.cpp), float32, stride 1 or 2 along W: the

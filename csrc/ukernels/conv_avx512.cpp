@@ -268,6 +268,108 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
 }
 
 
+// Grad-weight packer from tap runs (UnfoldTB in conv.cpp; dilation 1 along W, any
+// stride). A panel's 16 columns (ci, kh, kw) fall into runs of consecutive kw within one
+// kernel row (a 7-wide kernel: 2 or 3 runs per panel), and a run's values for one output
+// pixel are consecutive elements of one input row. So each packed row (one pixel) is one
+// masked load per run merged into a vector, then one store: no transpose, no permute.
+// Pixels whose runs all lie inside their input rows (all but the few at the ends of an
+// output row) use the run masks alone; the others also mask the lanes outside the row.
+struct TapRun {
+  i64 l0, len;   // first lane, lanes
+  i64 base;      // element offset of the run's channel plane
+  i64 ihk, iwk;  // input row = oh*sh + ihk; lane l0's input column = ow*sw + iwk
+  __mmask16 m;   // lanes l0 .. l0+len-1
+};
+
+template <int NV>
+inline void runs_rows(const std::uintptr_t* b, const __mmask16* m, int nv, std::uintptr_t step, i64 n, float* d) {
+  const int cnt = NV >= 0 ? NV : nv;
+  std::uintptr_t o = 0;
+  for (i64 i = 0; i < n; ++i, o += step, d += 16) {
+    __m512 v = _mm512_setzero_ps();
+    for (int r = 0; r < cnt; ++r) v = _mm512_mask_loadu_ps(v, m[r], reinterpret_cast<const float*>(b[r] + o));
+    _mm512_storeu_ps(d, v);
+  }
+}
+
+void pack_t_runs_f32(const ConvParams& p, const float* x, i64 cbase, float* dst, i64 k0, i64 kc, i64 j0,
+                     i64 nc) {
+  constexpr int NR = 16;
+  const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out;
+  const i64 W = p.w.in, H = p.h.in, plane = H * W, sh = p.h.stride, sw = p.w.stride;
+  const std::uintptr_t xb = reinterpret_cast<std::uintptr_t>(x);
+  constexpr std::uintptr_t kF = sizeof(float);
+  for (i64 pb = 0; pb < nc; pb += NR) {
+    float* panel = dst + (pb / NR) * kc * NR;
+    const int ncols = static_cast<int>(lmin(NR, nc - pb));
+    TapRun runs[NR];
+    int nruns = 0;
+    for (int c = 0; c < ncols;) {
+      const i64 kf = cbase + j0 + pb + c, ci = kf / KK, r = kf % KK, kh = r / kW, kw = r % kW;
+      const int len = static_cast<int>(lmin(kW - kw, ncols - c));
+      runs[nruns++] = TapRun{c, len, ci * plane, kh * p.h.dilation - p.h.pad_lo, kw - p.w.pad_lo,
+                             static_cast<__mmask16>(((1u << len) - 1u) << c)};
+      c += len;
+    }
+    for (i64 k = 0; k < kc;) {
+      const i64 pix = k0 + k, oh = pix / Wo, ow0 = pix % Wo, n = lmin(kc - k, Wo - ow0);
+      // Runs whose input row exists; b[r] + ow*sw*4 addresses lane 0 for pixel column ow.
+      std::uintptr_t b[NR];
+      __mmask16 m[NR];
+      const TapRun* live[NR];
+      int nv = 0;
+      i64 ilo = ow0, ihi = ow0 + n;  // pixels with every live run inside its row
+      for (int r = 0; r < nruns; ++r) {
+        const TapRun& t = runs[r];
+        const i64 ih = oh * sh + t.ihk;
+        if (ih < 0 || ih >= H) continue;
+        b[nv] = xb + static_cast<std::uintptr_t>((t.base + ih * W + t.iwk - t.l0) * static_cast<i64>(kF));
+        m[nv] = t.m;
+        live[nv++] = &t;
+        // ow*sw + iwk >= 0 and ow*sw + iwk + len <= W
+        const i64 lo = t.iwk >= 0 ? 0 : (-t.iwk + sw - 1) / sw;
+        const i64 hi = W - t.iwk - t.len < 0 ? 0 : (W - t.iwk - t.len) / sw + 1;
+        ilo = lmax(ilo, lo);
+        ihi = lmin(ihi, hi);
+      }
+      ilo = lmin(ilo, ow0 + n);
+      ihi = lmax(ihi, ilo);
+      float* d = panel + k * NR;
+      // Edge pixels: each run's lanes also clipped to the input row.
+      auto edge = [&](i64 ow) {
+        __m512 v = _mm512_setzero_ps();
+        for (int r = 0; r < nv; ++r) {
+          const TapRun& t = *live[r];
+          const i64 col = ow * sw + t.iwk;  // input column of lane l0
+          const i64 a = lmax(0, -col), e = lmin(t.len, W - col);
+          if (a >= e) continue;
+          const __mmask16 mm = static_cast<__mmask16>(((1u << (e - a)) - 1u) << (t.l0 + a));
+          v = _mm512_mask_loadu_ps(v, mm, reinterpret_cast<const float*>(b[r] + static_cast<std::uintptr_t>(ow * sw * static_cast<i64>(kF))));
+        }
+        _mm512_storeu_ps(d + (ow - ow0) * NR, v);
+      };
+      for (i64 ow = ow0; ow < ilo; ++ow) edge(ow);
+      if (ihi > ilo) {
+        std::uintptr_t bb[NR];
+        for (int r = 0; r < nv; ++r) bb[r] = b[r] + static_cast<std::uintptr_t>(ilo * sw * static_cast<i64>(kF));
+        const std::uintptr_t step = static_cast<std::uintptr_t>(sw * static_cast<i64>(kF));
+        float* di = d + (ilo - ow0) * NR;
+        switch (nv) {
+          case 0: runs_rows<0>(bb, m, nv, step, ihi - ilo, di); break;
+          case 1: runs_rows<1>(bb, m, nv, step, ihi - ilo, di); break;
+          case 2: runs_rows<2>(bb, m, nv, step, ihi - ilo, di); break;
+          case 3: runs_rows<3>(bb, m, nv, step, ihi - ilo, di); break;
+          case 4: runs_rows<4>(bb, m, nv, step, ihi - ilo, di); break;
+          default: runs_rows<-1>(bb, m, nv, step, ihi - ilo, di); break;
+        }
+      }
+      for (i64 ow = ihi; ow < ow0 + n; ++ow) edge(ow);
+      k += n;
+    }
+  }
+}
+
 // dst[i*SW] += src[i] for i in [0, n): the scalar col2im's additions, 16 at a time. At
 // stride 2 the 16 values are spread over the even lanes of two vectors (a permute each)
 // and only those lanes are loaded, added and stored: the odd elements in between belong
@@ -975,7 +1077,9 @@ void weight_plane_any(const DwGeom& g, const typename S::T* dy, const typename S
 namespace avx512 {
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
-  if (p.w.stride == 2)
+  if (p.w.dilation == 1 && p.w.kernel >= kUnfoldTRunsMinKw)
+    pack_t_runs_f32(p, x, cbase, dst, k0, kc, j0, nc);
+  else if (p.w.stride == 2)
     pack_t_f32<2>(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
   else
     pack_t_f32<1>(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
