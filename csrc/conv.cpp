@@ -630,6 +630,25 @@ std::size_t weight_gemm_ws(const ConvParams& p, const Plan& pl, std::size_t elem
   return ws;
 }
 
+// Generic grad input at stride >= 2 along W, float32 under AVX-512: the col2im adds into a
+// phase-split buffer of the band's rows (avx512::col2im_phase_f32), then unpacks it into
+// dx. Its width per phase (wq) and elements per thread; 0 elements where not taken (other
+// types or ISAs, stride 1, or a buffer above kPadMaxElems).
+struct PhaseBuf {
+  i64 wq, elems;
+};
+PhaseBuf dx_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  PhaseBuf b{0, 0};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || p.w.stride < 2) return b;
+  const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
+  const i64 wq = ceil_div(wp, p.w.stride);
+  const i64 rows = ceil_div(p.h.in, pl.dx_bands);
+  const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
+  const i64 elems = checked_mul(checked_mul(pl.ci_sub, rows, "phase buffer"), rowlen, "phase buffer");
+  if (elems > kPadMaxElems) return b;
+  return PhaseBuf{wq, elems};
+}
+
 // ---------------------------------------------------------------- candidates
 
 bool supports_pointwise(const ConvParams& p) {
@@ -1080,6 +1099,8 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
   const i64 in_plane = H * W;
   const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
+  const std::size_t tile_part = per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T));
+  const PhaseBuf pb = dx_phase_buf(p, pl, sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 item = t / (pl.ci_count * B), s = (t / B) % pl.ci_count, band = t % B;
@@ -1093,19 +1114,29 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
     const i64 hi_num = h1 - 1 + p.h.pad_lo;
     const i64 oh1 = hi_num < 0 ? oh0 : std::max(oh0, std::min(p.h.out, hi_num / p.h.stride + 1));
     T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
-    for (i64 ci = 0; ci < nci; ++ci) fill_zero(dxp + ci * in_plane + h0 * W, (h1 - h0) * W);
+    if (pb.elems == 0)
+      for (i64 ci = 0; ci < nci; ++ci) fill_zero(dxp + ci * in_plane + h0 * W, (h1 - h0) * W);
     T* wsp = ws + ws_per * thread_index();
     T* tile = wsp + gemm_part;
+    T* pbuf = tile + tile_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
     for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
       const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
       const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
+      if (pb.elems > 0) fill_zero(pbuf, ncs * (h1 - h0) * p.w.stride * pb.wq);
       for (i64 j0 = oh0 * p.w.out; j0 < oh1 * p.w.out; j0 += pl.tile) {
         const i64 jn = std::min(pl.tile, oh1 * p.w.out - j0);
         StridedB<T> src = dense_b(dyg, pl.Np, j0);
         gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
-        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane, h0, h1);
+        if (pb.elems > 0)
+          avx512::col2im_phase_f32(p, reinterpret_cast<const float*>(tile), ncs, j0, jn,
+                                   reinterpret_cast<float*>(pbuf), h0, h1, pb.wq);
+        else
+          col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane, h0, h1);
       }
+      if (pb.elems > 0)
+        avx512::phase_unpack_f32(p, reinterpret_cast<const float*>(pbuf), ncs,
+                                 reinterpret_cast<float*>(dxp + cs * in_plane), h0, h1, pb.wq);
     }
   }
 }
@@ -1249,7 +1280,8 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Cg, pl.fwd.chunk, pl.Mg), sizeof(T)));
     else
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T)) +
-                                    per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)));
+                                    per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)) +
+                                    per_thread(static_cast<std::size_t>(dx_phase_buf(p, pl, sizeof(T)).elems), sizeof(T)));
   }
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * pl.threads * sizeof(T)));
   if (dx && p.n > 0) {
@@ -1413,8 +1445,9 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
     }
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Cg, pl.fwd.chunk, pl.Mg)));
     i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
-    per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
-                                    checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
+    per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)) + 32,
+                                                checked_mul(rows, pl.tile, "col2im tile"), "workspace"),
+                                    dx_phase_buf(p, pl, elem).elems, "workspace"));
   }
   i64 red = 0;  // grad weight in image pieces: the partial sums (not per thread)
   if (backward && pl.wred > 1)

@@ -156,6 +156,12 @@ void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, 
 // same additions in the same order, vectorised along each output-row segment.
 void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
                      i64 j0, i64 jn, float* dxp, i64 h0, i64 h1);
+// The same col2im (stride S >= 2 along W) into a phase-split buffer of input rows
+// h0 .. h1-1 (row of padded column iw + pad_lo = S*m + q at q*wq + m, rows S*wq apart,
+// planes (h1-h0)*S*wq apart; zeroed by the caller), then the rows unpacked into dx.
+void col2im_phase_f32(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0,
+                      i64 h1, i64 wq);
+void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.

@@ -438,6 +438,68 @@ void col2im_tile(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const 
       }
 }
 
+// Grad-input col2im into a phase-split buffer (stride S >= 2 along W): the input rows
+// h0 .. h1-1 of each channel, each row in padded column coordinates iw + pad_lo split by
+// phase, element (q, m) = padded column S*m + q at q*wq + m (rows S*wq apart, planes
+// (h1-h0)*S*wq apart). Tap (kh, kw) of output column ow lands on phase (kw*dw) % S, index
+// ow + (kw*dw) / S, so a tile row's run of output pixels is a contiguous vector add (no
+// permute, no range clipping: the padding columns take the contributions the scalar
+// col2im drops). Same additions in the same order as col2im_tile for every real element.
+void col2im_phase(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0, i64 h1,
+                  i64 wq) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, S = p.w.stride;
+  const i64 rowlen = S * wq, bplane = (h1 - h0) * rowlen;
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 kh = 0; kh < kH; ++kh)
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const float* row = tile + ((ci * kH + kh) * kW + kw) * jn;
+        const i64 t = kw * p.w.dilation;
+        float* bp = buf + ci * bplane + (t % S) * wq + t / S;
+        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
+        while (at < jn) {
+          const i64 len = lmin(jn - at, Wo - ow);
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih >= h0 && ih < h1) col2im_row<1>(bp + (ih - h0) * rowlen + ow, row + at, len);
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+}
+
+// dx rows h0 .. h1-1 of nci planes from the phase-split buffer: dx[ih][iw] = element
+// (q, m) with iw + pad_lo = S*m + q. At S = 2 each 16 columns interleave 8 values of one
+// phase with 8 of the other.
+void phase_unpack(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq) {
+  const i64 W = p.w.in, S = p.w.stride, pl = p.w.pad_lo, plane = p.h.in * W;
+  const i64 rowlen = S * wq, bplane = (h1 - h0) * rowlen;
+  const __m512i inter = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 ih = h0; ih < h1; ++ih) {
+      const float* src = buf + ci * bplane + (ih - h0) * rowlen;
+      float* dst = dxp + ci * plane + ih * W;
+      if (S != 2) {
+        for (i64 iw = 0; iw < W; ++iw) dst[iw] = src[((iw + pl) % S) * wq + (iw + pl) / S];
+        continue;
+      }
+      // column iw + pl = 2m + q: lanes alternate between phase pl&1 (first) and the other
+      const float* a = src + (pl & 1) * wq + pl / 2;                  // lanes 0, 2, 4, ...
+      const float* b = src + ((pl + 1) & 1) * wq + (pl + 1) / 2;      // lanes 1, 3, 5, ...
+      i64 iw = 0;
+      for (; iw + 16 <= W; iw += 16) {
+        const __m512 va = _mm512_castps256_ps512(_mm256_loadu_ps(a + iw / 2));
+        const __m512 vb = _mm512_castps256_ps512(_mm256_loadu_ps(b + iw / 2));
+        _mm512_storeu_ps(dst + iw, _mm512_permutex2var_ps(va, inter, vb));
+      }
+      if (iw < W) {
+        const i64 r = W - iw, na = (r + 1) / 2, nb = r / 2;
+        const __m512 va = _mm512_castps256_ps512(_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << na) - 1u), a + iw / 2));
+        const __m512 vb = _mm512_castps256_ps512(_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << nb) - 1u), b + iw / 2));
+        _mm512_mask_storeu_ps(dst + iw, static_cast<__mmask16>((1u << r) - 1u), _mm512_permutex2var_ps(va, inter, vb));
+      }
+    }
+}
+
 // ---------------------------------------------------------------- depthwise planes
 //
 // Stride 1 in both dimensions, no padded copy: every vector of output columns reads its
@@ -1090,6 +1152,13 @@ void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
     col2im_tile<2>(p, tr_lo, tr_hi, tile, nci, j0, jn, dxp, h0, h1);
   else
     col2im_tile<1>(p, tr_lo, tr_hi, tile, nci, j0, jn, dxp, h0, h1);
+}
+void col2im_phase_f32(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0,
+                      i64 h1, i64 wq) {
+  col2im_phase(p, tile, nci, j0, jn, buf, h0, h1, wq);
+}
+void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq) {
+  phase_unpack(p, buf, nci, dxp, h0, h1, wq);
 }
 void add_bias_f32(float* y, i64 n, float b) {
   const __m512 bv = _mm512_set1_ps(b);
