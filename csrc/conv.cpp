@@ -649,6 +649,35 @@ PhaseBuf dx_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
   return PhaseBuf{wq, elems};
 }
 
+// Generic forward at stride >= 2 along W, float32 under AVX-512, one image per GEMM: B is
+// packed from a phase-split zero-padded copy of the task's input rows
+// (avx512::phase_copy_f32 / phase_pack_f32: one load per packed row, where the direct
+// packer needs two, a permute and the padding checks). Same packed values. Elements per
+// thread (all padded rows of the group's channels at most); 0 where not taken.
+PhaseBuf fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  PhaseBuf b{0, 0};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || p.w.stride < 2 || pl.fwd_nb > 1) return b;
+  const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
+  const i64 hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
+  const i64 wq = ceil_div(wp, p.w.stride);
+  const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
+  const i64 elems = checked_mul(checked_mul(pl.Cg, hp, "phase copy"), rowlen, "phase copy");
+  if (elems > kPadMaxElems) return b;
+  return PhaseBuf{wq, elems};
+}
+
+// The forward B packer over that copy (padded rows ra .. ra+nrows-1).
+struct PhaseB final : BPanelSource<float> {
+  const ConvParams& p;
+  const float* buf;
+  i64 ra, nrows, wq, jbase;
+  PhaseB(const ConvParams& p_, const float* b, i64 ra_, i64 nrows_, i64 wq_, i64 jb)
+      : p(p_), buf(b), ra(ra_), nrows(nrows_), wq(wq_), jbase(jb) {}
+  void pack(float* dst, i64 k0, i64 kc, i64 j0, i64 nc, int) const override {
+    avx512::phase_pack_f32(p, buf, ra, nrows, wq, jbase, dst, k0, kc, j0, nc);
+  }
+};
+
 // ---------------------------------------------------------------- candidates
 
 bool supports_pointwise(const ConvParams& p) {
@@ -752,7 +781,9 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
   const i64 tasks = p.n * p.groups * pl.fwd.count;
   if (tasks == 0) return;
   const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
-  const std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.fwd.chunk, pl.K), sizeof(T));
+  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.fwd.chunk, pl.K), sizeof(T));
+  const PhaseBuf pb = kPointwise ? PhaseBuf{0, 0} : fwd_phase_buf(p, pl, sizeof(T));
+  const std::size_t ws_per = gemm_part + per_thread(static_cast<std::size_t>(pb.elems), sizeof(T));
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
   const TapRanges tr(p);
   const i64 in_plane = p.h.in * p.w.in;
@@ -766,6 +797,15 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
     const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
     const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
     T* wsp = ws + ws_per * thread_index();
+    // The phase-split copy of the input rows the task's columns read.
+    i64 ra = 0, nrows = 0;
+    if (pb.elems > 0) {
+      const i64 oha = j0 / p.w.out, ohb = (j0 + jn - 1) / p.w.out;
+      ra = oha * p.h.stride;
+      nrows = ohb * p.h.stride + (p.h.kernel - 1) * p.h.dilation + 1 - ra;
+      avx512::phase_copy_f32(p, reinterpret_cast<const float*>(xg), pl.Cg, ra, nrows, pb.wq,
+                             reinterpret_cast<float*>(wsp + gemm_part));
+    }
     // With a bias, the columns go in sub-blocks of `sub`, and the bias is added to each
     // block right after its GEMM, while the block is still in L2 (one pass over y in
     // memory, where a bias fill before the GEMM made two). y = sum + bias: see add_bias.
@@ -775,6 +815,10 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
       if (kPointwise) {
         StridedB<T> src = dense_b(xg, in_plane, j0 + c0);
         gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
+      } else if (pb.elems > 0) {
+        PhaseB src(p, reinterpret_cast<const float*>(wsp + gemm_part), ra, nrows, pb.wq, j0 + c0);
+        gemm<float>(pl.Mg, cn, pl.K, reinterpret_cast<const float*>(w + g * pl.Mg * pl.K), pl.K, 1, src,
+                    reinterpret_cast<float*>(yc), pl.Np, 1, false, 1, reinterpret_cast<float*>(wsp));
       } else {
         UnfoldB<T> src(p, tr, xg, j0 + c0, in_plane);
         gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
@@ -1428,7 +1472,8 @@ bool input_grad_as_forward(const ConvParams& p, ConvParams* q) {
 std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
   const Plan pl = make_plan(p, elem, threads);
   const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
-  i64 per = static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K));
+  i64 per = checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K)) + 32,
+                        fwd_phase_buf(p, pl, elem).elems, "workspace");
   if (pl.fwd_nb > 1) {
     const i64 nb_cols = checked_mul(pl.fwd_nb, pl.Np, "batched columns");
     per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, nb_cols, pl.K)) + 32,

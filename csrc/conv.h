@@ -162,6 +162,12 @@ void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
 void col2im_phase_f32(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0,
                       i64 h1, i64 wq);
 void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq);
+// Forward at stride S >= 2 along W: a phase-split zero-padded copy of padded rows
+// ra .. ra+nrows-1 of nch planes of x (planes nrows*S*wq apart), and the forward B packer
+// (UnfoldB's panels, 16 wide) reading it; columns jbase + j0 .. of one image.
+void phase_copy_f32(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf);
+void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst,
+                    i64 k0, i64 kc, i64 j0, i64 nc);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.

@@ -500,6 +500,95 @@ void phase_unpack(const ConvParams& p, const float* buf, i64 nci, float* dxp, i6
     }
 }
 
+// Forward B from a phase-split zero-padded copy (stride S >= 2 along W). The copy holds
+// padded rows ra .. ra+nrows-1 of each channel, each split by phase like the grad-input
+// buffer above: padded column S*m + q at q*wq + m. Unfolded row (ci, kh, kw) of output
+// pixel (oh, ow) is then element ow + (kw*dw)/S of phase (kw*dw) % S in padded row
+// oh*sh + kh*dh: a panel's lanes within one output row are consecutive elements, so a
+// packed row is one load (one masked load per output-row segment of a panel that spans
+// rows). No bounds checks: the padding is in the copy.
+void phase_copy(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf) {
+  const i64 W = p.w.in, H = p.h.in, S = p.w.stride, pl = p.w.pad_lo, rowlen = S * wq;
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (i64 ci = 0; ci < nch; ++ci)
+    for (i64 r = 0; r < nrows; ++r) {
+      float* d = buf + (ci * nrows + r) * rowlen;
+      const i64 ih = ra + r - p.h.pad_lo;
+      for (i64 i = 0; i < rowlen; ++i) d[i] = 0.0f;
+      if (ih < 0 || ih >= H) continue;
+      const float* src = x + (ci * H + ih) * W;
+      if (S != 2) {
+        for (i64 iw = 0; iw < W; ++iw) d[((iw + pl) % S) * wq + (iw + pl) / S] = src[iw];
+        continue;
+      }
+      // x[iw] for even iw go to phase pl&1 from index pl/2, odd iw to the other phase
+      float* de = d + (pl & 1) * wq + pl / 2;
+      float* dd = d + ((pl + 1) & 1) * wq + (pl + 1) / 2;
+      i64 iw = 0;
+      for (; iw + 32 <= W; iw += 32) {
+        const __m512 lo = _mm512_loadu_ps(src + iw), hi = _mm512_loadu_ps(src + iw + 16);
+        _mm512_storeu_ps(de + iw / 2, _mm512_permutex2var_ps(lo, ev, hi));
+        _mm512_storeu_ps(dd + iw / 2, _mm512_permutex2var_ps(lo, od, hi));
+      }
+      for (; iw < W; ++iw) (iw % 2 == 0 ? de : dd)[iw / 2] = src[iw];
+    }
+}
+
+void phase_pack(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst, i64 k0,
+                i64 kc, i64 j0, i64 nc) {
+  constexpr int NR = 16;
+  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
+  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  constexpr int kMaxRows = 512;
+  i64 roff[kMaxRows];
+  for (i64 kb = 0; kb < kc; kb += kMaxRows) {
+    const i64 nk = lmin(kMaxRows, kc - kb);
+    {
+      const i64 k = k0 + kb;
+      i64 ci = k / KK, r = k % KK, kh = r / kW, kw = r % kW;
+      for (i64 t = 0; t < nk; ++t) {
+        const i64 tw = kw * p.w.dilation;
+        roff[t] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
+        if (++kw == kW) {
+          kw = 0;
+          if (++kh == kH) { kh = 0; ++ci; }
+        }
+      }
+    }
+    for (i64 pb = 0; pb < nc; pb += NR) {
+      float* d = dst + (pb / NR) * kc * NR + kb * NR;
+      const i64 n = lmin(NR, nc - pb);
+      i64 jt = jbase + j0 + pb;
+      i64 oh = jt / Wo, ow = jt % Wo;
+      if (n == NR && ow + NR <= Wo) {
+        const float* b = buf + (oh * p.h.stride - ra) * rowlen + ow;
+        for (i64 t = 0; t < nk; ++t) _mm512_storeu_ps(d + t * NR, _mm512_loadu_ps(b + roff[t]));
+        continue;
+      }
+      // Segments: lanes l0 .. l0+len-1 in output row oh from column ow.
+      std::uintptr_t sb[NR];
+      __mmask16 sm[NR];
+      int ns = 0;
+      for (i64 at = 0; at < n;) {
+        const i64 len = lmin(n - at, Wo - ow);
+        sb[ns] = reinterpret_cast<std::uintptr_t>(buf) +
+                 static_cast<std::uintptr_t>(((oh * p.h.stride - ra) * rowlen + ow - at) * static_cast<i64>(sizeof(float)));
+        sm[ns++] = static_cast<__mmask16>(((1u << len) - 1u) << at);
+        at += len;
+        ow = 0;
+        ++oh;  // one image per copy: the columns never pass Np
+      }
+      for (i64 t = 0; t < nk; ++t) {
+        __m512 v = _mm512_setzero_ps();
+        const std::uintptr_t o = static_cast<std::uintptr_t>(roff[t] * static_cast<i64>(sizeof(float)));
+        for (int q = 0; q < ns; ++q) v = _mm512_mask_loadu_ps(v, sm[q], reinterpret_cast<const float*>(sb[q] + o));
+        _mm512_storeu_ps(d + t * NR, v);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- depthwise planes
 //
 // Stride 1 in both dimensions, no padded copy: every vector of output columns reads its
@@ -1159,6 +1248,13 @@ void col2im_phase_f32(const ConvParams& p, const float* tile, i64 nci, i64 j0, i
 }
 void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq) {
   phase_unpack(p, buf, nci, dxp, h0, h1, wq);
+}
+void phase_copy_f32(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf) {
+  phase_copy(p, x, nch, ra, nrows, wq, buf);
+}
+void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst,
+                    i64 k0, i64 kc, i64 j0, i64 nc) {
+  phase_pack(p, buf, ra, nrows, wq, jbase, dst, k0, kc, j0, nc);
 }
 void add_bias_f32(float* y, i64 n, float b) {
   const __m512 bv = _mm512_set1_ps(b);
