@@ -649,22 +649,39 @@ PhaseBuf dx_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
   return PhaseBuf{wq, elems};
 }
 
-// Generic forward at stride >= 2 along W, float32 under AVX-512, one image per GEMM: B is
-// packed from a phase-split zero-padded copy of the task's input rows
-// (avx512::phase_copy_f32 / phase_pack_f32: one load per packed row, where the direct
-// packer needs two, a permute and the padding checks). Same packed values. Elements per
-// thread (all padded rows of the group's channels at most); 0 where not taken.
-PhaseBuf fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
-  PhaseBuf b{0, 0};
-  if (elem != sizeof(float) || active_isa() != Isa::avx512 || p.w.stride < 2 || pl.fwd_nb > 1) return b;
+// Generic forward, float32 under AVX-512, one image per GEMM, from a (phase-split at
+// stride >= 2 along W) zero-padded copy of the task's input rows (avx512::phase_copy_f32):
+//  * direct: K within one GEMM K block (kDirectMaxK), output rows at least kDirectMinWo
+//    wide and at most kDirectMaxM channels per group: no B packing at all, a 16 x 16 tile
+//    reads its unfolded rows straight from the copy (avx512::direct_forward_f32), bitwise
+//    equal to the packed GEMM (stem 7x7/2 forward 2.45 -> see bench; 5x5 1->32 28px);
+//  * otherwise at stride >= 2 along W: the B packer over the copy (PhaseB: one load per
+//    packed row, where the direct packer needs two, a permute and the padding checks).
+// wq: elements per phase row; elems: the copy's elements per thread (all padded rows of
+// the group's channels at most); 0 where neither is taken (other types or ISAs, batched
+// images, stride 1 without the direct shape, a copy above kPadMaxElems).
+constexpr i64 kDirectMinWo = 16;
+constexpr i64 kDirectMaxM = 128;
+struct FwdPhase {
+  i64 wq, elems;
+  bool direct;
+};
+FwdPhase fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  FwdPhase b{0, 0, false};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.fwd_nb > 1) return b;
+  const bool direct = pl.K <= avx512::kDirectMaxK && pl.K <= gemm_blocking<float>().kc &&
+                      p.w.out >= kDirectMinWo && pl.Mg <= kDirectMaxM;
+  if (p.w.stride < 2 && !direct) return b;
   const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
   const i64 hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
   const i64 wq = ceil_div(wp, p.w.stride);
   const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
   const i64 elems = checked_mul(checked_mul(pl.Cg, hp, "phase copy"), rowlen, "phase copy");
   if (elems > kPadMaxElems) return b;
-  return PhaseBuf{wq, elems};
+  return FwdPhase{wq, elems, direct};
 }
+// The direct forward's weights: every group's Mg x K block as ceil(Mg/16) K x 16 panels.
+i64 direct_apack_elems(const ConvParams& p, const Plan& pl) { return p.groups * round_up(pl.Mg, 16) * pl.K; }
 
 // The forward B packer over that copy (padded rows ra .. ra+nrows-1).
 struct PhaseB final : BPanelSource<float> {
@@ -782,9 +799,20 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
   if (tasks == 0) return;
   const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
   const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.fwd.chunk, pl.K), sizeof(T));
-  const PhaseBuf pb = kPointwise ? PhaseBuf{0, 0} : fwd_phase_buf(p, pl, sizeof(T));
+  const FwdPhase pb = kPointwise ? FwdPhase{0, 0, false} : fwd_phase_buf(p, pl, sizeof(T));
   const std::size_t ws_per = gemm_part + per_thread(static_cast<std::size_t>(pb.elems), sizeof(T));
-  T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
+  const std::size_t apack_part = pb.direct ? per_thread(static_cast<std::size_t>(direct_apack_elems(p, pl)), sizeof(T)) : 0;
+  T* ws = static_cast<T*>(scratch(kScratchOp0, (apack_part + ws_per * threads) * sizeof(T)));
+  T* apack = ws;
+  ws += apack_part;
+  if (pb.direct) {  // A micro-panels: apack[g][panel][k][16] = w[g*Mg + 16*panel + i][k], zero past Mg
+    const i64 mp = round_up(pl.Mg, 16);
+    for (i64 g = 0; g < p.groups; ++g)
+      for (i64 i = 0; i < mp; ++i)
+        for (i64 k = 0; k < pl.K; ++k)
+          apack[g * mp * pl.K + (i / 16) * pl.K * 16 + k * 16 + i % 16] =
+              i < pl.Mg ? w[(g * pl.Mg + i) * pl.K + k] : T(0);
+  }
   const TapRanges tr(p);
   const i64 in_plane = p.h.in * p.w.in;
   const i64 nr = gemm_nr(sizeof(T));
@@ -805,6 +833,13 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
       nrows = ohb * p.h.stride + (p.h.kernel - 1) * p.h.dilation + 1 - ra;
       avx512::phase_copy_f32(p, reinterpret_cast<const float*>(xg), pl.Cg, ra, nrows, pb.wq,
                              reinterpret_cast<float*>(wsp + gemm_part));
+      if (pb.direct) {
+        avx512::direct_forward_f32(p, reinterpret_cast<const float*>(wsp + gemm_part), ra, nrows, pb.wq,
+                                   reinterpret_cast<const float*>(apack + g * round_up(pl.Mg, 16) * pl.K), pl.Mg,
+                                   pl.K, reinterpret_cast<const float*>(bias ? bias + g * pl.Mg : nullptr),
+                                   reinterpret_cast<float*>(y + (n * p.c_out + g * pl.Mg) * pl.Np), j0, j0 + jn);
+        continue;
+      }
     }
     // With a bias, the columns go in sub-blocks of `sub`, and the bias is added to each
     // block right after its GEMM, while the block is still in L2 (one pass over y in
@@ -1472,8 +1507,8 @@ bool input_grad_as_forward(const ConvParams& p, ConvParams* q) {
 std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
   const Plan pl = make_plan(p, elem, threads);
   const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
-  i64 per = checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K)) + 32,
-                        fwd_phase_buf(p, pl, elem).elems, "workspace");
+  const FwdPhase fph = fwd_phase_buf(p, pl, elem);
+  i64 per = checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K)) + 32, fph.elems, "workspace");
   if (pl.fwd_nb > 1) {
     const i64 nb_cols = checked_mul(pl.fwd_nb, pl.Np, "batched columns");
     per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, nb_cols, pl.K)) + 32,
@@ -1495,8 +1530,11 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                     dx_phase_buf(p, pl, elem).elems, "workspace"));
   }
   i64 red = 0;  // grad weight in image pieces: the partial sums (not per thread)
+  if (fph.direct)  // direct forward: the packed weights (not per thread)
+    red = checked_add(checked_mul(checked_mul(p.groups, round_up(pl.Mg, 16), "packed weights"), pl.K, "packed weights"),
+                      16, "packed weights");
   if (backward && pl.wred > 1)
-    red = checked_mul(checked_mul(checked_mul(p.groups, pl.wred, "partial sums"), pl.Mg, "partial sums"),
+    red += checked_mul(checked_mul(checked_mul(p.groups, pl.wred, "partial sums"), pl.Mg, "partial sums"),
                       pl.K, "partial sums");
   // depthwise: padded plane copy plus (backward) KK double accumulators
   per = std::max(per, checked_add(dw_forward_buffer_elems(p, 4), backward ? KK + 8 : 0, "workspace"));

@@ -168,6 +168,14 @@ void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp
 void phase_copy_f32(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf);
 void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst,
                     i64 k0, i64 kc, i64 j0, i64 nc);
+// Forward without packing B, from the same copy (any stride; S = 1 is a plain padded
+// copy): output pixels p0 .. p1-1 of one image for the Mg channels of a group (y: its
+// first channel), bias (Mg values) or null. apack: the group's weights as ceil(Mg/16)
+// K x 16 k-major panels, zero rows past Mg. K <= kDirectMaxK. Bitwise equal to the packed
+// GEMM with K in one block plus the bias added after.
+constexpr i64 kDirectMaxK = 384;
+void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack,
+                        i64 Mg, i64 K, const float* bias, float* y, i64 p0, i64 p1);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.
