@@ -601,6 +601,7 @@ void phase_pack(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq
 // the 16 consecutive elements at b + roff[k]. Each sum is one FMA per term in increasing
 // k from zero, then + bias: the arithmetic of the GEMM micro-kernel over one K block and
 // of the bias added after it, so the results equal the packed GEMM's bit for bit.
+constexpr i64 kDirectChunkBytes = 128 * 1024;
 template <bool kTail>
 inline void direct_tile(i64 K, const float* __restrict ap, const float* b, const i64* roff, float* y, i64 ys,
                         int m, __mmask16 mask, const float* bias) {
@@ -646,19 +647,26 @@ void direct_forward(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i6
     roff[k] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
   }
   const i64 ng = (Mg + 15) / 16;
+  // Columns of a row in chunks whose unfolded rows (K x chunk) stay in L2 while every
+  // channel tile reads them (a long 1D row would otherwise stream from memory once per
+  // 16 channels).
+  const i64 chunk = lmax(16, kDirectChunkBytes / static_cast<i64>(sizeof(float)) / lmax(K, 1) / 16 * 16);
   for (i64 oh = p0 / Wo; oh * Wo < p1; ++oh) {
     const i64 ow0 = lmax(p0 - oh * Wo, 0), ow1 = lmin(p1 - oh * Wo, Wo);
     const float* brow = buf + (oh * p.h.stride - ra) * rowlen;
-    for (i64 g = 0; g < ng; ++g) {
-      const int m = static_cast<int>(lmin(16, Mg - 16 * g));
-      const float* ag = apack + g * K * 16;
-      float* yg = y + 16 * g * Np + oh * Wo;
-      const float* bg = bias ? bias + 16 * g : nullptr;
-      i64 ow = ow0;
-      for (; ow + 16 <= ow1; ow += 16) direct_tile<false>(K, ag, brow + ow, roff, yg + ow, Np, m, 0xFFFF, bg);
-      if (ow < ow1)
-        direct_tile<true>(K, ag, brow + ow, roff, yg + ow, Np, m,
-                          static_cast<__mmask16>((1u << (ow1 - ow)) - 1u), bg);
+    for (i64 c0 = ow0; c0 < ow1; c0 += chunk) {
+      const i64 c1 = lmin(ow1, c0 + chunk);
+      for (i64 g = 0; g < ng; ++g) {
+        const int m = static_cast<int>(lmin(16, Mg - 16 * g));
+        const float* ag = apack + g * K * 16;
+        float* yg = y + 16 * g * Np + oh * Wo;
+        const float* bg = bias ? bias + 16 * g : nullptr;
+        i64 ow = c0;
+        for (; ow + 16 <= c1; ow += 16) direct_tile<false>(K, ag, brow + ow, roff, yg + ow, Np, m, 0xFFFF, bg);
+        if (ow < c1)
+          direct_tile<true>(K, ag, brow + ow, roff, yg + ow, Np, m,
+                            static_cast<__mmask16>((1u << (c1 - ow)) - 1u), bg);
+      }
     }
   }
 }
