@@ -649,6 +649,18 @@ PhaseBuf dx_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
   return PhaseBuf{wq, elems};
 }
 
+// Generic grad input, float32 under AVX-512, with C_out/groups within one GEMM K block:
+// each col2im tile's W^T dY runs as direct tiles reading dY in place
+// (avx512::direct_gemm_f32, bitwise equal to the packed GEMM), the tile's rows of W^T
+// packed once per channel block. Elements of that panel per thread; 0 where not taken.
+i64 dx_direct_apack(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.Mg > avx512::kDirectMaxK ||
+      pl.Mg > gemm_blocking<float>().kc)
+    return 0;
+  return checked_mul(round_up(checked_mul(pl.ci_sub, checked_mul(p.h.kernel, p.w.kernel, "kernel"), "rows"), 16),
+                     pl.Mg, "packed weights");
+}
+
 // Generic forward, float32 under AVX-512, one image per GEMM, from a (phase-split at
 // stride >= 2 along W) zero-padded copy of the task's input rows (avx512::phase_copy_f32):
 //  * direct: K within one GEMM K block (kDirectMaxK), output rows at least kDirectMinWo
@@ -1180,6 +1192,8 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
   const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
   const std::size_t tile_part = per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T));
   const PhaseBuf pb = dx_phase_buf(p, pl, sizeof(T));
+  const i64 ap_elems = dx_direct_apack(p, pl, sizeof(T));
+  const std::size_t phase_part = per_thread(static_cast<std::size_t>(pb.elems), sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 item = t / (pl.ci_count * B), s = (t / B) % pl.ci_count, band = t % B;
@@ -1198,15 +1212,25 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
     T* wsp = ws + ws_per * thread_index();
     T* tile = wsp + gemm_part;
     T* pbuf = tile + tile_part;
+    T* apack = pbuf + phase_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
     for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
       const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
       const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
       if (pb.elems > 0) fill_zero(pbuf, ncs * (h1 - h0) * p.w.stride * pb.wq);
+      if (ap_elems > 0)  // A micro-panels: apack[panel][co][i] = A(16*panel + i, co), zero past `rows`
+        for (i64 r = 0; r < round_up(rows, 16); ++r)
+          for (i64 co = 0; co < pl.Mg; ++co)
+            apack[(r / 16) * pl.Mg * 16 + co * 16 + r % 16] = r < rows ? a[r + co * pl.K] : T(0);
       for (i64 j0 = oh0 * p.w.out; j0 < oh1 * p.w.out; j0 += pl.tile) {
         const i64 jn = std::min(pl.tile, oh1 * p.w.out - j0);
-        StridedB<T> src = dense_b(dyg, pl.Np, j0);
-        gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
+        if (ap_elems > 0) {
+          avx512::direct_gemm_f32(rows, jn, pl.Mg, reinterpret_cast<const float*>(apack),
+                                  reinterpret_cast<const float*>(dyg + j0), pl.Np, reinterpret_cast<float*>(tile), jn);
+        } else {
+          StridedB<T> src = dense_b(dyg, pl.Np, j0);
+          gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
+        }
         if (pb.elems > 0)
           avx512::col2im_phase_f32(p, reinterpret_cast<const float*>(tile), ncs, j0, jn,
                                    reinterpret_cast<float*>(pbuf), h0, h1, pb.wq);
@@ -1360,7 +1384,8 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
     else
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T)) +
                                     per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)) +
-                                    per_thread(static_cast<std::size_t>(dx_phase_buf(p, pl, sizeof(T)).elems), sizeof(T)));
+                                    per_thread(static_cast<std::size_t>(dx_phase_buf(p, pl, sizeof(T)).elems), sizeof(T)) +
+                                    per_thread(static_cast<std::size_t>(dx_direct_apack(p, pl, sizeof(T))), sizeof(T)));
   }
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * pl.threads * sizeof(T)));
   if (dx && p.n > 0) {
@@ -1527,7 +1552,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
     i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
     per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)) + 32,
                                                 checked_mul(rows, pl.tile, "col2im tile"), "workspace"),
-                                    dx_phase_buf(p, pl, elem).elems, "workspace"));
+                                    dx_phase_buf(p, pl, elem).elems + dx_direct_apack(p, pl, elem) + 32, "workspace"));
   }
   i64 red = 0;  // grad weight in image pieces: the partial sums (not per thread)
   if (fph.direct)  // direct forward: the packed weights (not per thread)

@@ -176,6 +176,10 @@ void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i6
 constexpr i64 kDirectMaxK = 384;
 void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack,
                         i64 Mg, i64 K, const float* bias, float* y, i64 p0, i64 p1);
+// C (rows x n, rows c_rs apart) = A B with A as ceil(rows/16) K x 16 k-major panels (zero
+// rows past `rows`) and B(k, j) = b[k*b_rs + j] read in place (never packed); K <=
+// kDirectMaxK. Bitwise equal to the packed GEMM over one K block (grad input's W^T dY).
+void direct_gemm_f32(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.

@@ -671,6 +671,37 @@ void direct_forward(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i6
   }
 }
 
+// C (rows x n, rows c_rs apart) = A B, A as ceil(rows/16) K x 16 k-major panels (zero rows
+// past `rows`), B(k, j) = b[k*b_rs + j] read in place: the direct tiles with unfolded-row
+// offsets k*b_rs, so B is never packed. Bitwise equal to the packed GEMM over one K block.
+// Columns go in runs of kDirectGemmVecs vectors, each run's B lines (K of them per
+// vector) reused from L1 by every row panel.
+constexpr i64 kDirectGemmVecs = 4;
+void direct_gemm(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs) {
+  i64 roff[avx512::kDirectMaxK];
+  for (i64 k = 0; k < K; ++k) roff[k] = k * b_rs;
+  const i64 ng = (rows + 15) / 16;
+  for (i64 j0 = 0; j0 < n; j0 += 16 * kDirectGemmVecs) {
+    const i64 j1 = lmin(n, j0 + 16 * kDirectGemmVecs);
+    // The next run's B lines into L2 (K rows far apart: too many streams for the
+    // hardware prefetcher). Prefetches never fault, so past the end of B is harmless.
+    if (j1 < n)
+      for (i64 k = 0; k < K; ++k)
+        for (i64 l = 0; l < kDirectGemmVecs; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(b + k * b_rs + j1 + 16 * l), _MM_HINT_T1);
+    for (i64 g = 0; g < ng; ++g) {
+      const int m = static_cast<int>(lmin(16, rows - 16 * g));
+      const float* ag = apack + g * K * 16;
+      float* cg = c + 16 * g * c_rs;
+      i64 j = j0;
+      for (; j + 16 <= j1; j += 16) direct_tile<false>(K, ag, b + j, roff, cg + j, c_rs, m, 0xFFFF, nullptr);
+      if (j < j1)
+        direct_tile<true>(K, ag, b + j, roff, cg + j, c_rs, m, static_cast<__mmask16>((1u << (j1 - j)) - 1u),
+                          nullptr);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- depthwise planes
 //
 // Stride 1 in both dimensions, no padded copy: every vector of output columns reads its
@@ -1341,6 +1372,9 @@ void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i6
 void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack,
                         i64 Mg, i64 K, const float* bias, float* y, i64 p0, i64 p1) {
   direct_forward(p, buf, ra, nrows, wq, apack, Mg, K, bias, y, p0, p1);
+}
+void direct_gemm_f32(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs) {
+  direct_gemm(rows, n, K, apack, b, b_rs, c, c_rs);
 }
 void add_bias_f32(float* y, i64 n, float b) {
   const __m512 bv = _mm512_set1_ps(b);
