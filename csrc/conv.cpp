@@ -695,6 +695,32 @@ FwdPhase fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
 // The direct forward's weights: every group's Mg x K block as ceil(Mg/16) K x 16 panels.
 i64 direct_apack_elems(const ConvParams& p, const Plan& pl) { return p.groups * round_up(pl.Mg, 16) * pl.K; }
 
+// Generic grad weight in pieces (Plan::wred), float32 under AVX-512, output rows at least
+// kDirectMinWo wide and planes above kSmallPlane pixels (smaller ones keep the GEMM, whose
+// sums equal the AVX2 path's bitwise over one K block): per image of a piece, a
+// phase-split zero-padded copy of the rows it reads, then avx512::direct_wgrad_f32 (lane-
+// parallel dot products, no packing: the 7x7/2 stem's grad weight spent about a quarter
+// of its time packing dY and the unfolded input, and an eighth on the GEMM's padded 147
+// -> 160 columns). Per thread: the copy (elems, rounded to lines) plus twice Mg*K sums.
+FwdPhase wgrad_direct_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  FwdPhase b{0, 0, false};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.wred <= 1 || p.w.out < kDirectMinWo ||
+      pl.Np <= kSmallPlane || pl.K > avx512::kDirectWgradMaxK)
+    return b;
+  const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
+  const i64 hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
+  const i64 wq = ceil_div(wp, p.w.stride);
+  const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
+  const i64 elems = checked_mul(checked_mul(pl.Cg, hp, "phase copy"), rowlen, "phase copy");
+  if (elems > kPadMaxElems) return b;
+  return FwdPhase{wq, elems, true};
+}
+std::size_t wgrad_direct_ws(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  const FwdPhase b = wgrad_direct_buf(p, pl, elem);
+  if (b.elems == 0) return 0;
+  return per_thread(static_cast<std::size_t>(b.elems), elem) + 2 * per_thread(static_cast<std::size_t>(pl.Mg * pl.K), elem);
+}
+
 // The forward B packer over that copy (padded rows ra .. ra+nrows-1).
 struct PhaseB final : BPanelSource<float> {
   const ConvParams& p;
@@ -1031,6 +1057,7 @@ void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const 
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
   const i64 in_plane = p.h.in * p.w.in, Wo = p.w.out, S = pl.wslices;
   T* part = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(tasks * MK) * sizeof(T)));
+  const FwdPhase wd = kPointwise ? FwdPhase{0, 0, false} : wgrad_direct_buf(p, pl, sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 g = t / P, piece = t % P;
@@ -1052,6 +1079,19 @@ void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const 
     for (i64 n = n0; n < n1; ++n) {
       const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np + r0 * Wo;
       const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
+      if (wd.elems > 0) {  // direct: the rows' phase-split copy, then the dot products
+        float* buf = reinterpret_cast<float*>(wsp);
+        float* sums = buf + per_thread(static_cast<std::size_t>(wd.elems), sizeof(T));
+        const i64 ra = r0 * p.h.stride, nrows = (r1 - 1) * p.h.stride + (p.h.kernel - 1) * p.h.dilation + 1 - ra;
+        avx512::phase_copy_f32(p, reinterpret_cast<const float*>(xg), pl.Cg, ra, nrows, wd.wq, buf);
+        avx512::direct_wgrad_f32(p, buf, ra, nrows, wd.wq,
+                                 reinterpret_cast<const float*>(dy + (n * p.c_out + g * pl.Mg) * pl.Np), pl.Mg,
+                                 pl.K, r0, r1, n > n0 ? sums : reinterpret_cast<float*>(c),
+                                 sums + per_thread(static_cast<std::size_t>(MK), sizeof(T)));
+        if (n > n0)
+          for (i64 i = 0; i < MK; ++i) c[i] += static_cast<T>(sums[i]);
+        continue;
+      }
       if (kPointwise) {  // 1x1, stride 1, no padding: output pixel j reads input pixel j
         StridedB<T> src(xg + r0 * Wo, 1, in_plane);
         gemm<T>(pl.Mg, pl.K, depth, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
@@ -1371,7 +1411,8 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
   const TapRanges tr(p);
   const i64 KK = p.h.kernel * p.w.kernel;
   // One workspace sized for the largest of the GEMM calls below.
-  std::size_t ws_per = per_thread(weight_gemm_ws(p, pl, sizeof(T)), sizeof(T));
+  std::size_t ws_per = std::max(per_thread(weight_gemm_ws(p, pl, sizeof(T)), sizeof(T)),
+                                wgrad_direct_ws(p, pl, sizeof(T)));
   if (dw && !pointwise && pl.wgt_nb > 1) {
     const i64 Kb = pl.wgt_nb * pl.Np;
     ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, Kb), sizeof(T)) +
@@ -1541,7 +1582,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                     pl.pad_elems, "workspace"));
   }
   if (backward) {
-    per = std::max(per, static_cast<i64>(weight_gemm_ws(p, pl, elem)));
+    per = std::max({per, static_cast<i64>(weight_gemm_ws(p, pl, elem)), static_cast<i64>(wgrad_direct_ws(p, pl, elem))});
     if (pl.wgt_nb > 1) {
       const i64 kb = checked_mul(pl.wgt_nb, pl.Np, "batched pixels");
       per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, kb)) + 32,

@@ -180,6 +180,14 @@ void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows
 // rows past `rows`) and B(k, j) = b[k*b_rs + j] read in place (never packed); K <=
 // kDirectMaxK. Bitwise equal to the packed GEMM over one K block (grad input's W^T dY).
 void direct_gemm_f32(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs);
+// Grad weight of output rows r0 .. r1-1 of one image (dy: the group's first channel of the
+// image, planes Ho*Wo apart) from the phase-split copy of its input rows: out (Mg x K,
+// row-major) = the sums, per element a lane-parallel dot product over the pixels reduced
+// in a fixed order (runs of 256 pixel vectors, each run's sums added in order through
+// part, Mg*K floats of scratch). K <= kDirectWgradMaxK.
+constexpr i64 kDirectWgradMaxK = 2048;
+void direct_wgrad_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg,
+                      i64 K, i64 r0, i64 r1, float* out, float* part);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.

@@ -116,12 +116,15 @@ def test_bias_is_added_to_the_finished_sum(dtype, xshape, wshape, kw):
     ((2, 4, 70, 66), (6, 2, 3, 3), dict(padding=(2, 0), groups=2, dilation=(2, 1))),  # 2 groups
     ((2, 5, 64, 64), (7, 5, 1, 1), dict()),                         # pointwise, row slices
     ((3, 2, 1, 5000), (4, 2, 1, 3), dict(padding=(0, 1))),          # H = 1: whole images
+    ((1, 2, 170, 160), (6, 2, 3, 5), dict(stride=(2, 3), padding=((1, 0), (2, 2)), dilation=(1, 2))),  # stride 3
 ])
 def test_weight_grad_pieces_threads_and_reference(dtype, xshape, wshape, kw):
     """Grad weight of few-group convolutions with large planes (or a narrow unfolded
     matrix) is summed in fixed pieces, images or row slices of one image, each a partial
     sum, the partials added in piece order: bitwise identical for 1, 2 and 3 threads,
-    exact on integer data, close to the float64 reference."""
+    exact on integer data, close to the float64 reference. (Under AVX-512, float32 pieces
+    with rows >= 16 wide take the direct lane-parallel dot products; H = 1 with 5000
+    columns also crosses their runs of 256 vectors.)"""
     rng = np.random.default_rng(11)
     x = rng.standard_normal(xshape).astype(dtype)
     w = rng.standard_normal(wshape).astype(dtype)

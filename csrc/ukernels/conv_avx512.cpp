@@ -702,6 +702,109 @@ void direct_gemm(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64
   }
 }
 
+// Direct grad weight of one image's output rows r0 .. r1-1, no packing: dW(co, j) for the
+// unfolded column j = (ci, kh, kw) is the dot product over pixels of dY's row co with the
+// unfolded row j, which the (phase-split) padded copy holds as consecutive elements per
+// output row. A register tile of NC output channels x NJ columns keeps NC*NJ vectors of
+// per-lane partial sums over the pixels (in pixel order, one FMA each), reduced across
+// the lanes in a fixed tree at the end: every row of dY and of the copy is loaded once
+// per tile and no operand is transposed. (Not the GEMM's summation order: a path of its
+// own, deterministic, exact on integer data.)
+// One pass: every vector step i (a run of up to 16 pixels of one output row) reads dY at
+// dyr[c] + st[i].dy and the unfolded rows at buf + jo[j] + st[i].u, lanes under st[i].m.
+// A single flat loop, so the NC*NJ partial sums stay in registers for the whole pass.
+struct WStep {
+  i64 dy, u;
+  __mmask16 m;
+};
+template <int NC, int NJ>
+void wgrad_tile(const float* const* dyr, const i64* jo, const float* buf, const WStep* st, i64 nst, float* out,
+                i64 out_rs) {
+  __m512 acc[NC][NJ];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) acc[c][j] = _mm512_setzero_ps();
+  const float* ub[NJ];
+#pragma GCC unroll 8
+  for (int j = 0; j < NJ; ++j) ub[j] = buf + jo[j];
+  const float* db[NC];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) db[c] = dyr[c];
+  for (i64 i = 0; i < nst; ++i) {
+    const WStep s = st[i];
+    __m512 d[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) d[c] = _mm512_maskz_loadu_ps(s.m, db[c] + s.dy);
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) {
+      const __m512 u = _mm512_maskz_loadu_ps(s.m, ub[j] + s.u);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[c][j] = _mm512_fmadd_ps(d[c], u, acc[c][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) out[c * out_rs + j] = _mm512_reduce_add_ps(acc[c][j]);
+}
+
+template <int NC>
+void wgrad_cols(int nj, const float* const* dyr, const i64* jo, const float* buf, const WStep* st, i64 nst,
+                float* out, i64 out_rs) {
+  switch (nj) {
+    case 6: wgrad_tile<NC, 6>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 5: wgrad_tile<NC, 5>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 4: wgrad_tile<NC, 4>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 3: wgrad_tile<NC, 3>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 2: wgrad_tile<NC, 2>(dyr, jo, buf, st, nst, out, out_rs); break;
+    default: wgrad_tile<NC, 1>(dyr, jo, buf, st, nst, out, out_rs); break;
+  }
+}
+
+constexpr int kWgradNC = 4, kWgradNJ = 6;
+void direct_wgrad(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg, i64 K,
+                  i64 r0, i64 r1, float* out, float* part) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out, Np = p.h.out * Wo;
+  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  i64 roff[avx512::kDirectWgradMaxK];
+  for (i64 k = 0; k < K; ++k) {
+    const i64 ci = k / KK, r = k % KK, kh = r / kW, tw = (r % kW) * p.w.dilation;
+    roff[k] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
+  }
+  // The vector steps of rows r0 .. r1-1, in pixel order, in chunks of kWgradSteps (the
+  // partial sums of a chunk are added to out in chunk order).
+  constexpr i64 kWgradSteps = 256;
+  WStep st[kWgradSteps];
+  const i64 vpr = (Wo + 15) / 16, total = (r1 - r0) * vpr;
+  for (i64 s0 = 0; s0 < total; s0 += kWgradSteps) {
+    const i64 nst = lmin(kWgradSteps, total - s0);
+    for (i64 i = 0; i < nst; ++i) {
+      const i64 oh = r0 + (s0 + i) / vpr, ow = ((s0 + i) % vpr) * 16, n = lmin(16, Wo - ow);
+      st[i] = WStep{(oh - r0) * Wo + ow, (oh * p.h.stride - ra) * rowlen + ow,
+                    static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u)};
+    }
+    float* o0 = s0 == 0 ? out : part;
+    for (i64 c0 = 0; c0 < Mg; c0 += kWgradNC) {
+      const int nc = static_cast<int>(lmin(kWgradNC, Mg - c0));
+      const float* dyr[kWgradNC];
+      for (int c = 0; c < nc; ++c) dyr[c] = dy + (c0 + c) * Np + r0 * Wo;
+      for (i64 j0 = 0; j0 < K; j0 += kWgradNJ) {
+        const int nj = static_cast<int>(lmin(kWgradNJ, K - j0));
+        float* o = o0 + c0 * K + j0;
+        switch (nc) {
+          case 4: wgrad_cols<4>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+          case 3: wgrad_cols<3>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+          case 2: wgrad_cols<2>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+          default: wgrad_cols<1>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+        }
+      }
+    }
+    if (s0 > 0)
+      for (i64 i = 0; i < Mg * K; ++i) out[i] += part[i];
+  }
+}
+
 // ---------------------------------------------------------------- depthwise planes
 //
 // Stride 1 in both dimensions, no padded copy: every vector of output columns reads its
@@ -1375,6 +1478,10 @@ void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows
 }
 void direct_gemm_f32(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs) {
   direct_gemm(rows, n, K, apack, b, b_rs, c, c_rs);
+}
+void direct_wgrad_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg,
+                      i64 K, i64 r0, i64 r1, float* out, float* part) {
+  direct_wgrad(p, buf, ra, nrows, wq, dy, Mg, K, r0, r1, out, part);
 }
 void add_bias_f32(float* y, i64 n, float b) {
   const __m512 bv = _mm512_set1_ps(b);
