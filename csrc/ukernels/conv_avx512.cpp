@@ -677,6 +677,40 @@ void direct_forward(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i6
 // Columns go in runs of kDirectGemmVecs vectors, each run's B lines (K of them per
 // vector) reused from L1 by every row panel.
 constexpr i64 kDirectGemmVecs = 4;
+// The last row panel with R <= 6 rows: R rows x kDirectGemmVecs vectors of columns (n <=
+// 64), so the padding rows of a 16-row tile are not computed (the 7x7 stem's 147 rows:
+// 13 of 160). The same FMA chain per element.
+template <int R>
+void direct_rows(i64 K, const float* ap, const float* b, const i64* roff, float* c, i64 c_rs, i64 n) {
+  constexpr int V = static_cast<int>(kDirectGemmVecs);
+  __mmask16 m[V];
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) {
+    const i64 l = lmin(16, lmax(0, n - 16 * v));
+    m[v] = static_cast<__mmask16>(l == 16 ? 0xFFFFu : (1u << l) - 1u);
+  }
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (i64 k = 0; k < K; ++k, ap += 16) {
+    __m512 bv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], b + roff[k] + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(ap[r]);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(c + r * c_rs + 16 * v, m[v], acc[r][v]);
+}
+
 void direct_gemm(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs) {
   i64 roff[avx512::kDirectMaxK];
   for (i64 k = 0; k < K; ++k) roff[k] = k * b_rs;
@@ -693,6 +727,17 @@ void direct_gemm(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64
       const int m = static_cast<int>(lmin(16, rows - 16 * g));
       const float* ag = apack + g * K * 16;
       float* cg = c + 16 * g * c_rs;
+      if (m <= 6) {
+        switch (m) {
+          case 1: direct_rows<1>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 2: direct_rows<2>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 3: direct_rows<3>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 4: direct_rows<4>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 5: direct_rows<5>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          default: direct_rows<6>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+        }
+        continue;
+      }
       i64 j = j0;
       for (; j + 16 <= j1; j += 16) direct_tile<false>(K, ag, b + j, roff, cg + j, c_rs, m, 0xFFFF, nullptr);
       if (j < j1)
