@@ -213,6 +213,11 @@ PHASE_CASES = [
     (1, 5, 20, 19, 37, (3, 3), 1, ((1, 0), (0, 2)), (2, 1), 1),      # direct, 20 channels: a partial tile
     (1, 128, 16, 1, 40, (1, 3), 1, ((0, 0), (1, 1)), 1, 1),          # K = 384: the direct forward's largest
     (1, 130, 16, 1, 40, (1, 3), 1, ((0, 0), (1, 1)), 1, 1),          # K = 390: packed GEMM, two K blocks
+    # grad input's W^T dY with 1, 2, 5 or 6 rows in its last row panel (the narrow tile)
+    (2, 1, 5, 9, 33, (1, 1), 2, 0, 1, 1),
+    (1, 2, 4, 11, 35, (3, 3), 2, 1, 1, 1),
+    (1, 1, 6, 12, 40, (1, 5), (1, 2), ((0, 0), (2, 2)), 1, 1),
+    (2, 1, 7, 10, 30, (2, 3), 1, 1, 1, 1),
 ]
 
 
