@@ -20,7 +20,13 @@
 //   depthwise (AVX-512, stride 1) no plane copy (masked edge loads): kH*kW double sums
 //                                 and the flipped kernel;
 //   grad weight in pieces         groups x pieces partial dW (Plan::wred; a piece is some
-//                                 images or a run of rows of one), not per thread.
+//                                 images or a run of rows of one), not per thread;
+//   AVX-512 float32 generic       per thread a zero-padded (phase-split) copy of the
+//                                 input rows of one image's group, at most kPadMaxElems
+//                                 elements (forward, direct grad weight; plus 2 Mg*K
+//                                 sums), or the grad-input col2im's phase-split buffer
+//                                 of a band's rows and the packed W^T rows of a tile;
+//                                 the direct forward's packed weights once per call.
 // Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
 

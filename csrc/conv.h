@@ -13,6 +13,13 @@
 //              the exact direct summation order: force path="generic" to get it;
 //              backward input = W^T dY in bounded column tiles + col2im scatter,
 //              backward weight = dY x unfold(X)^T with a transposing unfold packer.
+//              Float32 under AVX-512 (conv_avx512.cpp) it reads a zero-padded copy of
+//              the input rows, split by phase at stride >= 2 along W, where every
+//              unfolded row is a run of consecutive elements: the forward (K within one
+//              GEMM K block) and grad input's W^T dY run as direct 16x16 tiles without
+//              packing B (bitwise equal to the packed GEMM), the col2im adds into a
+//              phase-split buffer, and grad weight in pieces is lane-parallel dot
+//              products (its own fixed summation order, deterministic).
 // Every entry point expects parameters already validated (bindings.cpp does it with
 // conv_validate()); nothing here throws inside a parallel region.
 #pragma once
