@@ -762,6 +762,20 @@ struct WStep {
   i64 dy, u;
   __mmask16 m;
 };
+// Lane i of the result = the sum of the 16 lanes of v[i], i < 8, in a fixed tree: the
+// halves of each vector added, then horizontal pair sums across vectors.
+inline __m256 reduce8(const __m512* v) {
+  __m256 h[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+    h[i] = _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps(v[i], 1));
+  const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  // u0 = [s0a s1a s2a s3a s0b s1b s2b s3b] (a, b: the two 128-bit halves), u1 likewise for 4..7
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 template <int NC, int NJ>
 void wgrad_tile(const float* const* dyr, const i64* jo, const float* buf, const WStep* st, i64 nst, float* out,
                 i64 out_rs) {
@@ -788,10 +802,18 @@ void wgrad_tile(const float* const* dyr, const i64* jo, const float* buf, const 
       for (int c = 0; c < NC; ++c) acc[c][j] = _mm512_fmadd_ps(d[c], u, acc[c][j]);
     }
   }
+  // Lane sums, eight vectors at a time (reduce8), into (c, j) order.
+  constexpr int kN = NC * NJ, kG = (kN + 7) / 8;
+  alignas(32) float sums[kG * 8];
+  __m512 flat[kG * 8];
+#pragma GCC unroll 32
+  for (int i = 0; i < kG * 8; ++i) flat[i] = i < kN ? acc[i / NJ][i % NJ] : _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int q = 0; q < kG; ++q) _mm256_store_ps(sums + 8 * q, reduce8(flat + 8 * q));
 #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c)
 #pragma GCC unroll 8
-    for (int j = 0; j < NJ; ++j) out[c * out_rs + j] = _mm512_reduce_add_ps(acc[c][j]);
+    for (int j = 0; j < NJ; ++j) out[c * out_rs + j] = sums[c * NJ + j];
 }
 
 template <int NC>
