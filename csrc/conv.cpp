@@ -643,16 +643,21 @@ std::size_t weight_gemm_ws(const ConvParams& p, const Plan& pl, std::size_t elem
 struct PhaseBuf {
   i64 wq, elems;
 };
+// Elements of a phase-split copy of `count` planes of `rows` padded rows each (width wp,
+// stride S along W): count * rows * S*ceil(wp/S), and its phase width; elems = 0 when it
+// exceeds kPadMaxElems. Never throws: a copy that does not fit is simply not made.
+PhaseBuf phase_geometry(i64 count, i64 rows, i64 wp, i64 S) {
+  if (count <= 0 || rows <= 0 || wp <= 0 || S > kPadMaxElems || wp > kPadMaxElems || rows > kPadMaxElems)
+    return PhaseBuf{0, 0};
+  const i64 wq = wp / S + (wp % S != 0), rowlen = wq * S;  // both <= 2 * kPadMaxElems
+  if (count > kPadMaxElems / rows || count * rows > kPadMaxElems / rowlen) return PhaseBuf{0, 0};
+  return PhaseBuf{wq, count * rows * rowlen};
+}
 PhaseBuf dx_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
   PhaseBuf b{0, 0};
   if (elem != sizeof(float) || active_isa() != Isa::avx512 || p.w.stride < 2) return b;
-  const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
-  const i64 wq = ceil_div(wp, p.w.stride);
-  const i64 rows = ceil_div(p.h.in, pl.dx_bands);
-  const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
-  const i64 elems = checked_mul(checked_mul(pl.ci_sub, rows, "phase buffer"), rowlen, "phase buffer");
-  if (elems > kPadMaxElems) return b;
-  return PhaseBuf{wq, elems};
+  // (padded sizes are at most 2^60: conv_validate)
+  return phase_geometry(pl.ci_sub, ceil_div(p.h.in, pl.dx_bands), p.w.in + p.w.pad_lo + p.w.pad_hi, p.w.stride);
 }
 
 // Generic grad input, float32 under AVX-512, with C_out/groups within one GEMM K block:
@@ -690,13 +695,10 @@ FwdPhase fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
   const bool direct = pl.K <= avx512::kDirectMaxK && pl.K <= gemm_blocking<float>().kc &&
                       p.w.out >= kDirectMinWo && pl.Mg <= kDirectMaxM;
   if (p.w.stride < 2 && !direct) return b;
-  const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
-  const i64 hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
-  const i64 wq = ceil_div(wp, p.w.stride);
-  const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
-  const i64 elems = checked_mul(checked_mul(pl.Cg, hp, "phase copy"), rowlen, "phase copy");
-  if (elems > kPadMaxElems) return b;
-  return FwdPhase{wq, elems, direct};
+  const PhaseBuf g = phase_geometry(pl.Cg, p.h.in + p.h.pad_lo + p.h.pad_hi, p.w.in + p.w.pad_lo + p.w.pad_hi,
+                                    p.w.stride);
+  if (g.elems == 0) return b;
+  return FwdPhase{g.wq, g.elems, direct};
 }
 // The direct forward's weights: every group's Mg x K block as ceil(Mg/16) K x 16 panels.
 i64 direct_apack_elems(const ConvParams& p, const Plan& pl) { return p.groups * round_up(pl.Mg, 16) * pl.K; }
@@ -713,13 +715,10 @@ FwdPhase wgrad_direct_buf(const ConvParams& p, const Plan& pl, std::size_t elem)
   if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.wred <= 1 || p.w.out < kDirectMinWo ||
       pl.Np <= kSmallPlane || pl.K > avx512::kDirectWgradMaxK)
     return b;
-  const i64 wp = checked_add(checked_add(p.w.in, p.w.pad_lo, "padded row"), p.w.pad_hi, "padded row");
-  const i64 hp = checked_add(checked_add(p.h.in, p.h.pad_lo, "padded plane"), p.h.pad_hi, "padded plane");
-  const i64 wq = ceil_div(wp, p.w.stride);
-  const i64 rowlen = checked_mul(wq, p.w.stride, "phase row");
-  const i64 elems = checked_mul(checked_mul(pl.Cg, hp, "phase copy"), rowlen, "phase copy");
-  if (elems > kPadMaxElems) return b;
-  return FwdPhase{wq, elems, true};
+  const PhaseBuf g = phase_geometry(pl.Cg, p.h.in + p.h.pad_lo + p.h.pad_hi, p.w.in + p.w.pad_lo + p.w.pad_hi,
+                                    p.w.stride);
+  if (g.elems == 0) return b;
+  return FwdPhase{g.wq, g.elems, true};
 }
 std::size_t wgrad_direct_ws(const ConvParams& p, const Plan& pl, std::size_t elem) {
   const FwdPhase b = wgrad_direct_buf(p, pl, elem);
