@@ -20,7 +20,13 @@
 //   depthwise (AVX-512, stride 1) no plane copy (masked edge loads): kH*kW double sums
 //                                 and the flipped kernel;
 //   grad weight in pieces         groups x pieces partial dW (Plan::wred; a piece is some
-//                                 images or a run of rows of one), not per thread.
+//                                 images or a run of rows of one), not per thread;
+//   AVX-512 float32 generic       per thread a zero-padded (phase-split) copy of the
+//                                 input rows of one image's group, at most kPadMaxElems
+//                                 elements (forward, direct grad weight; plus 2 Mg*K
+//                                 sums), or the grad-input col2im's phase-split buffer
+//                                 of a band's rows and the packed W^T rows of a tile;
+//                                 the direct forward's packed weights once per call.
 // Nothing is proportional to the unfolded (im2col) tensor.
 #include "conv.h"
 
@@ -234,7 +240,7 @@ struct UnfoldTB final : BPanelSource<T> {
 
   void pack(T* dst, i64 k0, i64 kc, i64 j0, i64 nc, int nr) const override {
     k0 += kbase;
-    if (sizeof(T) == 4 && nr == 16 && p.w.stride == 1 && active_isa() == Isa::avx512) {
+    if (sizeof(T) == 4 && nr == 16 && avx512::unfold_t_pack_supports(p) && active_isa() == Isa::avx512) {
       avx512::unfold_t_pack_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(x), cbase,
                                 reinterpret_cast<float*>(dst), k0, kc, j0, nc);
       return;
@@ -630,6 +636,108 @@ std::size_t weight_gemm_ws(const ConvParams& p, const Plan& pl, std::size_t elem
   return ws;
 }
 
+// Generic grad input at stride >= 2 along W, float32 under AVX-512: the col2im adds into a
+// phase-split buffer of the band's rows (avx512::col2im_phase_f32), then unpacks it into
+// dx. Its width per phase (wq) and elements per thread; 0 elements where not taken (other
+// types or ISAs, stride 1, or a buffer above kPadMaxElems).
+struct PhaseBuf {
+  i64 wq, elems;
+};
+// Elements of a phase-split copy of `count` planes of `rows` padded rows each (width wp,
+// stride S along W): count * rows * S*ceil(wp/S), and its phase width; elems = 0 when it
+// exceeds kPadMaxElems. Never throws: a copy that does not fit is simply not made.
+PhaseBuf phase_geometry(i64 count, i64 rows, i64 wp, i64 S) {
+  if (count <= 0 || rows <= 0 || wp <= 0 || S > kPadMaxElems || wp > kPadMaxElems || rows > kPadMaxElems)
+    return PhaseBuf{0, 0};
+  const i64 wq = wp / S + (wp % S != 0), rowlen = wq * S;  // both <= 2 * kPadMaxElems
+  if (count > kPadMaxElems / rows || count * rows > kPadMaxElems / rowlen) return PhaseBuf{0, 0};
+  return PhaseBuf{wq, count * rows * rowlen};
+}
+PhaseBuf dx_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  PhaseBuf b{0, 0};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || p.w.stride < 2) return b;
+  // (padded sizes are at most 2^60: conv_validate)
+  return phase_geometry(pl.ci_sub, ceil_div(p.h.in, pl.dx_bands), p.w.in + p.w.pad_lo + p.w.pad_hi, p.w.stride);
+}
+
+// Generic grad input, float32 under AVX-512, with C_out/groups within one GEMM K block:
+// each col2im tile's W^T dY runs as direct tiles reading dY in place
+// (avx512::direct_gemm_f32, bitwise equal to the packed GEMM), the tile's rows of W^T
+// packed once per channel block. Elements of that panel per thread; 0 where not taken.
+i64 dx_direct_apack(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.Mg > avx512::kDirectMaxK ||
+      pl.Mg > gemm_blocking<float>().kc)
+    return 0;
+  return checked_mul(round_up(checked_mul(pl.ci_sub, checked_mul(p.h.kernel, p.w.kernel, "kernel"), "rows"), 16),
+                     pl.Mg, "packed weights");
+}
+
+// Generic forward, float32 under AVX-512, one image per GEMM, from a (phase-split at
+// stride >= 2 along W) zero-padded copy of the task's input rows (avx512::phase_copy_f32):
+//  * direct: K within one GEMM K block (kDirectMaxK), output rows at least kDirectMinWo
+//    wide and at most kDirectMaxM channels per group: no B packing at all, a 16 x 16 tile
+//    reads its unfolded rows straight from the copy (avx512::direct_forward_f32), bitwise
+//    equal to the packed GEMM (stem 7x7/2 forward 2.45 -> see bench; 5x5 1->32 28px);
+//  * otherwise at stride >= 2 along W: the B packer over the copy (PhaseB: one load per
+//    packed row, where the direct packer needs two, a permute and the padding checks).
+// wq: elements per phase row; elems: the copy's elements per thread (all padded rows of
+// the group's channels at most); 0 where neither is taken (other types or ISAs, batched
+// images, stride 1 without the direct shape, a copy above kPadMaxElems).
+constexpr i64 kDirectMinWo = 16;
+constexpr i64 kDirectMaxM = 128;
+struct FwdPhase {
+  i64 wq, elems;
+  bool direct;
+};
+FwdPhase fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  FwdPhase b{0, 0, false};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.fwd_nb > 1) return b;
+  const bool direct = pl.K <= avx512::kDirectMaxK && pl.K <= gemm_blocking<float>().kc &&
+                      p.w.out >= kDirectMinWo && pl.Mg <= kDirectMaxM;
+  if (p.w.stride < 2 && !direct) return b;
+  const PhaseBuf g = phase_geometry(pl.Cg, p.h.in + p.h.pad_lo + p.h.pad_hi, p.w.in + p.w.pad_lo + p.w.pad_hi,
+                                    p.w.stride);
+  if (g.elems == 0) return b;
+  return FwdPhase{g.wq, g.elems, direct};
+}
+// The direct forward's weights: every group's Mg x K block as ceil(Mg/16) K x 16 panels.
+i64 direct_apack_elems(const ConvParams& p, const Plan& pl) { return p.groups * round_up(pl.Mg, 16) * pl.K; }
+
+// Generic grad weight in pieces (Plan::wred), float32 under AVX-512, output rows at least
+// kDirectMinWo wide and planes above kSmallPlane pixels (smaller ones keep the GEMM, whose
+// sums equal the AVX2 path's bitwise over one K block): per image of a piece, a
+// phase-split zero-padded copy of the rows it reads, then avx512::direct_wgrad_f32 (lane-
+// parallel dot products, no packing: the 7x7/2 stem's grad weight spent about a quarter
+// of its time packing dY and the unfolded input, and an eighth on the GEMM's padded 147
+// -> 160 columns). Per thread: the copy (elems, rounded to lines) plus twice Mg*K sums.
+FwdPhase wgrad_direct_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  FwdPhase b{0, 0, false};
+  if (elem != sizeof(float) || active_isa() != Isa::avx512 || pl.wred <= 1 || p.w.out < kDirectMinWo ||
+      pl.Np <= kSmallPlane || pl.K > avx512::kDirectWgradMaxK)
+    return b;
+  const PhaseBuf g = phase_geometry(pl.Cg, p.h.in + p.h.pad_lo + p.h.pad_hi, p.w.in + p.w.pad_lo + p.w.pad_hi,
+                                    p.w.stride);
+  if (g.elems == 0) return b;
+  return FwdPhase{g.wq, g.elems, true};
+}
+std::size_t wgrad_direct_ws(const ConvParams& p, const Plan& pl, std::size_t elem) {
+  const FwdPhase b = wgrad_direct_buf(p, pl, elem);
+  if (b.elems == 0) return 0;
+  return per_thread(static_cast<std::size_t>(b.elems), elem) + 2 * per_thread(static_cast<std::size_t>(pl.Mg * pl.K), elem);
+}
+
+// The forward B packer over that copy (padded rows ra .. ra+nrows-1).
+struct PhaseB final : BPanelSource<float> {
+  const ConvParams& p;
+  const float* buf;
+  i64 ra, nrows, wq, jbase;
+  PhaseB(const ConvParams& p_, const float* b, i64 ra_, i64 nrows_, i64 wq_, i64 jb)
+      : p(p_), buf(b), ra(ra_), nrows(nrows_), wq(wq_), jbase(jb) {}
+  void pack(float* dst, i64 k0, i64 kc, i64 j0, i64 nc, int) const override {
+    avx512::phase_pack_f32(p, buf, ra, nrows, wq, jbase, dst, k0, kc, j0, nc);
+  }
+};
+
 // ---------------------------------------------------------------- candidates
 
 bool supports_pointwise(const ConvParams& p) {
@@ -735,8 +843,21 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
   const i64 tasks = p.n * p.groups * pl.fwd.count;
   if (tasks == 0) return;
   const int threads = static_cast<int>(std::min<i64>(pl.threads, tasks));
-  const std::size_t ws_per = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.fwd.chunk, pl.K), sizeof(T));
-  T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * threads * sizeof(T)));
+  const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.Mg, pl.fwd.chunk, pl.K), sizeof(T));
+  const FwdPhase pb = kPointwise ? FwdPhase{0, 0, false} : fwd_phase_buf(p, pl, sizeof(T));
+  const std::size_t ws_per = gemm_part + per_thread(static_cast<std::size_t>(pb.elems), sizeof(T));
+  const std::size_t apack_part = pb.direct ? per_thread(static_cast<std::size_t>(direct_apack_elems(p, pl)), sizeof(T)) : 0;
+  T* ws = static_cast<T*>(scratch(kScratchOp0, (apack_part + ws_per * threads) * sizeof(T)));
+  T* apack = ws;
+  ws += apack_part;
+  if (pb.direct) {  // A micro-panels: apack[g][panel][k][16] = w[g*Mg + 16*panel + i][k], zero past Mg
+    const i64 mp = round_up(pl.Mg, 16);
+    for (i64 g = 0; g < p.groups; ++g)
+      for (i64 i = 0; i < mp; ++i)
+        for (i64 k = 0; k < pl.K; ++k)
+          apack[g * mp * pl.K + (i / 16) * pl.K * 16 + k * 16 + i % 16] =
+              i < pl.Mg ? w[(g * pl.Mg + i) * pl.K + k] : T(0);
+  }
   const TapRanges tr(p);
   const i64 in_plane = p.h.in * p.w.in;
   const i64 nr = gemm_nr(sizeof(T));
@@ -749,6 +870,22 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
     const i64 j0 = s * pl.fwd.chunk, jn = std::min(pl.fwd.chunk, pl.Np - j0);
     const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
     T* wsp = ws + ws_per * thread_index();
+    // The phase-split copy of the input rows the task's columns read.
+    i64 ra = 0, nrows = 0;
+    if (pb.elems > 0) {
+      const i64 oha = j0 / p.w.out, ohb = (j0 + jn - 1) / p.w.out;
+      ra = oha * p.h.stride;
+      nrows = ohb * p.h.stride + (p.h.kernel - 1) * p.h.dilation + 1 - ra;
+      avx512::phase_copy_f32(p, reinterpret_cast<const float*>(xg), pl.Cg, ra, nrows, pb.wq,
+                             reinterpret_cast<float*>(wsp + gemm_part));
+      if (pb.direct) {
+        avx512::direct_forward_f32(p, reinterpret_cast<const float*>(wsp + gemm_part), ra, nrows, pb.wq,
+                                   reinterpret_cast<const float*>(apack + g * round_up(pl.Mg, 16) * pl.K), pl.Mg,
+                                   pl.K, reinterpret_cast<const float*>(bias ? bias + g * pl.Mg : nullptr),
+                                   reinterpret_cast<float*>(y + (n * p.c_out + g * pl.Mg) * pl.Np), j0, j0 + jn);
+        continue;
+      }
+    }
     // With a bias, the columns go in sub-blocks of `sub`, and the bias is added to each
     // block right after its GEMM, while the block is still in L2 (one pass over y in
     // memory, where a bias fill before the GEMM made two). y = sum + bias: see add_bias.
@@ -758,6 +895,10 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
       if (kPointwise) {
         StridedB<T> src = dense_b(xg, in_plane, j0 + c0);
         gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
+      } else if (pb.elems > 0) {
+        PhaseB src(p, reinterpret_cast<const float*>(wsp + gemm_part), ra, nrows, pb.wq, j0 + c0);
+        gemm<float>(pl.Mg, cn, pl.K, reinterpret_cast<const float*>(w + g * pl.Mg * pl.K), pl.K, 1, src,
+                    reinterpret_cast<float*>(yc), pl.Np, 1, false, 1, reinterpret_cast<float*>(wsp));
       } else {
         UnfoldB<T> src(p, tr, xg, j0 + c0, in_plane);
         gemm<T>(pl.Mg, cn, pl.K, w + g * pl.Mg * pl.K, pl.K, 1, src, yc, pl.Np, 1, false, 1, wsp);
@@ -923,6 +1064,7 @@ void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const 
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
   const i64 in_plane = p.h.in * p.w.in, Wo = p.w.out, S = pl.wslices;
   T* part = static_cast<T*>(scratch(kScratchOp1, static_cast<std::size_t>(tasks * MK) * sizeof(T)));
+  const FwdPhase wd = kPointwise ? FwdPhase{0, 0, false} : wgrad_direct_buf(p, pl, sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 g = t / P, piece = t % P;
@@ -944,6 +1086,19 @@ void weight_grad_pieces(const ConvParams& p, const Plan& pl, const T* dy, const 
     for (i64 n = n0; n < n1; ++n) {
       const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np + r0 * Wo;
       const T* xg = x + (n * p.c_in + g * pl.Cg) * in_plane;
+      if (wd.elems > 0) {  // direct: the rows' phase-split copy, then the dot products
+        float* buf = reinterpret_cast<float*>(wsp);
+        float* sums = buf + per_thread(static_cast<std::size_t>(wd.elems), sizeof(T));
+        const i64 ra = r0 * p.h.stride, nrows = (r1 - 1) * p.h.stride + (p.h.kernel - 1) * p.h.dilation + 1 - ra;
+        avx512::phase_copy_f32(p, reinterpret_cast<const float*>(xg), pl.Cg, ra, nrows, wd.wq, buf);
+        avx512::direct_wgrad_f32(p, buf, ra, nrows, wd.wq,
+                                 reinterpret_cast<const float*>(dy + (n * p.c_out + g * pl.Mg) * pl.Np), pl.Mg,
+                                 pl.K, r0, r1, n > n0 ? sums : reinterpret_cast<float*>(c),
+                                 sums + per_thread(static_cast<std::size_t>(MK), sizeof(T)));
+        if (n > n0)
+          for (i64 i = 0; i < MK; ++i) c[i] += static_cast<T>(sums[i]);
+        continue;
+      }
       if (kPointwise) {  // 1x1, stride 1, no padding: output pixel j reads input pixel j
         StridedB<T> src(xg + r0 * Wo, 1, in_plane);
         gemm<T>(pl.Mg, pl.K, depth, dyg, pl.Np, 1, src, c, pl.K, 1, n > n0, 1, wsp);
@@ -1038,6 +1193,11 @@ void input_grad_pointwise(const ConvParams& p, const Plan& pl, const T* dy, cons
 template <typename T>
 void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nci, i64 j0,
                  i64 jn, T* dxp, i64 h0, i64 h1) {
+  if (sizeof(T) == 4 && (p.w.stride == 1 || p.w.stride == 2) && active_isa() == Isa::avx512) {
+    avx512::col2im_tile_f32(p, tr.lo.data(), tr.hi.data(), reinterpret_cast<const float*>(tile), nci, j0, jn,
+                            reinterpret_cast<float*>(dxp), h0, h1);
+    return;
+  }
   const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in, sw = p.w.stride;
   const i64 plane = p.h.in * W;
   for (i64 ci = 0; ci < nci; ++ci)
@@ -1077,6 +1237,10 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
   const int threads = static_cast<int>(std::max<i64>(1, std::min<i64>(pl.threads, tasks)));
   const i64 in_plane = H * W;
   const std::size_t gemm_part = per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T));
+  const std::size_t tile_part = per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T));
+  const PhaseBuf pb = dx_phase_buf(p, pl, sizeof(T));
+  const i64 ap_elems = dx_direct_apack(p, pl, sizeof(T));
+  const std::size_t phase_part = per_thread(static_cast<std::size_t>(pb.elems), sizeof(T));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 t = 0; t < tasks; ++t) {
     const i64 item = t / (pl.ci_count * B), s = (t / B) % pl.ci_count, band = t % B;
@@ -1090,19 +1254,39 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
     const i64 hi_num = h1 - 1 + p.h.pad_lo;
     const i64 oh1 = hi_num < 0 ? oh0 : std::max(oh0, std::min(p.h.out, hi_num / p.h.stride + 1));
     T* dxp = dx + (n * p.c_in + g * pl.Cg + ca) * in_plane;
-    for (i64 ci = 0; ci < nci; ++ci) fill_zero(dxp + ci * in_plane + h0 * W, (h1 - h0) * W);
+    if (pb.elems == 0)
+      for (i64 ci = 0; ci < nci; ++ci) fill_zero(dxp + ci * in_plane + h0 * W, (h1 - h0) * W);
     T* wsp = ws + ws_per * thread_index();
     T* tile = wsp + gemm_part;
+    T* pbuf = tile + tile_part;
+    T* apack = pbuf + phase_part;
     const T* dyg = dy + (n * p.c_out + g * pl.Mg) * pl.Np;
     for (i64 cs = 0; cs < nci; cs += pl.ci_sub) {
       const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
       const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
+      if (pb.elems > 0) fill_zero(pbuf, ncs * (h1 - h0) * p.w.stride * pb.wq);
+      if (ap_elems > 0)  // A micro-panels: apack[panel][co][i] = A(16*panel + i, co), zero past `rows`
+        for (i64 r = 0; r < round_up(rows, 16); ++r)
+          for (i64 co = 0; co < pl.Mg; ++co)
+            apack[(r / 16) * pl.Mg * 16 + co * 16 + r % 16] = r < rows ? a[r + co * pl.K] : T(0);
       for (i64 j0 = oh0 * p.w.out; j0 < oh1 * p.w.out; j0 += pl.tile) {
         const i64 jn = std::min(pl.tile, oh1 * p.w.out - j0);
-        StridedB<T> src = dense_b(dyg, pl.Np, j0);
-        gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
-        col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane, h0, h1);
+        if (ap_elems > 0) {
+          avx512::direct_gemm_f32(rows, jn, pl.Mg, reinterpret_cast<const float*>(apack),
+                                  reinterpret_cast<const float*>(dyg + j0), pl.Np, reinterpret_cast<float*>(tile), jn);
+        } else {
+          StridedB<T> src = dense_b(dyg, pl.Np, j0);
+          gemm<T>(rows, jn, pl.Mg, a, 1, pl.K, src, tile, jn, 1, false, 1, wsp);
+        }
+        if (pb.elems > 0)
+          avx512::col2im_phase_f32(p, reinterpret_cast<const float*>(tile), ncs, j0, jn,
+                                   reinterpret_cast<float*>(pbuf), h0, h1, pb.wq);
+        else
+          col2im_tile(p, tr, tile, ncs, j0, jn, dxp + cs * in_plane, h0, h1);
       }
+      if (pb.elems > 0)
+        avx512::phase_unpack_f32(p, reinterpret_cast<const float*>(pbuf), ncs,
+                                 reinterpret_cast<float*>(dxp + cs * in_plane), h0, h1, pb.wq);
     }
   }
 }
@@ -1234,7 +1418,8 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
   const TapRanges tr(p);
   const i64 KK = p.h.kernel * p.w.kernel;
   // One workspace sized for the largest of the GEMM calls below.
-  std::size_t ws_per = per_thread(weight_gemm_ws(p, pl, sizeof(T)), sizeof(T));
+  std::size_t ws_per = std::max(per_thread(weight_gemm_ws(p, pl, sizeof(T)), sizeof(T)),
+                                wgrad_direct_ws(p, pl, sizeof(T)));
   if (dw && !pointwise && pl.wgt_nb > 1) {
     const i64 Kb = pl.wgt_nb * pl.Np;
     ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Mg, pl.wcols.chunk, Kb), sizeof(T)) +
@@ -1246,7 +1431,9 @@ void backward_gemm(const ConvParams& p, bool pointwise, const T* dy, const T* x,
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.Cg, pl.fwd.chunk, pl.Mg), sizeof(T)));
     else
       ws_per = std::max(ws_per, per_thread(gemm_ws(sizeof(T), pl.ci_sub * KK, pl.tile, pl.Mg), sizeof(T)) +
-                                    per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)));
+                                    per_thread(static_cast<std::size_t>(pl.ci_sub * KK * pl.tile), sizeof(T)) +
+                                    per_thread(static_cast<std::size_t>(dx_phase_buf(p, pl, sizeof(T)).elems), sizeof(T)) +
+                                    per_thread(static_cast<std::size_t>(dx_direct_apack(p, pl, sizeof(T))), sizeof(T)));
   }
   T* ws = static_cast<T*>(scratch(kScratchOp0, ws_per * pl.threads * sizeof(T)));
   if (dx && p.n > 0) {
@@ -1414,7 +1601,8 @@ const T* mirrored_weights(const ConvParams& p, const T* w) {
 std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
   const Plan pl = make_plan(p, elem, threads);
   const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
-  i64 per = static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K));
+  const FwdPhase fph = fwd_phase_buf(p, pl, elem);
+  i64 per = checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.fwd.chunk, pl.K)) + 32, fph.elems, "workspace");
   if (pl.fwd_nb > 1) {
     const i64 nb_cols = checked_mul(pl.fwd_nb, pl.Np, "batched columns");
     per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, nb_cols, pl.K)) + 32,
@@ -1422,7 +1610,7 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
                                     pl.pad_elems, "workspace"));
   }
   if (backward) {
-    per = std::max(per, static_cast<i64>(weight_gemm_ws(p, pl, elem)));
+    per = std::max({per, static_cast<i64>(weight_gemm_ws(p, pl, elem)), static_cast<i64>(wgrad_direct_ws(p, pl, elem))});
     if (pl.wgt_nb > 1) {
       const i64 kb = checked_mul(pl.wgt_nb, pl.Np, "batched pixels");
       per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, pl.Mg, pl.wcols.chunk, kb)) + 32,
@@ -1431,12 +1619,16 @@ std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem, bool bac
     }
     per = std::max(per, static_cast<i64>(gemm_ws(elem, pl.Cg, pl.fwd.chunk, pl.Mg)));
     i64 rows = checked_mul(pl.ci_sub, KK, "col2im rows");
-    per = std::max(per, checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)),
-                                    checked_mul(rows, pl.tile, "col2im tile"), "workspace"));
+    per = std::max(per, checked_add(checked_add(static_cast<i64>(gemm_ws(elem, rows, pl.tile, pl.Mg)) + 32,
+                                                checked_mul(rows, pl.tile, "col2im tile"), "workspace"),
+                                    dx_phase_buf(p, pl, elem).elems + dx_direct_apack(p, pl, elem) + 32, "workspace"));
   }
   i64 red = 0;  // grad weight in image pieces: the partial sums (not per thread)
+  if (fph.direct)  // direct forward: the packed weights (not per thread)
+    red = checked_add(checked_mul(checked_mul(p.groups, round_up(pl.Mg, 16), "packed weights"), pl.K, "packed weights"),
+                      16, "packed weights");
   if (backward && pl.wred > 1)
-    red = checked_mul(checked_mul(checked_mul(p.groups, pl.wred, "partial sums"), pl.Mg, "partial sums"),
+    red += checked_mul(checked_mul(checked_mul(p.groups, pl.wred, "partial sums"), pl.Mg, "partial sums"),
                       pl.K, "partial sums");
   // depthwise: padded plane copy plus (backward) KK double accumulators
   per = std::max(per, checked_add(dw_forward_buffer_elems(p, 4), backward ? KK + 8 : 0, "workspace"));

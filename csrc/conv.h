@@ -17,6 +17,13 @@
 //              the exact direct summation order: force path="generic" to get it;
 //              backward input = W^T dY in bounded column tiles + col2im scatter,
 //              backward weight = dY x unfold(X)^T with a transposing unfold packer.
+//              Float32 under AVX-512 (conv_avx512.cpp) it reads a zero-padded copy of
+//              the input rows, split by phase at stride >= 2 along W, where every
+//              unfolded row is a run of consecutive elements: the forward (K within one
+//              GEMM K block) and grad input's W^T dY run as direct 16x16 tiles without
+//              packing B (bitwise equal to the packed GEMM), the col2im adds into a
+//              phase-split buffer, and grad weight in pieces is lane-parallel dot
+//              products (its own fixed summation order, deterministic).
 // Every entry point expects parameters already validated (bindings.cpp does it with
 // conv_validate()); nothing here throws inside a parallel region.
 #pragma once
@@ -201,9 +208,51 @@ void unfold_pack_f64(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, co
                      i64 jbase, i64 img, double* dst, i64 k0, i64 kc, i64 j0, i64 nc);
 // y[0..n) += b (the forward's bias, added to the finished sum), masked tail.
 void add_bias_f32(float* y, i64 n, float b);
-// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels, stride 1 along W.
+// The grad-weight packer (UnfoldTB in conv.cpp), float32, 16-wide panels: stride 1 or 2
+// along W, or any stride with dilation 1 along W and at least kUnfoldTRunsMinKw kernel
+// columns (then packed from runs of consecutive taps, no transpose).
+constexpr i64 kUnfoldTRunsMinKw = 4;
+inline bool unfold_t_pack_supports(const ConvParams& p) {
+  return p.w.stride <= 2 || (p.w.dilation == 1 && p.w.kernel >= kUnfoldTRunsMinKw);
+}
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc);
+// The grad-input col2im (col2im_tile in conv.cpp), float32, stride 1 or 2 along W: the
+// same additions in the same order, vectorised along each output-row segment.
+void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
+                     i64 j0, i64 jn, float* dxp, i64 h0, i64 h1);
+// The same col2im (stride S >= 2 along W) into a phase-split buffer of input rows
+// h0 .. h1-1 (row of padded column iw + pad_lo = S*m + q at q*wq + m, rows S*wq apart,
+// planes (h1-h0)*S*wq apart; zeroed by the caller), then the rows unpacked into dx.
+void col2im_phase_f32(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0,
+                      i64 h1, i64 wq);
+void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq);
+// Forward at stride S >= 2 along W: a phase-split zero-padded copy of padded rows
+// ra .. ra+nrows-1 of nch planes of x (planes nrows*S*wq apart), and the forward B packer
+// (UnfoldB's panels, 16 wide) reading it; columns jbase + j0 .. of one image.
+void phase_copy_f32(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf);
+void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst,
+                    i64 k0, i64 kc, i64 j0, i64 nc);
+// Forward without packing B, from the same copy (any stride; S = 1 is a plain padded
+// copy): output pixels p0 .. p1-1 of one image for the Mg channels of a group (y: its
+// first channel), bias (Mg values) or null. apack: the group's weights as ceil(Mg/16)
+// K x 16 k-major panels, zero rows past Mg. K <= kDirectMaxK. Bitwise equal to the packed
+// GEMM with K in one block plus the bias added after.
+constexpr i64 kDirectMaxK = 384;
+void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack,
+                        i64 Mg, i64 K, const float* bias, float* y, i64 p0, i64 p1);
+// C (rows x n, rows c_rs apart) = A B with A as ceil(rows/16) K x 16 k-major panels (zero
+// rows past `rows`) and B(k, j) = b[k*b_rs + j] read in place (never packed); K <=
+// kDirectMaxK. Bitwise equal to the packed GEMM over one K block (grad input's W^T dY).
+void direct_gemm_f32(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs);
+// Grad weight of output rows r0 .. r1-1 of one image (dy: the group's first channel of the
+// image, planes Ho*Wo apart) from the phase-split copy of its input rows: out (Mg x K,
+// row-major) = the sums, per element a lane-parallel dot product over the pixels reduced
+// in a fixed order (runs of 256 pixel vectors, each run's sums added in order through
+// part, Mg*K floats of scratch). K <= kDirectWgradMaxK.
+constexpr i64 kDirectWgradMaxK = 2048;
+void direct_wgrad_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg,
+                      i64 K, i64 r0, i64 r1, float* out, float* part);
 
 // Depthwise planes, stride 1 in both dimensions, without any padded copy: the ragged
 // edges (padding, the right end of a row) are masked loads and stores.

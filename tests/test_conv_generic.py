@@ -116,12 +116,15 @@ def test_bias_is_added_to_the_finished_sum(dtype, xshape, wshape, kw):
     ((2, 4, 70, 66), (6, 2, 3, 3), dict(padding=(2, 0), groups=2, dilation=(2, 1))),  # 2 groups
     ((2, 5, 64, 64), (7, 5, 1, 1), dict()),                         # pointwise, row slices
     ((3, 2, 1, 5000), (4, 2, 1, 3), dict(padding=(0, 1))),          # H = 1: whole images
+    ((1, 2, 170, 160), (6, 2, 3, 5), dict(stride=(2, 3), padding=((1, 0), (2, 2)), dilation=(1, 2))),  # stride 3
 ])
 def test_weight_grad_pieces_threads_and_reference(dtype, xshape, wshape, kw):
     """Grad weight of few-group convolutions with large planes (or a narrow unfolded
     matrix) is summed in fixed pieces, images or row slices of one image, each a partial
     sum, the partials added in piece order: bitwise identical for 1, 2 and 3 threads,
-    exact on integer data, close to the float64 reference."""
+    exact on integer data, close to the float64 reference. (Under AVX-512, float32 pieces
+    with rows >= 16 wide take the direct lane-parallel dot products; H = 1 with 5000
+    columns also crosses their runs of 256 vectors.)"""
     rng = np.random.default_rng(11)
     x = rng.standard_normal(xshape).astype(dtype)
     w = rng.standard_normal(wshape).astype(dtype)
@@ -187,3 +190,94 @@ def test_input_grad_row_bands(dtype, xshape, wshape, kw):
     for t in (1, 2):
         exact = _with_threads(t, lambda: pyconv.conv2d_backward(dyi, x, wi, output_mask=mask, algorithm="generic", **kw)[0])
         np.testing.assert_array_equal(exact, ref.conv2d_backward(dyi, x, wi, **kw)[0])
+
+
+# AVX-512 float32 paths of the generic lowering: the direct forward (no B packing; K in
+# one block, output rows >= 16 wide, one image per GEMM) and at stride >= 2 along W the
+# forward B packed from a phase-split padded copy, the grad-input col2im through a
+# phase-split buffer, and the grad-weight B from runs of consecutive taps (dilation 1
+# along W, kernel >= 4 columns, any stride). Each computes, packs or adds exactly what the
+# portable code does, so forward and grad input equal the AVX2 path bit for bit (one K
+# block on both), and all three equal the reference on integer data.
+# (n, cin, cout, H, W, k, stride, padding, dilation, groups)
+PHASE_CASES = [
+    (1, 3, 16, 45, 47, (7, 7), 2, 3, 1, 1),                          # stem-like, odd H and W: row bands
+    (1, 2, 5, 13, 29, (3, 5), (1, 3), ((1, 0), (2, 1)), 1, 1),       # stride 3, asymmetric padding, Wo = 10
+    (1, 2, 4, 17, 31, (3, 4), 2, ((0, 2), (3, 0)), (1, 2), 1),       # dilation along W
+    (1, 1, 3, 6, 9, (4, 10), (1, 2), ((0, 0), (1, 0)), 1, 1),        # kernel == padded input width
+    (2, 3, 4, 11, 23, (2, 5), (3, 6), 1, 1, 1),                      # stride > kernel
+    (2, 6, 10, 9, 40, (3, 7), 2, 3, 1, 2),                           # groups, channels not multiples of 16
+    (3, 2, 3, 7, 20, (3, 4), 2, 1, 1, 1),                            # Wo = 10: panels span output rows
+    (1, 4, 20, 1, 301, (1, 9), 4, ((0, 0), (4, 5)), 1, 1),           # H = 1 (1D), stride 4
+    (1, 1, 8, 40, 44, (5, 5), 1, 2, 1, 1),                           # stride 1: direct forward, runs packer
+    (1, 5, 20, 19, 37, (3, 3), 1, ((1, 0), (0, 2)), (2, 1), 1),      # direct, 20 channels: a partial tile
+    (1, 128, 16, 1, 40, (1, 3), 1, ((0, 0), (1, 1)), 1, 1),          # K = 384: the direct forward's largest
+    (1, 130, 16, 1, 40, (1, 3), 1, ((0, 0), (1, 1)), 1, 1),          # K = 390: packed GEMM, two K blocks
+    # grad input's W^T dY with 1, 2, 5 or 6 rows in its last row panel (the narrow tile)
+    (2, 1, 5, 9, 33, (1, 1), 2, 0, 1, 1),
+    (1, 2, 4, 11, 35, (3, 3), 2, 1, 1, 1),
+    (1, 1, 6, 12, 40, (1, 5), (1, 2), ((0, 0), (2, 2)), 1, 1),
+    (2, 1, 7, 10, 30, (2, 3), 1, 1, 1, 1),
+]
+
+
+def _phase_case(case, dtype, rng, ints):
+    n, cin, cout, H, W, k, s, pad, d, g = case
+    make = (lambda shape: _ints(rng, shape, dtype)) if ints else (lambda shape: rng.standard_normal(shape).astype(dtype))
+    x = make((n, cin, H, W))
+    w = make((cout, cin // g) + k)
+    kw = dict(stride=s, padding=pad, dilation=d, groups=g)
+    dy = make(ref.conv2d(np.zeros((n, cin, H, W)), np.zeros(w.shape), None, **kw).shape)
+    return x, w, dy, kw
+
+
+def _generic_all(x, w, dy, kw):
+    y = pyconv.conv2d(x, w, None, algorithm="generic", **kw)
+    dx, dw, _ = pyconv.conv2d_backward(dy, x, w, output_mask=(True, True, False), algorithm="generic", **kw)
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("case", PHASE_CASES)
+def test_phase_and_run_packers_match_portable_paths(case):
+    rng = np.random.default_rng(17)
+    x, w, dy, kw = _phase_case(case, np.float32, rng, ints=False)
+    xi, wi, dyi = _phase_case(case, np.float32, rng, ints=True)[:3]
+    want = [ref.conv2d(x.astype(np.float64), w.astype(np.float64), None, **kw)]
+    want += list(ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **kw)[:2])
+    exact = [ref.conv2d(xi, wi, None, **kw)] + list(ref.conv2d_backward(dyi, xi, wi, **kw)[:2])
+    got = {}
+    for isa in ISAS:
+        res = _with_isa(isa, lambda: _generic_all(x, w, dy, kw))
+        for a, r in zip(res, want):
+            np.testing.assert_allclose(a, r, rtol=2e-4, atol=2e-4 * (1 + np.abs(r).max()))
+        for a, r in zip(_with_isa(isa, lambda: _generic_all(xi, wi, dyi, kw)), exact):
+            np.testing.assert_array_equal(a, r)
+        for t in (2, 3):
+            again = _with_threads(t, lambda: _with_isa(isa, lambda: _generic_all(x, w, dy, kw)))
+            for a, b in zip(again, res):
+                np.testing.assert_array_equal(a, b)
+        got[isa] = res
+    if "avx2" in got and "avx512" in got:
+        # one K block on both ISAs (AVX2: K <= 256): the same sums in the same order
+        n, cin, cout, H, W, k, s, pad, d, g = case
+        if cin // g * k[0] * k[1] <= 256:
+            np.testing.assert_array_equal(got["avx512"][0], got["avx2"][0])   # forward
+        if cout // g <= 256:
+            np.testing.assert_array_equal(got["avx512"][1], got["avx2"][1])   # grad input
+
+
+def test_phase_paths_batch_zero_and_bias():
+    """Batch 0 through the strided generic paths, and the bias added after the phase-packed
+    forward sum (conv(x, w, b) == conv(x, w) + b bitwise)."""
+    kw = dict(stride=2, padding=3)
+    x0 = np.zeros((0, 3, 30, 31), np.float32)
+    w = np.ones((8, 3, 7, 7), np.float32)
+    y0 = pyconv.conv2d(x0, w, algorithm="generic", **kw)
+    assert y0.shape == (0, 8, 15, 16)
+    dx, dw, db = pyconv.conv2d_backward(np.zeros(y0.shape, np.float32), x0, w, algorithm="generic", **kw)
+    assert dx.shape == x0.shape and not dw.any() and not db.any()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 3, 40, 41)).astype(np.float32)   # one image, Wo = 21: the direct forward
+    b = rng.standard_normal(8).astype(np.float32) * 10
+    y = pyconv.conv2d(x, w, b, algorithm="generic", **kw)
+    np.testing.assert_array_equal(y, pyconv.conv2d(x, w, None, algorithm="generic", **kw) + b.reshape(1, -1, 1, 1))

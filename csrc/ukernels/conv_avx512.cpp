@@ -12,6 +12,8 @@
 // forward (and at stride 2 a scalar strided gather: the 7x7/2 stem forward 3.0 -> 2.8 ms).
 #include <immintrin.h>
 
+#include <cstring>
+
 #include <cstdint>
 
 #include "conv.h"
@@ -196,7 +198,10 @@ inline void transpose16(__m512 r[16]) {
 // Grad-weight packer (UnfoldTB in conv.cpp): B(k, j) with k an output pixel and j an
 // unfolded (ci, kh, kw) column. Per panel of 16 columns and chunk of 16 pixels, each
 // column's 16 pixels are one vector (masked loads per output-row segment, as above),
-// then the 16x16 block is transposed in registers into 16 panel rows.
+// then the 16x16 block is transposed in registers into 16 panel rows. SW: the stride
+// along W (1 or 2; at 2 each segment is two masked loads and an even-lane permute, as in
+// pack()).
+template <int SW>
 void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                 i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
   constexpr int NR = 16;
@@ -236,11 +241,25 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
           if (ih < 0 || ih >= H) continue;
           const i64 a = lmax(c_lo[c], s.ow), b = lmin(c_hi[c], s.ow + s.len);
           if (a >= b) continue;
-          const __mmask16 m = static_cast<__mmask16>(((1u << (b - a)) - 1u) << (s.lane0 + a - s.ow));
+          const i64 l0 = s.lane0 + a - s.ow;  // first valid lane
+          const __mmask16 m = static_cast<__mmask16>(((1u << (b - a)) - 1u) << l0);
+          // Lane L reads input column SW*(s.ow + L - s.lane0) + iwk (the base may point
+          // before the row: formed without pointer arithmetic; only masked lanes, all
+          // inside the row, are accessed).
           const std::uintptr_t base =
               reinterpret_cast<std::uintptr_t>(c_xp[c] + ih * W) +
-              static_cast<std::uintptr_t>((s.ow - s.lane0 + c_iwk[c]) * static_cast<i64>(sizeof(float)));
-          v[c] = _mm512_mask_loadu_ps(v[c], m, reinterpret_cast<const float*>(base));
+              static_cast<std::uintptr_t>((SW * (s.ow - s.lane0) + c_iwk[c]) * static_cast<i64>(sizeof(float)));
+          if (SW == 1) {
+            v[c] = _mm512_mask_loadu_ps(v[c], m, reinterpret_cast<const float*>(base));
+          } else {
+            // elements 2*l0 .. 2*(l0 + b - a - 1) of the 32 from base
+            const std::uint32_t em = ((std::uint32_t(1) << (2 * (b - a) - 1)) - 1u) << (2 * l0);
+            const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(em & 0xFFFFu),
+                                                    reinterpret_cast<const float*>(base));
+            const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(em >> 16),
+                                                    reinterpret_cast<const float*>(base + 16 * sizeof(float)));
+            v[c] = _mm512_mask_blend_ps(m, v[c], P32::evens(lo, hi));
+          }
         }
       }
       transpose16(v);
@@ -250,6 +269,608 @@ void pack_t_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const f
   }
 }
 
+
+// Grad-weight packer from tap runs (UnfoldTB in conv.cpp; dilation 1 along W, any
+// stride). A panel's 16 columns (ci, kh, kw) fall into runs of consecutive kw within one
+// kernel row (a 7-wide kernel: 2 or 3 runs per panel), and a run's values for one output
+// pixel are consecutive elements of one input row. So each packed row (one pixel) is one
+// masked load per run merged into a vector, then one store: no transpose, no permute.
+// Pixels whose runs all lie inside their input rows (all but the few at the ends of an
+// output row) use the run masks alone; the others also mask the lanes outside the row.
+struct TapRun {
+  i64 l0, len;   // first lane, lanes
+  i64 base;      // element offset of the run's channel plane
+  i64 ihk, iwk;  // input row = oh*sh + ihk; lane l0's input column = ow*sw + iwk
+  __mmask16 m;   // lanes l0 .. l0+len-1
+};
+
+template <int NV>
+inline void runs_rows(const std::uintptr_t* b, const __mmask16* m, int nv, std::uintptr_t step, i64 n, float* d) {
+  const int cnt = NV >= 0 ? NV : nv;
+  std::uintptr_t o = 0;
+  for (i64 i = 0; i < n; ++i, o += step, d += 16) {
+    __m512 v = _mm512_setzero_ps();
+    for (int r = 0; r < cnt; ++r) v = _mm512_mask_loadu_ps(v, m[r], reinterpret_cast<const float*>(b[r] + o));
+    _mm512_storeu_ps(d, v);
+  }
+}
+
+void pack_t_runs_f32(const ConvParams& p, const float* x, i64 cbase, float* dst, i64 k0, i64 kc, i64 j0,
+                     i64 nc) {
+  constexpr int NR = 16;
+  const i64 kW = p.w.kernel, KK = p.h.kernel * kW, Wo = p.w.out;
+  const i64 W = p.w.in, H = p.h.in, plane = H * W, sh = p.h.stride, sw = p.w.stride;
+  const std::uintptr_t xb = reinterpret_cast<std::uintptr_t>(x);
+  constexpr std::uintptr_t kF = sizeof(float);
+  for (i64 pb = 0; pb < nc; pb += NR) {
+    float* panel = dst + (pb / NR) * kc * NR;
+    const int ncols = static_cast<int>(lmin(NR, nc - pb));
+    TapRun runs[NR];
+    int nruns = 0;
+    for (int c = 0; c < ncols;) {
+      const i64 kf = cbase + j0 + pb + c, ci = kf / KK, r = kf % KK, kh = r / kW, kw = r % kW;
+      const int len = static_cast<int>(lmin(kW - kw, ncols - c));
+      runs[nruns++] = TapRun{c, len, ci * plane, kh * p.h.dilation - p.h.pad_lo, kw - p.w.pad_lo,
+                             static_cast<__mmask16>(((1u << len) - 1u) << c)};
+      c += len;
+    }
+    for (i64 k = 0; k < kc;) {
+      const i64 pix = k0 + k, oh = pix / Wo, ow0 = pix % Wo, n = lmin(kc - k, Wo - ow0);
+      // Runs whose input row exists; b[r] + ow*sw*4 addresses lane 0 for pixel column ow.
+      std::uintptr_t b[NR];
+      __mmask16 m[NR];
+      const TapRun* live[NR];
+      int nv = 0;
+      i64 ilo = ow0, ihi = ow0 + n;  // pixels with every live run inside its row
+      for (int r = 0; r < nruns; ++r) {
+        const TapRun& t = runs[r];
+        const i64 ih = oh * sh + t.ihk;
+        if (ih < 0 || ih >= H) continue;
+        b[nv] = xb + static_cast<std::uintptr_t>((t.base + ih * W + t.iwk - t.l0) * static_cast<i64>(kF));
+        m[nv] = t.m;
+        live[nv++] = &t;
+        // ow*sw + iwk >= 0 and ow*sw + iwk + len <= W
+        const i64 lo = t.iwk >= 0 ? 0 : (-t.iwk + sw - 1) / sw;
+        const i64 hi = W - t.iwk - t.len < 0 ? 0 : (W - t.iwk - t.len) / sw + 1;
+        ilo = lmax(ilo, lo);
+        ihi = lmin(ihi, hi);
+      }
+      ilo = lmin(ilo, ow0 + n);
+      ihi = lmax(ihi, ilo);
+      float* d = panel + k * NR;
+      // Edge pixels: each run's lanes also clipped to the input row.
+      auto edge = [&](i64 ow) {
+        __m512 v = _mm512_setzero_ps();
+        for (int r = 0; r < nv; ++r) {
+          const TapRun& t = *live[r];
+          const i64 col = ow * sw + t.iwk;  // input column of lane l0
+          const i64 a = lmax(0, -col), e = lmin(t.len, W - col);
+          if (a >= e) continue;
+          const __mmask16 mm = static_cast<__mmask16>(((1u << (e - a)) - 1u) << (t.l0 + a));
+          v = _mm512_mask_loadu_ps(v, mm, reinterpret_cast<const float*>(b[r] + static_cast<std::uintptr_t>(ow * sw * static_cast<i64>(kF))));
+        }
+        _mm512_storeu_ps(d + (ow - ow0) * NR, v);
+      };
+      for (i64 ow = ow0; ow < ilo; ++ow) edge(ow);
+      if (ihi > ilo) {
+        std::uintptr_t bb[NR];
+        for (int r = 0; r < nv; ++r) bb[r] = b[r] + static_cast<std::uintptr_t>(ilo * sw * static_cast<i64>(kF));
+        const std::uintptr_t step = static_cast<std::uintptr_t>(sw * static_cast<i64>(kF));
+        float* di = d + (ilo - ow0) * NR;
+        switch (nv) {
+          case 0: runs_rows<0>(bb, m, nv, step, ihi - ilo, di); break;
+          case 1: runs_rows<1>(bb, m, nv, step, ihi - ilo, di); break;
+          case 2: runs_rows<2>(bb, m, nv, step, ihi - ilo, di); break;
+          case 3: runs_rows<3>(bb, m, nv, step, ihi - ilo, di); break;
+          case 4: runs_rows<4>(bb, m, nv, step, ihi - ilo, di); break;
+          default: runs_rows<-1>(bb, m, nv, step, ihi - ilo, di); break;
+        }
+      }
+      for (i64 ow = ihi; ow < ow0 + n; ++ow) edge(ow);
+      k += n;
+    }
+  }
+}
+
+// dst[i*SW] += src[i] for i in [0, n): the scalar col2im's additions, 16 at a time. At
+// stride 2 the 16 values are spread over the even lanes of two vectors (a permute each)
+// and only those lanes are loaded, added and stored: the odd elements in between belong
+// to other taps and are never touched.
+template <int SW>
+inline void col2im_row(float* dst, const float* src, i64 n) {
+  i64 i = 0;
+  if (SW == 1) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_add_ps(_mm512_loadu_ps(dst + i), _mm512_loadu_ps(src + i)));
+    if (i < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      _mm512_mask_storeu_ps(dst + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst + i), _mm512_maskz_loadu_ps(m, src + i)));
+    }
+    return;
+  }
+  const __m512i ilo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i ihi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  constexpr __mmask16 kEven = 0x5555;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    float* d = dst + 2 * i;
+    _mm512_mask_storeu_ps(d, kEven, _mm512_add_ps(_mm512_maskz_loadu_ps(kEven, d), _mm512_permutexvar_ps(ilo, v)));
+    _mm512_mask_storeu_ps(d + 16, kEven,
+                          _mm512_add_ps(_mm512_maskz_loadu_ps(kEven, d + 16), _mm512_permutexvar_ps(ihi, v)));
+  }
+  if (i < n) {
+    const i64 r = n - i;  // 1 .. 15 values: even lanes below 2r, over the two vectors
+    const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << r) - 1u), src + i);
+    const std::uint32_t em = 0x55555555u & ((std::uint32_t(1) << (2 * r)) - 1u);
+    const __mmask16 mlo = static_cast<__mmask16>(em & 0xFFFFu), mhi = static_cast<__mmask16>(em >> 16);
+    float* d = dst + 2 * i;
+    _mm512_mask_storeu_ps(d, mlo, _mm512_add_ps(_mm512_maskz_loadu_ps(mlo, d), _mm512_permutexvar_ps(ilo, v)));
+    if (mhi)
+      _mm512_mask_storeu_ps(d + 16, mhi,
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(mhi, d + 16), _mm512_permutexvar_ps(ihi, v)));
+  }
+}
+
+// col2im_tile of conv.cpp: the tile's rows (ci, kh, kw), each a run of output pixels
+// j0 .. j0+jn-1, added into input rows h0 .. h1-1 of the planes dxp, in the same order.
+template <int SW>
+void col2im_tile(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
+                 i64 j0, i64 jn, float* dxp, i64 h0, i64 h1) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in;
+  const i64 plane = p.h.in * W;
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 kh = 0; kh < kH; ++kh)
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const float* row = tile + ((ci * kH + kh) * kW + kw) * jn;
+        float* xp = dxp + ci * plane;
+        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr_lo[kw], hi = tr_hi[kw];
+        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
+        while (at < jn) {
+          const i64 len = lmin(jn - at, Wo - ow);
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih >= h0 && ih < h1) {
+            const i64 a = lmin(lmax(lo - ow, 0), len);
+            const i64 b = lmin(lmax(hi - ow, a), len);
+            if (b > a) col2im_row<SW>(xp + ih * W + (ow + a) * SW + iwk, row + at + a, b - a);
+          }
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+}
+
+// Grad-input col2im into a phase-split buffer (stride S >= 2 along W): the input rows
+// h0 .. h1-1 of each channel, each row in padded column coordinates iw + pad_lo split by
+// phase, element (q, m) = padded column S*m + q at q*wq + m (rows S*wq apart, planes
+// (h1-h0)*S*wq apart). Tap (kh, kw) of output column ow lands on phase (kw*dw) % S, index
+// ow + (kw*dw) / S, so a tile row's run of output pixels is a contiguous vector add (no
+// permute, no range clipping: the padding columns take the contributions the scalar
+// col2im drops). Same additions in the same order as col2im_tile for every real element.
+void col2im_phase(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0, i64 h1,
+                  i64 wq) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, S = p.w.stride;
+  const i64 rowlen = S * wq, bplane = (h1 - h0) * rowlen;
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 kh = 0; kh < kH; ++kh)
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const float* row = tile + ((ci * kH + kh) * kW + kw) * jn;
+        const i64 t = kw * p.w.dilation;
+        float* bp = buf + ci * bplane + (t % S) * wq + t / S;
+        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
+        while (at < jn) {
+          const i64 len = lmin(jn - at, Wo - ow);
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih >= h0 && ih < h1) col2im_row<1>(bp + (ih - h0) * rowlen + ow, row + at, len);
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+}
+
+// dx rows h0 .. h1-1 of nci planes from the phase-split buffer: dx[ih][iw] = element
+// (q, m) with iw + pad_lo = S*m + q. At S = 2 each 16 columns interleave 8 values of one
+// phase with 8 of the other.
+void phase_unpack(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq) {
+  const i64 W = p.w.in, S = p.w.stride, pl = p.w.pad_lo, plane = p.h.in * W;
+  const i64 rowlen = S * wq, bplane = (h1 - h0) * rowlen;
+  const __m512i inter = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 ih = h0; ih < h1; ++ih) {
+      const float* src = buf + ci * bplane + (ih - h0) * rowlen;
+      float* dst = dxp + ci * plane + ih * W;
+      if (S != 2) {
+        for (i64 iw = 0; iw < W; ++iw) dst[iw] = src[((iw + pl) % S) * wq + (iw + pl) / S];
+        continue;
+      }
+      // column iw + pl = 2m + q: lanes alternate between phase pl&1 (first) and the other
+      const float* a = src + (pl & 1) * wq + pl / 2;                  // lanes 0, 2, 4, ...
+      const float* b = src + ((pl + 1) & 1) * wq + (pl + 1) / 2;      // lanes 1, 3, 5, ...
+      i64 iw = 0;
+      for (; iw + 16 <= W; iw += 16) {
+        const __m512 va = _mm512_castps256_ps512(_mm256_loadu_ps(a + iw / 2));
+        const __m512 vb = _mm512_castps256_ps512(_mm256_loadu_ps(b + iw / 2));
+        _mm512_storeu_ps(dst + iw, _mm512_permutex2var_ps(va, inter, vb));
+      }
+      if (iw < W) {
+        const i64 r = W - iw, na = (r + 1) / 2, nb = r / 2;
+        const __m512 va = _mm512_castps256_ps512(_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << na) - 1u), a + iw / 2));
+        const __m512 vb = _mm512_castps256_ps512(_mm256_maskz_loadu_ps(static_cast<__mmask8>((1u << nb) - 1u), b + iw / 2));
+        _mm512_mask_storeu_ps(dst + iw, static_cast<__mmask16>((1u << r) - 1u), _mm512_permutex2var_ps(va, inter, vb));
+      }
+    }
+}
+
+// Forward B from a phase-split zero-padded copy (stride S >= 2 along W). The copy holds
+// padded rows ra .. ra+nrows-1 of each channel, each split by phase like the grad-input
+// buffer above: padded column S*m + q at q*wq + m. Unfolded row (ci, kh, kw) of output
+// pixel (oh, ow) is then element ow + (kw*dw)/S of phase (kw*dw) % S in padded row
+// oh*sh + kh*dh: a panel's lanes within one output row are consecutive elements, so a
+// packed row is one load (one masked load per output-row segment of a panel that spans
+// rows). No bounds checks: the padding is in the copy.
+void phase_copy(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf) {
+  const i64 W = p.w.in, H = p.h.in, S = p.w.stride, pl = p.w.pad_lo, rowlen = S * wq;
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (i64 ci = 0; ci < nch; ++ci)
+    for (i64 r = 0; r < nrows; ++r) {
+      float* d = buf + (ci * nrows + r) * rowlen;
+      const i64 ih = ra + r - p.h.pad_lo;
+      for (i64 i = 0; i < rowlen; ++i) d[i] = 0.0f;
+      if (ih < 0 || ih >= H) continue;
+      const float* src = x + (ci * H + ih) * W;
+      if (S == 1) {
+        std::memcpy(d + pl, src, static_cast<std::size_t>(W) * sizeof(float));
+        continue;
+      }
+      if (S != 2) {
+        for (i64 iw = 0; iw < W; ++iw) d[((iw + pl) % S) * wq + (iw + pl) / S] = src[iw];
+        continue;
+      }
+      // x[iw] for even iw go to phase pl&1 from index pl/2, odd iw to the other phase
+      float* de = d + (pl & 1) * wq + pl / 2;
+      float* dd = d + ((pl + 1) & 1) * wq + (pl + 1) / 2;
+      i64 iw = 0;
+      for (; iw + 32 <= W; iw += 32) {
+        const __m512 lo = _mm512_loadu_ps(src + iw), hi = _mm512_loadu_ps(src + iw + 16);
+        _mm512_storeu_ps(de + iw / 2, _mm512_permutex2var_ps(lo, ev, hi));
+        _mm512_storeu_ps(dd + iw / 2, _mm512_permutex2var_ps(lo, od, hi));
+      }
+      for (; iw < W; ++iw) (iw % 2 == 0 ? de : dd)[iw / 2] = src[iw];
+    }
+}
+
+void phase_pack(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst, i64 k0,
+                i64 kc, i64 j0, i64 nc) {
+  constexpr int NR = 16;
+  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
+  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  constexpr int kMaxRows = 512;
+  i64 roff[kMaxRows];
+  for (i64 kb = 0; kb < kc; kb += kMaxRows) {
+    const i64 nk = lmin(kMaxRows, kc - kb);
+    {
+      const i64 k = k0 + kb;
+      i64 ci = k / KK, r = k % KK, kh = r / kW, kw = r % kW;
+      for (i64 t = 0; t < nk; ++t) {
+        const i64 tw = kw * p.w.dilation;
+        roff[t] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
+        if (++kw == kW) {
+          kw = 0;
+          if (++kh == kH) { kh = 0; ++ci; }
+        }
+      }
+    }
+    for (i64 pb = 0; pb < nc; pb += NR) {
+      float* d = dst + (pb / NR) * kc * NR + kb * NR;
+      const i64 n = lmin(NR, nc - pb);
+      i64 jt = jbase + j0 + pb;
+      i64 oh = jt / Wo, ow = jt % Wo;
+      if (n == NR && ow + NR <= Wo) {
+        const float* b = buf + (oh * p.h.stride - ra) * rowlen + ow;
+        for (i64 t = 0; t < nk; ++t) _mm512_storeu_ps(d + t * NR, _mm512_loadu_ps(b + roff[t]));
+        continue;
+      }
+      // Segments: lanes l0 .. l0+len-1 in output row oh from column ow.
+      std::uintptr_t sb[NR];
+      __mmask16 sm[NR];
+      int ns = 0;
+      for (i64 at = 0; at < n;) {
+        const i64 len = lmin(n - at, Wo - ow);
+        sb[ns] = reinterpret_cast<std::uintptr_t>(buf) +
+                 static_cast<std::uintptr_t>(((oh * p.h.stride - ra) * rowlen + ow - at) * static_cast<i64>(sizeof(float)));
+        sm[ns++] = static_cast<__mmask16>(((1u << len) - 1u) << at);
+        at += len;
+        ow = 0;
+        ++oh;  // one image per copy: the columns never pass Np
+      }
+      for (i64 t = 0; t < nk; ++t) {
+        __m512 v = _mm512_setzero_ps();
+        const std::uintptr_t o = static_cast<std::uintptr_t>(roff[t] * static_cast<i64>(sizeof(float)));
+        for (int q = 0; q < ns; ++q) v = _mm512_mask_loadu_ps(v, sm[q], reinterpret_cast<const float*>(sb[q] + o));
+        _mm512_storeu_ps(d + t * NR, v);
+      }
+    }
+  }
+}
+
+// Direct forward over the (phase-split) padded copy, without packing B: a 16 x 16 tile is
+// 16 output channels (ap: the weights as a K x 16 k-major micro-panel, zero rows past the
+// group's channels) by 16 consecutive output pixels of one row, whose unfolded row k is
+// the 16 consecutive elements at b + roff[k]. Each sum is one FMA per term in increasing
+// k from zero, then + bias: the arithmetic of the GEMM micro-kernel over one K block and
+// of the bias added after it, so the results equal the packed GEMM's bit for bit.
+constexpr i64 kDirectChunkBytes = 128 * 1024;
+template <bool kTail>
+inline void direct_tile(i64 K, const float* __restrict ap, const float* b, const i64* roff, float* y, i64 ys,
+                        int m, __mmask16 mask, const float* bias) {
+  __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+  __m512 c8 = c0, c9 = c0, c10 = c0, c11 = c0, c12 = c0, c13 = c0, c14 = c0, c15 = c0;
+#pragma GCC unroll 1
+  for (i64 k = 0; k < K; ++k, ap += 16) {
+    const __m512 bv = kTail ? _mm512_maskz_loadu_ps(mask, b + roff[k]) : _mm512_loadu_ps(b + roff[k]);
+    c0 = _mm512_fmadd_ps(_mm512_set1_ps(ap[0]), bv, c0);
+    c1 = _mm512_fmadd_ps(_mm512_set1_ps(ap[1]), bv, c1);
+    c2 = _mm512_fmadd_ps(_mm512_set1_ps(ap[2]), bv, c2);
+    c3 = _mm512_fmadd_ps(_mm512_set1_ps(ap[3]), bv, c3);
+    c4 = _mm512_fmadd_ps(_mm512_set1_ps(ap[4]), bv, c4);
+    c5 = _mm512_fmadd_ps(_mm512_set1_ps(ap[5]), bv, c5);
+    c6 = _mm512_fmadd_ps(_mm512_set1_ps(ap[6]), bv, c6);
+    c7 = _mm512_fmadd_ps(_mm512_set1_ps(ap[7]), bv, c7);
+    c8 = _mm512_fmadd_ps(_mm512_set1_ps(ap[8]), bv, c8);
+    c9 = _mm512_fmadd_ps(_mm512_set1_ps(ap[9]), bv, c9);
+    c10 = _mm512_fmadd_ps(_mm512_set1_ps(ap[10]), bv, c10);
+    c11 = _mm512_fmadd_ps(_mm512_set1_ps(ap[11]), bv, c11);
+    c12 = _mm512_fmadd_ps(_mm512_set1_ps(ap[12]), bv, c12);
+    c13 = _mm512_fmadd_ps(_mm512_set1_ps(ap[13]), bv, c13);
+    c14 = _mm512_fmadd_ps(_mm512_set1_ps(ap[14]), bv, c14);
+    c15 = _mm512_fmadd_ps(_mm512_set1_ps(ap[15]), bv, c15);
+  }
+  const __m512 acc[16] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15};
+  for (int i = 0; i < m; ++i) {
+    const __m512 v = bias ? _mm512_add_ps(acc[i], _mm512_set1_ps(bias[i])) : acc[i];
+    if (kTail)
+      _mm512_mask_storeu_ps(y + i * ys, mask, v);
+    else
+      _mm512_storeu_ps(y + i * ys, v);
+  }
+}
+
+void direct_forward(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack, i64 Mg,
+                    i64 K, const float* bias, float* y, i64 p0, i64 p1) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out, Np = p.h.out * Wo;
+  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  i64 roff[avx512::kDirectMaxK];
+  for (i64 k = 0; k < K; ++k) {
+    const i64 ci = k / KK, r = k % KK, kh = r / kW, tw = (r % kW) * p.w.dilation;
+    roff[k] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
+  }
+  const i64 ng = (Mg + 15) / 16;
+  // Columns of a row in chunks whose unfolded rows (K x chunk) stay in L2 while every
+  // channel tile reads them (a long 1D row would otherwise stream from memory once per
+  // 16 channels).
+  const i64 chunk = lmax(16, kDirectChunkBytes / static_cast<i64>(sizeof(float)) / lmax(K, 1) / 16 * 16);
+  for (i64 oh = p0 / Wo; oh * Wo < p1; ++oh) {
+    const i64 ow0 = lmax(p0 - oh * Wo, 0), ow1 = lmin(p1 - oh * Wo, Wo);
+    const float* brow = buf + (oh * p.h.stride - ra) * rowlen;
+    for (i64 c0 = ow0; c0 < ow1; c0 += chunk) {
+      const i64 c1 = lmin(ow1, c0 + chunk);
+      for (i64 g = 0; g < ng; ++g) {
+        const int m = static_cast<int>(lmin(16, Mg - 16 * g));
+        const float* ag = apack + g * K * 16;
+        float* yg = y + 16 * g * Np + oh * Wo;
+        const float* bg = bias ? bias + 16 * g : nullptr;
+        i64 ow = c0;
+        for (; ow + 16 <= c1; ow += 16) direct_tile<false>(K, ag, brow + ow, roff, yg + ow, Np, m, 0xFFFF, bg);
+        if (ow < c1)
+          direct_tile<true>(K, ag, brow + ow, roff, yg + ow, Np, m,
+                            static_cast<__mmask16>((1u << (c1 - ow)) - 1u), bg);
+      }
+    }
+  }
+}
+
+// C (rows x n, rows c_rs apart) = A B, A as ceil(rows/16) K x 16 k-major panels (zero rows
+// past `rows`), B(k, j) = b[k*b_rs + j] read in place: the direct tiles with unfolded-row
+// offsets k*b_rs, so B is never packed. Bitwise equal to the packed GEMM over one K block.
+// Columns go in runs of kDirectGemmVecs vectors, each run's B lines (K of them per
+// vector) reused from L1 by every row panel.
+constexpr i64 kDirectGemmVecs = 4;
+// The last row panel with R <= 6 rows: R rows x kDirectGemmVecs vectors of columns (n <=
+// 64), so the padding rows of a 16-row tile are not computed (the 7x7 stem's 147 rows:
+// 13 of 160). The same FMA chain per element.
+template <int R>
+void direct_rows(i64 K, const float* ap, const float* b, const i64* roff, float* c, i64 c_rs, i64 n) {
+  constexpr int V = static_cast<int>(kDirectGemmVecs);
+  __mmask16 m[V];
+#pragma GCC unroll 8
+  for (int v = 0; v < V; ++v) {
+    const i64 l = lmin(16, lmax(0, n - 16 * v));
+    m[v] = static_cast<__mmask16>(l == 16 ? 0xFFFFu : (1u << l) - 1u);
+  }
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (i64 k = 0; k < K; ++k, ap += 16) {
+    __m512 bv[V];
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], b + roff[k] + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(ap[r]);
+#pragma GCC unroll 8
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(c + r * c_rs + 16 * v, m[v], acc[r][v]);
+}
+
+void direct_gemm(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs) {
+  i64 roff[avx512::kDirectMaxK];
+  for (i64 k = 0; k < K; ++k) roff[k] = k * b_rs;
+  const i64 ng = (rows + 15) / 16;
+  for (i64 j0 = 0; j0 < n; j0 += 16 * kDirectGemmVecs) {
+    const i64 j1 = lmin(n, j0 + 16 * kDirectGemmVecs);
+    // The next run's B lines into L2 (K rows far apart: too many streams for the
+    // hardware prefetcher). Prefetches never fault, so past the end of B is harmless.
+    if (j1 < n)
+      for (i64 k = 0; k < K; ++k)
+        for (i64 l = 0; l < kDirectGemmVecs; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(b + k * b_rs + j1 + 16 * l), _MM_HINT_T1);
+    for (i64 g = 0; g < ng; ++g) {
+      const int m = static_cast<int>(lmin(16, rows - 16 * g));
+      const float* ag = apack + g * K * 16;
+      float* cg = c + 16 * g * c_rs;
+      if (m <= 6) {
+        switch (m) {
+          case 1: direct_rows<1>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 2: direct_rows<2>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 3: direct_rows<3>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 4: direct_rows<4>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          case 5: direct_rows<5>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+          default: direct_rows<6>(K, ag, b + j0, roff, cg + j0, c_rs, j1 - j0); break;
+        }
+        continue;
+      }
+      i64 j = j0;
+      for (; j + 16 <= j1; j += 16) direct_tile<false>(K, ag, b + j, roff, cg + j, c_rs, m, 0xFFFF, nullptr);
+      if (j < j1)
+        direct_tile<true>(K, ag, b + j, roff, cg + j, c_rs, m, static_cast<__mmask16>((1u << (j1 - j)) - 1u),
+                          nullptr);
+    }
+  }
+}
+
+// Direct grad weight of one image's output rows r0 .. r1-1, no packing: dW(co, j) for the
+// unfolded column j = (ci, kh, kw) is the dot product over pixels of dY's row co with the
+// unfolded row j, which the (phase-split) padded copy holds as consecutive elements per
+// output row. A register tile of NC output channels x NJ columns keeps NC*NJ vectors of
+// per-lane partial sums over the pixels (in pixel order, one FMA each), reduced across
+// the lanes in a fixed tree at the end: every row of dY and of the copy is loaded once
+// per tile and no operand is transposed. (Not the GEMM's summation order: a path of its
+// own, deterministic, exact on integer data.)
+// One pass: every vector step i (a run of up to 16 pixels of one output row) reads dY at
+// dyr[c] + st[i].dy and the unfolded rows at buf + jo[j] + st[i].u, lanes under st[i].m.
+// A single flat loop, so the NC*NJ partial sums stay in registers for the whole pass.
+struct WStep {
+  i64 dy, u;
+  __mmask16 m;
+};
+// Lane i of the result = the sum of the 16 lanes of v[i], i < 8, in a fixed tree: the
+// halves of each vector added, then horizontal pair sums across vectors.
+inline __m256 reduce8(const __m512* v) {
+  __m256 h[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)
+    h[i] = _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps(v[i], 1));
+  const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+  const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  // u0 = [s0a s1a s2a s3a s0b s1b s2b s3b] (a, b: the two 128-bit halves), u1 likewise for 4..7
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+template <int NC, int NJ>
+void wgrad_tile(const float* const* dyr, const i64* jo, const float* buf, const WStep* st, i64 nst, float* out,
+                i64 out_rs) {
+  __m512 acc[NC][NJ];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) acc[c][j] = _mm512_setzero_ps();
+  const float* ub[NJ];
+#pragma GCC unroll 8
+  for (int j = 0; j < NJ; ++j) ub[j] = buf + jo[j];
+  const float* db[NC];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) db[c] = dyr[c];
+  for (i64 i = 0; i < nst; ++i) {
+    const WStep s = st[i];
+    __m512 d[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) d[c] = _mm512_maskz_loadu_ps(s.m, db[c] + s.dy);
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) {
+      const __m512 u = _mm512_maskz_loadu_ps(s.m, ub[j] + s.u);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[c][j] = _mm512_fmadd_ps(d[c], u, acc[c][j]);
+    }
+  }
+  // Lane sums, eight vectors at a time (reduce8), into (c, j) order.
+  constexpr int kN = NC * NJ, kG = (kN + 7) / 8;
+  alignas(32) float sums[kG * 8];
+  __m512 flat[kG * 8];
+#pragma GCC unroll 32
+  for (int i = 0; i < kG * 8; ++i) flat[i] = i < kN ? acc[i / NJ][i % NJ] : _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int q = 0; q < kG; ++q) _mm256_store_ps(sums + 8 * q, reduce8(flat + 8 * q));
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 8
+    for (int j = 0; j < NJ; ++j) out[c * out_rs + j] = sums[c * NJ + j];
+}
+
+template <int NC>
+void wgrad_cols(int nj, const float* const* dyr, const i64* jo, const float* buf, const WStep* st, i64 nst,
+                float* out, i64 out_rs) {
+  switch (nj) {
+    case 6: wgrad_tile<NC, 6>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 5: wgrad_tile<NC, 5>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 4: wgrad_tile<NC, 4>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 3: wgrad_tile<NC, 3>(dyr, jo, buf, st, nst, out, out_rs); break;
+    case 2: wgrad_tile<NC, 2>(dyr, jo, buf, st, nst, out, out_rs); break;
+    default: wgrad_tile<NC, 1>(dyr, jo, buf, st, nst, out, out_rs); break;
+  }
+}
+
+constexpr int kWgradNC = 4, kWgradNJ = 6;
+void direct_wgrad(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg, i64 K,
+                  i64 r0, i64 r1, float* out, float* part) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out, Np = p.h.out * Wo;
+  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  i64 roff[avx512::kDirectWgradMaxK];
+  for (i64 k = 0; k < K; ++k) {
+    const i64 ci = k / KK, r = k % KK, kh = r / kW, tw = (r % kW) * p.w.dilation;
+    roff[k] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
+  }
+  // The vector steps of rows r0 .. r1-1, in pixel order, in chunks of kWgradSteps (the
+  // partial sums of a chunk are added to out in chunk order).
+  constexpr i64 kWgradSteps = 256;
+  WStep st[kWgradSteps];
+  const i64 vpr = (Wo + 15) / 16, total = (r1 - r0) * vpr;
+  for (i64 s0 = 0; s0 < total; s0 += kWgradSteps) {
+    const i64 nst = lmin(kWgradSteps, total - s0);
+    for (i64 i = 0; i < nst; ++i) {
+      const i64 oh = r0 + (s0 + i) / vpr, ow = ((s0 + i) % vpr) * 16, n = lmin(16, Wo - ow);
+      st[i] = WStep{(oh - r0) * Wo + ow, (oh * p.h.stride - ra) * rowlen + ow,
+                    static_cast<__mmask16>(n == 16 ? 0xFFFFu : (1u << n) - 1u)};
+    }
+    float* o0 = s0 == 0 ? out : part;
+    for (i64 c0 = 0; c0 < Mg; c0 += kWgradNC) {
+      const int nc = static_cast<int>(lmin(kWgradNC, Mg - c0));
+      const float* dyr[kWgradNC];
+      for (int c = 0; c < nc; ++c) dyr[c] = dy + (c0 + c) * Np + r0 * Wo;
+      for (i64 j0 = 0; j0 < K; j0 += kWgradNJ) {
+        const int nj = static_cast<int>(lmin(kWgradNJ, K - j0));
+        float* o = o0 + c0 * K + j0;
+        switch (nc) {
+          case 4: wgrad_cols<4>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+          case 3: wgrad_cols<3>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+          case 2: wgrad_cols<2>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+          default: wgrad_cols<1>(nj, dyr, roff + j0, buf, st, nst, o, K); break;
+        }
+      }
+    }
+    if (s0 > 0)
+      for (i64 i = 0; i < Mg * K; ++i) out[i] += part[i];
+  }
+}
 
 // ---------------------------------------------------------------- depthwise planes
 //
@@ -890,7 +1511,44 @@ void weight_plane_any(const DwGeom& g, const typename S::T* dy, const typename S
 namespace avx512 {
 void unfold_t_pack_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* x,
                        i64 cbase, float* dst, i64 k0, i64 kc, i64 j0, i64 nc) {
-  pack_t_f32(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
+  if (p.w.dilation == 1 && p.w.kernel >= kUnfoldTRunsMinKw)
+    pack_t_runs_f32(p, x, cbase, dst, k0, kc, j0, nc);
+  else if (p.w.stride == 2)
+    pack_t_f32<2>(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
+  else
+    pack_t_f32<1>(p, tr_lo, tr_hi, x, cbase, dst, k0, kc, j0, nc);
+}
+void col2im_tile_f32(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
+                     i64 j0, i64 jn, float* dxp, i64 h0, i64 h1) {
+  if (p.w.stride == 2)
+    col2im_tile<2>(p, tr_lo, tr_hi, tile, nci, j0, jn, dxp, h0, h1);
+  else
+    col2im_tile<1>(p, tr_lo, tr_hi, tile, nci, j0, jn, dxp, h0, h1);
+}
+void col2im_phase_f32(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0,
+                      i64 h1, i64 wq) {
+  col2im_phase(p, tile, nci, j0, jn, buf, h0, h1, wq);
+}
+void phase_unpack_f32(const ConvParams& p, const float* buf, i64 nci, float* dxp, i64 h0, i64 h1, i64 wq) {
+  phase_unpack(p, buf, nci, dxp, h0, h1, wq);
+}
+void phase_copy_f32(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows, i64 wq, float* buf) {
+  phase_copy(p, x, nch, ra, nrows, wq, buf);
+}
+void phase_pack_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst,
+                    i64 k0, i64 kc, i64 j0, i64 nc) {
+  phase_pack(p, buf, ra, nrows, wq, jbase, dst, k0, kc, j0, nc);
+}
+void direct_forward_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack,
+                        i64 Mg, i64 K, const float* bias, float* y, i64 p0, i64 p1) {
+  direct_forward(p, buf, ra, nrows, wq, apack, Mg, K, bias, y, p0, p1);
+}
+void direct_gemm_f32(i64 rows, i64 n, i64 K, const float* apack, const float* b, i64 b_rs, float* c, i64 c_rs) {
+  direct_gemm(rows, n, K, apack, b, b_rs, c, c_rs);
+}
+void direct_wgrad_f32(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg,
+                      i64 K, i64 r0, i64 r1, float* out, float* part) {
+  direct_wgrad(p, buf, ra, nrows, wq, dy, Mg, K, r0, r1, out, part);
 }
 void add_bias_f32(float* y, i64 n, float b) {
   const __m512 bv = _mm512_set1_ps(b);
