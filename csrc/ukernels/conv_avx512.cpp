@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "conv.h"
+#include "transpose_avx512.h"
 
 namespace pyconv {
 namespace {  // internal linkage: never merged with other translation units' code
@@ -169,31 +170,7 @@ void pack(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const typenam
   }
 }
 
-// In-register 16x16 transpose: r[i] lane j -> r[j] lane i.
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i .. 4i+3
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int j = 0; j < 4; ++j) {
-    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    const __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-    r[j] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-    r[4 + j] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-    r[8 + j] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-    r[12 + j] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-  }
-}
+using avx512_util::transpose16;
 
 // Grad-weight packer (UnfoldTB in conv.cpp): B(k, j) with k an output pixel and j an
 // unfolded (ci, kh, kw) column. Per panel of 16 columns and chunk of 16 pixels, each
