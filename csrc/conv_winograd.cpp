@@ -61,6 +61,9 @@
 // per-block panels (about kWgtBlockBytes). Bounded by the channel counts and a row of
 // the plane, never by the batch.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <numeric>
@@ -172,17 +175,22 @@ GemmBlocking micro_blocking(std::size_t elem) {
   return elem == 4 ? micro_kernel<float>().blk : micro_kernel<double>().blk;
 }
 
-// Forward plan. The 16 GEMMs call the GEMM micro-kernel directly: U is packed once per
-// call into its MR-row micro-panels (k-major), the input transform writes V straight into
-// NR-column micro-panels, so nothing is repacked per tile block.
+// Forward plan. The 16 GEMMs call the GEMM micro-kernel directly: U is packed into its
+// MR-row micro-panels (k-major), the input transform writes V straight into NR-column
+// micro-panels, so nothing is repacked per tile block. Two orders (ws): tile blocks
+// against a U transformed in full beforehand (forward_blocked), or output-channel groups
+// against a V of all the tiles (forward_ws).
 struct FwdPlan {
   int mr, nr;
   i64 kc, kblocks;        // channel (K) blocks: a function of C_in/g and the ISA only
   i64 panels;             // MR-row panels of C_out/g
-  i64 ups, vps, mps;      // position strides of U, V, M
+  i64 ups, vps, mps;      // position strides of U, V, M (ws: of the shared V of all tiles)
   i64 tb, tpanels, blocks, tasks, chunks, units;
+  bool ws;                // weight-stationary order
+  i64 gp, cogroups, tc;   // ws: panels per output-channel group, groups per conv group, tiles per chunk
+  i64 lups, lmps;         // ws: position strides of the per-thread U slice and M chunk
   int threads;
-  i64 u_elems;                                       // packed U (all groups)
+  i64 shared_elems;       // packed U (all groups); ws: V of all tiles (all groups)
   i64 v_elems, m_elems, row_elems, tmp_elems, per_thread;  // per thread
 };
 
@@ -220,14 +228,33 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   f.tpanels = tb / f.nr;
   f.blocks = ceil_div(ceil_div(units, f.chunks), f.tpanels);  // most blocks in one share
   f.tasks = checked_mul(p.groups, f.chunks, "winograd tasks");
+  f.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
+  f.tmp_elems = lines(4 * g.tw, elem);
+  const i64 tpad = units * f.nr;
+  const char* env = std::getenv("WINO_WS");
+  f.ws = env ? env[0] == '1' : (u_bytes > kBigU && g.Mg >= tpad);
+  if (f.ws) {
+    const char* eg = std::getenv("WINO_GP");
+    const char* et = std::getenv("WINO_TC");
+    f.gp = std::min(f.panels, eg ? std::atol(eg) : 4);
+    f.cogroups = ceil_div(f.panels, f.gp);
+    f.gp = ceil_div(f.panels, f.cogroups);
+    f.tc = std::min(tpad, round_up(et ? std::atol(et) : 128, f.nr));
+    f.vps = pos_stride(checked_mul(g.Cg, tpad, "winograd V"), elem);
+    f.lups = pos_stride(checked_mul(f.gp * f.mr, g.Cg, "winograd U"), elem);
+    f.lmps = pos_stride(checked_mul(f.gp * f.mr, f.tc, "winograd M"), elem);
+    f.shared_elems = checked_mul(checked_mul(16, p.groups, "winograd V"), f.vps, "winograd V");
+    f.per_thread = checked_add(checked_add(checked_mul(16, f.lups, "winograd U"), checked_mul(16, f.lmps, "winograd M"),
+                                           "winograd workspace"),
+                               f.row_elems + f.tmp_elems, "winograd workspace");
+    return f;
+  }
   f.ups = pos_stride(checked_mul(f.panels * f.mr, g.Cg, "winograd U"), elem);
   f.vps = pos_stride(checked_mul(g.Cg, tb, "winograd V"), elem);
   f.mps = pos_stride(checked_mul(g.Mg, tb, "winograd M"), elem);
-  f.u_elems = checked_mul(checked_mul(16, p.groups, "winograd U"), f.ups, "winograd U");
+  f.shared_elems = checked_mul(checked_mul(16, p.groups, "winograd U"), f.ups, "winograd U");
   f.v_elems = checked_mul(16, f.vps, "winograd V");
   f.m_elems = checked_mul(16, f.mps, "winograd M");
-  f.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
-  f.tmp_elems = lines(4 * g.tw, elem);
   f.per_thread = f.v_elems + f.m_elems + f.row_elems + f.tmp_elems;
   return f;
 }
@@ -246,69 +273,79 @@ struct WView {
 
 // U = G w G^T for every (output channel, input channel) pair, packed for the
 // micro-kernel: U(g, pos, co, ci) at Up[((g*16 + pos)*panels + co/MR)*Cg*MR + ci*MR + co%MR],
-// rows past C_out/g zero. One task per (group, panel); channels in chunks of kWChunk
-// transformed into a local [pos][ci][MR] buffer (each weight row read sequentially), then
-// copied out as 16 contiguous runs (the 16 destinations are a power-of-two distance
-// apart, so writing them element by element would thrash the cache sets).
+// rows past C_out/g zero. weight_panel writes one (group, panel): 16 x C_in/g x MR values
+// at base + pos*pstride + ci*MR + r. Channels in chunks of kWChunk transformed into a
+// local [pos][ci][MR] buffer (each weight row read sequentially), then copied out as 16
+// contiguous runs (the 16 destinations are a power-of-two distance apart, so writing
+// them element by element would thrash the cache sets).
 constexpr i64 kWChunk = 16;
 template <typename T>
-void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv, T* Up, int threads) {
-  const i64 Cg = p.cin_g(), Mg = p.cout_g(), MR = f.mr, pstride = f.ups;
+bool weights_vec(const WView<T>& wv, i64 MR) {
+  return std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 && wv.ms * 16 < (i64(1) << 31);
+}
+
+template <typename T>
+void weight_panel(const ConvParams& p, i64 MR, const WView<T>& wv, i64 g, i64 ip, T* base, i64 pstride, bool vec,
+                  bool stream) {
+  const i64 Cg = p.cin_g(), Mg = p.cout_g();
   const T h = T(0.5);
+  if (vec) {
+    wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(wv.w + g * wv.gs + ip * MR * wv.ms), wv.ms, wv.cs,
+                                   wv.flip, static_cast<int>(std::min(MR, Mg - ip * MR)), Cg,
+                                   reinterpret_cast<float*>(base), pstride, stream);
+    return;
+  }
+  alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
+  for (i64 c0 = 0; c0 < Cg; c0 += kWChunk) {
+    const i64 cn = std::min(kWChunk, Cg - c0);
+    for (i64 r = 0; r < MR; ++r) {
+      const i64 m = ip * MR + r;
+      for (i64 cc = 0; cc < cn; ++cc) {
+        T* o = loc + cc * MR + r;
+        const i64 ps = kWChunk * MR;
+        if (m >= Mg) {
+          for (int q = 0; q < 16; ++q) o[q * ps] = T(0);
+          continue;
+        }
+        const T* kp = wv.w + g * wv.gs + m * wv.ms + (c0 + cc) * wv.cs;
+        T k[9];
+        for (int q = 0; q < 9; ++q) k[q] = kp[wv.flip ? 8 - q : q];
+        T t[4][3];  // G g
+        for (int c = 0; c < 3; ++c) {
+          t[0][c] = k[c];
+          t[1][c] = ((k[c] + k[3 + c]) + k[6 + c]) * h;
+          t[2][c] = ((k[c] - k[3 + c]) + k[6 + c]) * h;
+          t[3][c] = k[6 + c];
+        }
+        for (int rr = 0; rr < 4; ++rr) {  // (G g) G^T
+          o[(4 * rr + 0) * ps] = t[rr][0];
+          o[(4 * rr + 1) * ps] = ((t[rr][0] + t[rr][1]) + t[rr][2]) * h;
+          o[(4 * rr + 2) * ps] = ((t[rr][0] - t[rr][1]) + t[rr][2]) * h;
+          o[(4 * rr + 3) * ps] = t[rr][2];
+        }
+      }
+    }
+    for (int q = 0; q < 16; ++q)
+      std::memcpy(base + q * pstride + c0 * MR, loc + q * kWChunk * MR, static_cast<std::size_t>(cn * MR) * sizeof(T));
+  }
+}
+
+// All of U (the tile-block order), one task per (group, panel).
+template <typename T>
+void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv, T* Up, int threads) {
+  const i64 Cg = p.cin_g(), MR = f.mr, pstride = f.ups;
   const i64 tasks = p.groups * f.panels;
-  const bool vec = std::is_same<T, float>::value && active_isa() == Isa::avx512 && MR == 16 &&
-                   wv.ms * 16 < (i64(1) << 31);
+  const bool vec = weights_vec(wv, MR);
   // U too large to stay in the L3 until the GEMMs read it: non-temporal stores (no read
-  // for ownership; c512 7px b8, 16 MB: forward about 5% faster at 1 thread). Only when one
-  // thread runs the GEMMs: with more, every thread reads all of U, which must then come
-  // from the cache (on a 16-core Xeon with a large L3, streaming U made c512 7px b8 3-4x
-  // slower at 4 and 16 threads).
-  const bool stream = vec && f.threads == 1 && f.u_elems * static_cast<i64>(sizeof(T)) > kBigU &&
+  // for ownership). Only when one thread runs the GEMMs: with more, every thread reads
+  // all of U, which must then come from the cache (on a 16-core Xeon with a large L3,
+  // streaming U made c512 7px b8 3-4x slower at 4 and 16 threads).
+  const bool stream = vec && f.threads == 1 && f.shared_elems * static_cast<i64>(sizeof(T)) > kBigU &&
                       reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
-    T* base = Up + g * 16 * pstride + ip * Cg * MR;
-    if (vec) {
-      wino_avx512::weights_panel_f32(reinterpret_cast<const float*>(wv.w + g * wv.gs + ip * MR * wv.ms), wv.ms,
-                                     wv.cs, wv.flip, static_cast<int>(std::min(MR, Mg - ip * MR)), Cg,
-                                     reinterpret_cast<float*>(base), pstride, stream);
-      continue;
-    }
-    alignas(64) T loc[16 * kWChunk * 16];  // [pos][ci][r], MR <= 16
-    for (i64 c0 = 0; c0 < Cg; c0 += kWChunk) {
-      const i64 cn = std::min(kWChunk, Cg - c0);
-      for (i64 r = 0; r < MR; ++r) {
-        const i64 m = ip * MR + r;
-        for (i64 cc = 0; cc < cn; ++cc) {
-          T* o = loc + cc * MR + r;
-          const i64 ps = kWChunk * MR;
-          if (m >= Mg) {
-            for (int q = 0; q < 16; ++q) o[q * ps] = T(0);
-            continue;
-          }
-          const T* kp = wv.w + g * wv.gs + m * wv.ms + (c0 + cc) * wv.cs;
-          T k[9];
-          for (int q = 0; q < 9; ++q) k[q] = kp[wv.flip ? 8 - q : q];
-          T t[4][3];  // G g
-          for (int c = 0; c < 3; ++c) {
-            t[0][c] = k[c];
-            t[1][c] = ((k[c] + k[3 + c]) + k[6 + c]) * h;
-            t[2][c] = ((k[c] - k[3 + c]) + k[6 + c]) * h;
-            t[3][c] = k[6 + c];
-          }
-          for (int rr = 0; rr < 4; ++rr) {  // (G g) G^T
-            o[(4 * rr + 0) * ps] = t[rr][0];
-            o[(4 * rr + 1) * ps] = ((t[rr][0] + t[rr][1]) + t[rr][2]) * h;
-            o[(4 * rr + 2) * ps] = ((t[rr][0] - t[rr][1]) + t[rr][2]) * h;
-            o[(4 * rr + 3) * ps] = t[rr][2];
-          }
-        }
-      }
-      for (int q = 0; q < 16; ++q)
-        std::memcpy(base + q * pstride + c0 * MR, loc + q * kWChunk * MR,
-                    static_cast<std::size_t>(cn * MR) * sizeof(T));
-    }
+    weight_panel(p, MR, wv, g, ip, Up + g * 16 * pstride + ip * Cg * MR, pstride, vec, stream);
   }
 }
 
@@ -359,25 +396,28 @@ void input_block(const ConvParams& p, const Geo& ge, const Kernels<T>& k, const 
   }
 }
 
-// The 16 GEMMs of one tile block: M[pos] (C_out/g x nt) = U[pos] V[pos].
+// The 16 GEMMs of nt tiles against the output-channel panels [ip0, ip1): M[pos] (row
+// (ip - ip0)*MR + r at M + pos*mps + row*ms) = U[pos] V[pos], U's panel ip at Ug + pos*ups
+// + (ip - ip0)*Cg*MR, V's NR-tile panel jp at V + pos*vps + jp*Cg*NR. K in the plan's
+// blocks, in increasing order.
 template <typename T>
-void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T* Ug, const T* V, T* M, i64 Cg,
-                 i64 Mg, i64 nt) {
+void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T* Ug, i64 ups, i64 ip0, i64 ip1,
+                 const T* V, i64 vps, T* M, i64 mps, i64 ms, i64 Cg, i64 Mg, i64 nt) {
   const i64 MR = f.mr, NR = f.nr, np = ceil_div(nt, NR);
   for (int pos = 0; pos < 16; ++pos) {
-    const T* Up = Ug + pos * f.ups;
-    const T* Vg = V + pos * f.vps;
-    T* Mp = M + pos * f.mps;
+    const T* Up = Ug + pos * ups;
+    const T* Vg = V + pos * vps;
+    T* Mp = M + pos * mps;
     for (i64 kb = 0; kb < f.kblocks; ++kb) {
       const i64 k0 = kb * f.kc, kc = std::min(f.kc, Cg - k0);
-      for (i64 ip = 0; ip < f.panels; ++ip) {
-        const T* a = Up + ip * Cg * MR + k0 * MR;
+      for (i64 ip = ip0; ip < ip1; ++ip) {
+        const T* a = Up + (ip - ip0) * Cg * MR + k0 * MR;
         const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
-        T* c = Mp + ip * MR * f.tb;
+        T* c = Mp + (ip - ip0) * MR * ms;
         for (i64 jp = 0; jp < np; ++jp) {
           const int n = static_cast<int>(std::min(NR, nt - jp * NR));
           const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
-          run(kc, a, Vg + jp * Cg * NR + k0 * NR, c + jp * NR, f.tb, 1, m, n, kb > 0);
+          run(kc, a, Vg + jp * Cg * NR + k0 * NR, c + jp * NR, ms, 1, m, n, kb > 0);
         }
       }
     }
@@ -389,13 +429,13 @@ void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T
 // through gathers and scatters.
 constexpr int kRuns = 4;
 
-// One tile block through the AVX-512 float32 panel kernels.
+// Input transform of tiles t0 .. t0+nt-1 of group grp through the AVX-512 float32 panel
+// kernels: 16-tile panel jp (columns past nt zero) at V + jp*Cg*16, position stride vps.
 template <typename T>
-void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* x, T* V, T* M, i64 vps,
-                   i64 mps, i64 tb, const T* bias, T* y, const T* Up, i64 ups, const FwdPlan& f) {
+void panel_input(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* x, T* V, i64 vps) {
   if constexpr (std::is_same<T, float>::value) {
-    const i64 Cg = ge.Cg, Mg = ge.Mg, H = p.h.in, W = p.w.in, Ho = p.h.out, Wo = p.w.out;
-    const i64 in_plane = H * W, out_plane = Ho * Wo, np = ceil_div(nt, i64(16));
+    const i64 Cg = ge.Cg, H = p.h.in, W = p.w.in;
+    const i64 in_plane = H * W, np = ceil_div(nt, i64(16));
     for (i64 jp = 0; jp < np; ++jp) {
       {  // tiles in at most kRuns runs of one tile row each: loads and permutes, no gathers
         i64 rbase[kRuns];
@@ -451,7 +491,20 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
       wino_avx512::input_panels_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, off, masks, V + jp * Cg * 16, 16,
                                     vps);
     }
-    block_gemms(f, micro_kernel<float>(), Up + grp * 16 * ups, V, M, Cg, Mg, nt);
+  } else {
+    (void)p, (void)ge, (void)grp, (void)t0, (void)nt, (void)x, (void)V, (void)vps;
+  }
+}
+
+// Output transform of tiles t0 .. t0+nt-1, output channels [co0, co1) of group grp,
+// through the AVX-512 float32 panel kernels: M row co - co0 at M + (co - co0)*ms, tile
+// t - t0 in its column, position stride mps.
+template <typename T>
+void panel_output(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* M, i64 mps, i64 ms, i64 co0,
+                  i64 co1, const T* bias, T* y) {
+  if constexpr (std::is_same<T, float>::value) {
+    const i64 Mg = ge.Mg, Ho = p.h.out, Wo = p.w.out;
+    const i64 out_plane = Ho * Wo, np = ceil_div(nt, i64(16));
     for (i64 jp = 0; jp < np; ++jp) {
       // the panel's tiles as runs of one tile row each: at most kRuns take masked stores
       i64 roff[kRuns];
@@ -477,9 +530,9 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
         if (2 * i + 1 < Ho) rbot[nruns - 1] |= bits << (2 * l);
       }
       if (nruns <= kRuns) {
-        for (i64 co = 0; co < Mg; ++co) {
+        for (i64 co = co0; co < co1; ++co) {
           const i64 c = grp * Mg + co;
-          wino_avx512::output_panel_runs_f32(M + co * tb + jp * 16, mps, bias ? bias[c] : 0.0f, y + c * out_plane, Wo,
+          wino_avx512::output_panel_runs_f32(M + (co - co0) * ms + jp * 16, mps, bias ? bias[c] : 0.0f, y + c * out_plane, Wo,
                                              nruns, roff, rl0, rtop, rbot);
         }
         continue;
@@ -498,78 +551,150 @@ void panel_forward(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, 
         if (r1) ym[2] |= 1u << l;
         if (r1 && c1) ym[3] |= 1u << l;
       }
-      for (i64 co = 0; co < Mg; ++co) {
+      for (i64 co = co0; co < co1; ++co) {
         const i64 c = grp * Mg + co;
-        wino_avx512::output_panel_f32(M + co * tb + jp * 16, mps, yoff, ym, Wo, bias ? bias[c] : 0.0f,
+        wino_avx512::output_panel_f32(M + (co - co0) * ms + jp * 16, mps, yoff, ym, Wo, bias ? bias[c] : 0.0f,
                                       y + c * out_plane);
       }
     }
   } else {
-    (void)p, (void)ge, (void)grp, (void)t0, (void)nt, (void)x, (void)V, (void)M, (void)vps, (void)mps, (void)tb;
-    (void)bias, (void)y, (void)Up, (void)ups, (void)f;
+    (void)p, (void)ge, (void)grp, (void)t0, (void)nt, (void)M, (void)mps, (void)ms, (void)co0, (void)co1;
+    (void)bias, (void)y;
   }
 }
 
+// Input transform of tiles t0 .. t0+nt-1 (t0 a multiple of NR) of group grp into V's
+// NR-tile panels (panel jp at V + jp*Cg*NR, position stride vps; columns past nt zero).
 template <typename T>
-void forward_impl(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up, const T* bias, T* y) {
+void fwd_input(const ConvParams& p, const Geo& ge, const Kernels<T>& k, bool panels, const T* x, i64 grp, i64 t0,
+               i64 nt, T* V, i64 vps, i64 NR, T* buf) {
+  if (panels) {
+    panel_input(p, ge, grp, t0, nt, x, V, vps);
+    return;
+  }
+  const i64 Cg = ge.Cg, np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
+  if (last < NR)  // columns past the block in the last micro-panel: zeros
+    for (int pos = 0; pos < 16; ++pos)
+      for (i64 ci = 0; ci < Cg; ++ci) {
+        T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
+        std::fill(d + last, d + NR, T(0));
+      }
+  input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
+}
+
+// Output transform of tiles t0 .. t0+nt-1, output channels [co0, co1) of group grp: M
+// row co - co0 at M + (co - co0)*ms, tile t - t0 in its column, position stride mps.
+template <typename T>
+void fwd_output(const ConvParams& p, const Geo& ge, const Kernels<T>& k, bool panels, i64 grp, i64 t0, i64 nt,
+                const T* M, i64 mps, i64 ms, i64 co0, i64 co1, const T* bias, T* y, T* tmp) {
+  if (panels) {
+    panel_output(p, ge, grp, t0, nt, M, mps, ms, co0, co1, bias, y);
+    return;
+  }
+  const i64 Mg = ge.Mg, Ho = p.h.out, Wo = p.w.out;
+  for (i64 t = t0; t < t0 + nt;) {
+    const auto [n, i, j] = ge.at(t);
+    const i64 len = std::min(ge.tw - j, t0 + nt - t);
+    const i64 oh = 2 * i, ow = 2 * j;
+    const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
+    const i64 cols = std::min(2 * len, Wo - ow);
+    for (i64 co = co0; co < co1; ++co) {
+      const i64 c = grp * Mg + co;
+      T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
+      const T bv = bias ? bias[c] : T(0);
+      const T* m = M + (co - co0) * ms + (t - t0);
+      if (two_rows && full) {
+        k.out(m, mps, len, bv, y0, y0 + Wo);
+      } else {
+        k.out(m, mps, len, bv, tmp, tmp + 2 * len);
+        std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
+        if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
+      }
+    }
+    t += len;
+  }
+}
+
+// AVX-512 float32 transforms 16 tiles at a time through masked loads / gathers and
+// stores / scatters with int32 offsets (whole input and output below 2^31 elements).
+template <typename T>
+bool use_panels(const ConvParams& p, const FwdPlan& f) {
+  return std::is_same<T, float>::value && active_isa() == Isa::avx512 && f.nr == 16 &&
+         p.n * p.c_in * p.h.in * p.w.in + 4 * p.w.in < (i64(1) << 31) &&
+         p.n * p.c_out * p.h.out * p.w.out + 2 * p.w.out < (i64(1) << 31);
+}
+
+// Tile-block order: U transformed in full beforehand; each task (group, share of the
+// tiles) runs its share in blocks: input transform, 16 GEMMs, output transform.
+template <typename T>
+void forward_blocked(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up, const T* bias, T* y) {
   const Geo ge(p);
   const Kernels<T> k = kernels(static_cast<T*>(nullptr));
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
-  const i64 Cg = ge.Cg, Mg = ge.Mg, tb = f.tb, Ho = p.h.out, Wo = p.w.out;
-  const i64 NR = f.nr, vps = f.vps, ups = f.ups, mps = f.mps;
-  const i64 in_plane = p.h.in * p.w.in, out_plane = Ho * Wo;
-  // AVX-512 float32: transforms 16 tiles at a time through masked gathers / scatters
-  // with int32 offsets (whole input and output below 2^31 elements).
-  const bool panels = std::is_same<T, float>::value && active_isa() == Isa::avx512 && NR == 16 &&
-                      p.n * p.c_in * in_plane + 4 * p.w.in < (i64(1) << 31) &&
-                      p.n * p.c_out * out_plane + 2 * Wo < (i64(1) << 31);
+  const i64 NR = f.nr;
+  const bool panels = use_panels<T>(p, f);
 #pragma omp parallel for schedule(static) num_threads(f.threads)
   for (i64 task = 0; task < f.tasks; ++task) {
     const i64 grp = task / f.chunks, ch = task % f.chunks;
     const i64 u0 = ch * f.units / f.chunks, un = (ch + 1) * f.units / f.chunks - u0;
     const i64 nb = ceil_div(un, f.tpanels);  // blocks of the share, sizes differing by one panel at most
+    T* V = ws + f.per_thread * thread_index();
+    T* M = V + f.v_elems;
+    T* buf = M + f.m_elems;
+    T* tmp = buf + f.row_elems;
     for (i64 bi = 0; bi < nb; ++bi) {
       const i64 t0 = (u0 + bi * un / nb) * NR;
       const i64 nt = std::min((u0 + (bi + 1) * un / nb) * NR, ge.total) - t0;
       if (nt <= 0) continue;
-      T* V = ws + f.per_thread * thread_index();
-      T* M = V + f.v_elems;
-      T* buf = M + f.m_elems;
-      T* tmp = buf + f.row_elems;
-      const i64 np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
-      if (panels) {
-        panel_forward(p, ge, grp, t0, nt, x, V, M, vps, mps, tb, bias, y, Up, ups, f);
-        continue;
-      }
-      if (last < NR)  // columns past the block in the last micro-panel: zeros
-        for (int pos = 0; pos < 16; ++pos)
-          for (i64 ci = 0; ci < Cg; ++ci) {
-            T* d = V + pos * vps + (np - 1) * Cg * NR + ci * NR;
-            std::fill(d + last, d + NR, T(0));
-          }
-      input_block(p, ge, k, x, grp, t0, nt, 0, Cg, V, vps, NR, NR, Cg * NR, buf);
-      block_gemms(f, mk, Up + grp * 16 * ups, V, M, Cg, Mg, nt);
-      for (i64 t = t0; t < t0 + nt;) {
-        const auto [n, i, j] = ge.at(t);
-        const i64 len = std::min(ge.tw - j, t0 + nt - t);
-        const i64 oh = 2 * i, ow = 2 * j;
-        const bool two_rows = oh + 1 < Ho, full = ow + 2 * len <= Wo;
-        const i64 cols = std::min(2 * len, Wo - ow);
-        for (i64 co = 0; co < Mg; ++co) {
-          const i64 c = grp * Mg + co;
-          T* y0 = y + ((n * p.c_out + c) * Ho + oh) * Wo + ow;
-          const T bv = bias ? bias[c] : T(0);
-          const T* m = M + co * tb + (t - t0);
-          if (two_rows && full) {
-            k.out(m, mps, len, bv, y0, y0 + Wo);
-          } else {
-            k.out(m, mps, len, bv, tmp, tmp + 2 * len);
-            std::memcpy(y0, tmp, static_cast<std::size_t>(cols) * sizeof(T));
-            if (two_rows) std::memcpy(y0 + Wo, tmp + 2 * len, static_cast<std::size_t>(cols) * sizeof(T));
-          }
-        }
-        t += len;
+      fwd_input(p, ge, k, panels, x, grp, t0, nt, V, f.vps, NR, buf);
+      block_gemms(f, mk, Up + grp * 16 * f.ups, f.ups, 0, f.panels, V, f.vps, M, f.mps, f.tb, ge.Cg, ge.Mg, nt);
+      fwd_output(p, ge, k, panels, grp, t0, nt, M, f.mps, f.tb, 0, ge.Mg, bias, y, tmp);
+    }
+  }
+}
+
+// Weight-stationary order (FwdPlan::ws: U larger than the transformed input of all the
+// tiles, e.g. 512 -> 512 channels on 7x7 planes, where U is 16 MB). The threads first
+// transform every tile's input into a shared V (all tiles; one barrier), then take
+// output-channel groups of gp panels: each transforms its group's weights into its own
+// U slice, which stays in its cache while all the tiles run against it, tc tiles at a
+// time, each chunk's output transform right after its GEMMs. U never exists in full and
+// goes to memory neither written nor read back; no thread reads another's part of it.
+template <typename T>
+void forward_ws(const ConvParams& p, const FwdPlan& f, const T* x, const WView<T>& wv, const T* bias, T* y) {
+  const Geo ge(p);
+  const Kernels<T> k = kernels(static_cast<T*>(nullptr));
+  const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
+  T* Vall = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.shared_elems) * sizeof(T)));
+  T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
+  const i64 Cg = ge.Cg, Mg = ge.Mg, NR = f.nr, MR = f.mr;
+  const bool panels = use_panels<T>(p, f);
+  const bool vec = weights_vec(wv, MR);
+  const i64 in_tasks = p.groups * f.chunks, w_tasks = p.groups * f.cogroups;
+#pragma omp parallel num_threads(f.threads)
+  {
+    T* Ul = ws + f.per_thread * thread_index();
+    T* Ml = Ul + 16 * f.lups;
+    T* buf = Ml + 16 * f.lmps;
+    T* tmp = buf + f.row_elems;
+#pragma omp for schedule(static)
+    for (i64 task = 0; task < in_tasks; ++task) {
+      const i64 grp = task / f.chunks, ch = task % f.chunks;
+      const i64 u0 = ch * f.units / f.chunks, u1 = (ch + 1) * f.units / f.chunks;
+      const i64 t0 = u0 * NR, nt = std::min(u1 * NR, ge.total) - t0;
+      if (nt > 0) fwd_input(p, ge, k, panels, x, grp, t0, nt, Vall + grp * 16 * f.vps + u0 * Cg * NR, f.vps, NR, buf);
+    }
+#pragma omp for schedule(static)
+    for (i64 task = 0; task < w_tasks; ++task) {
+      const i64 grp = task / f.cogroups, ip0 = task % f.cogroups * f.gp, ip1 = std::min(f.panels, ip0 + f.gp);
+      for (i64 ip = ip0; ip < ip1; ++ip)
+        weight_panel(p, MR, wv, grp, ip, Ul + (ip - ip0) * Cg * MR, f.lups, vec, false);
+      for (i64 t0 = 0; t0 < ge.total; t0 += f.tc) {
+        const i64 nt = std::min(f.tc, ge.total - t0);
+        block_gemms(f, mk, Ul, f.lups, ip0, ip1, Vall + grp * 16 * f.vps + t0 / NR * Cg * NR, f.vps, Ml, f.lmps, f.tc,
+                    Cg, Mg, nt);
+        fwd_output(p, ge, k, panels, grp, t0, nt, Ml, f.lmps, f.tc, ip0 * MR, std::min(Mg, ip1 * MR), bias, y, tmp);
       }
     }
   }
@@ -872,7 +997,7 @@ bool winograd_weight_grad_preferred(const ConvParams& p) { return winograd_prefe
 std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool backward, int threads) {
   if (!winograd_supports(p)) return 0;
   const FwdPlan f = fwd_plan(p, elem, threads);
-  const i64 u = f.u_elems;
+  const i64 u = f.shared_elems;
   i64 total = checked_add(u, checked_mul(f.per_thread, f.threads, "winograd workspace"), "winograd workspace");
   if (backward) {
     // grad input (the mirrored forward, reading the weights in place) and grad weight use
@@ -881,7 +1006,7 @@ std::size_t winograd_workspace_bytes(const ConvParams& p, std::size_t elem, bool
     ConvParams q;
     if (mirrored(p, &q)) {
       const FwdPlan fq = fwd_plan(q, elem, threads);
-      dx_part = checked_add(fq.u_elems, checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
+      dx_part = checked_add(fq.shared_elems, checked_mul(fq.per_thread, fq.threads, "winograd workspace"),
                             "winograd workspace");
     }
     const WgtPlan wp = wgt_plan(p, elem, threads);
@@ -898,9 +1023,21 @@ template <typename T>
 void forward_with(const ConvParams& p, const T* x, const WView<T>& wv, const T* bias, T* y) {
   const int threads = num_threads();
   const FwdPlan f = fwd_plan(p, sizeof(T), threads);
-  T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.u_elems) * sizeof(T)));
+  auto t0 = std::chrono::steady_clock::now();
+  if (f.ws) {
+    forward_ws(p, f, x, wv, bias, y);
+    auto t2 = std::chrono::steady_clock::now();
+    if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF ws fwd c%ld->%ld thr %d gp %ld tc %ld: %.3f ms\n", (long)p.c_in, (long)p.c_out, f.threads, (long)f.gp, (long)f.tc,
+       std::chrono::duration<double, std::milli>(t2 - t0).count());
+    return;
+  }
+  T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.shared_elems) * sizeof(T)));
   transform_weights(p, f, wv, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
-  forward_impl(p, f, x, U, bias, y);
+  auto t1 = std::chrono::steady_clock::now();
+  forward_blocked(p, f, x, U, bias, y);
+  auto t2 = std::chrono::steady_clock::now();
+  if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF fwd c%ld->%ld thr %d tb %ld: wt %.3f ms, main %.3f ms\n", (long)p.c_in, (long)p.c_out, f.threads, (long)f.tb,
+     std::chrono::duration<double, std::milli>(t1 - t0).count(), std::chrono::duration<double, std::milli>(t2 - t1).count());
 }
 
 }  // namespace
