@@ -61,6 +61,7 @@
 // per-block panels (about kWgtBlockBytes). Bounded by the channel counts and a row of
 // the plane, never by the batch.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -101,6 +102,33 @@ inline i64 lines(i64 elems, std::size_t elem) {
 // plus one, so the 16 planes a transform reads or writes together never sit a multiple
 // of 4 KiB apart (they would all fall into the same L1 sets and evict each other).
 inline i64 pos_stride(i64 elems, std::size_t elem) { return lines(elems, elem) + 64 / static_cast<i64>(elem); }
+
+// Hands out ranges of n units to the threads of a parallel region, largest first: about
+// remaining / threads units, at most `most`, at least 1, never across a multiple of
+// `seg` (a group's units). A thread slowed down by other load on its core takes fewer
+// ranges instead of making the others wait, and the last ranges are small, so the
+// threads finish together. Which thread takes which range never changes a result: every
+// unit is computed the same way whatever range it falls in.
+class Dealer {
+ public:
+  Dealer(i64 n, i64 seg, i64 most, int threads) : n_(n), seg_(seg), most_(most), div_(threads) {}
+  bool take(i64* begin, i64* end) {
+    i64 s = next_.load(std::memory_order_relaxed);
+    while (true) {
+      if (s >= n_) return false;
+      const i64 k = std::min(std::max<i64>(1, std::min(most_, (n_ - s) / div_)), seg_ - s % seg_);
+      if (next_.compare_exchange_weak(s, s + k, std::memory_order_relaxed)) {
+        *begin = s;
+        *end = s + k;
+        return true;
+      }
+    }
+  }
+
+ private:
+  const i64 n_, seg_, most_, div_;
+  std::atomic<i64> next_{0};
+};
 
 template <typename T>
 struct Kernels {
@@ -236,7 +264,7 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   if (f.ws) {
     const char* eg = std::getenv("WINO_GP");
     const char* et = std::getenv("WINO_TC");
-    f.gp = std::min(f.panels, eg ? std::atol(eg) : 4);
+    f.gp = std::min(f.panels, eg ? std::atol(eg) : 2);
     f.cogroups = ceil_div(f.panels, f.gp);
     f.gp = ceil_div(f.panels, f.cogroups);
     f.tc = std::min(tpad, round_up(et ? std::atol(et) : 128, f.nr));
@@ -342,6 +370,7 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv
   // streaming U made c512 7px b8 3-4x slower at 4 and 16 threads).
   const bool stream = vec && f.threads == 1 && f.shared_elems * static_cast<i64>(sizeof(T)) > kBigU &&
                       reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
+  if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF stream %d\n", (int)stream);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
@@ -624,8 +653,9 @@ bool use_panels(const ConvParams& p, const FwdPlan& f) {
          p.n * p.c_out * p.h.out * p.w.out + 2 * p.w.out < (i64(1) << 31);
 }
 
-// Tile-block order: U transformed in full beforehand; each task (group, share of the
-// tiles) runs its share in blocks: input transform, 16 GEMMs, output transform.
+// Tile-block order: U transformed in full beforehand; the threads take blocks of tile
+// panels (at most tpanels, from a Dealer) and run each: input transform, 16 GEMMs,
+// output transform.
 template <typename T>
 void forward_blocked(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up, const T* bias, T* y) {
   const Geo ge(p);
@@ -634,19 +664,17 @@ void forward_blocked(const ConvParams& p, const FwdPlan& f, const T* x, const T*
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
   const i64 NR = f.nr;
   const bool panels = use_panels<T>(p, f);
-#pragma omp parallel for schedule(static) num_threads(f.threads)
-  for (i64 task = 0; task < f.tasks; ++task) {
-    const i64 grp = task / f.chunks, ch = task % f.chunks;
-    const i64 u0 = ch * f.units / f.chunks, un = (ch + 1) * f.units / f.chunks - u0;
-    const i64 nb = ceil_div(un, f.tpanels);  // blocks of the share, sizes differing by one panel at most
+  Dealer deal(p.groups * f.units, f.units, f.tpanels, f.threads);
+#pragma omp parallel num_threads(f.threads)
+  {
     T* V = ws + f.per_thread * thread_index();
     T* M = V + f.v_elems;
     T* buf = M + f.m_elems;
     T* tmp = buf + f.row_elems;
-    for (i64 bi = 0; bi < nb; ++bi) {
-      const i64 t0 = (u0 + bi * un / nb) * NR;
-      const i64 nt = std::min((u0 + (bi + 1) * un / nb) * NR, ge.total) - t0;
-      if (nt <= 0) continue;
+    i64 b, e;
+    while (deal.take(&b, &e)) {  // tile panels [b, e) of group grp, one block
+      const i64 grp = b / f.units, t0 = (b % f.units) * NR;
+      const i64 nt = std::min((e - grp * f.units) * NR, ge.total) - t0;
       fwd_input(p, ge, k, panels, x, grp, t0, nt, V, f.vps, NR, buf);
       block_gemms(f, mk, Up + grp * 16 * f.ups, f.ups, 0, f.panels, V, f.vps, M, f.mps, f.tb, ge.Cg, ge.Mg, nt);
       fwd_output(p, ge, k, panels, grp, t0, nt, M, f.mps, f.tb, 0, ge.Mg, bias, y, tmp);
@@ -671,21 +699,20 @@ void forward_ws(const ConvParams& p, const FwdPlan& f, const T* x, const WView<T
   const i64 Cg = ge.Cg, Mg = ge.Mg, NR = f.nr, MR = f.mr;
   const bool panels = use_panels<T>(p, f);
   const bool vec = weights_vec(wv, MR);
-  const i64 in_tasks = p.groups * f.chunks, w_tasks = p.groups * f.cogroups;
+  const i64 in_tasks = p.groups * f.units, w_tasks = p.groups * f.cogroups;
 #pragma omp parallel num_threads(f.threads)
   {
     T* Ul = ws + f.per_thread * thread_index();
     T* Ml = Ul + 16 * f.lups;
     T* buf = Ml + 16 * f.lmps;
     T* tmp = buf + f.row_elems;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)  // one tile panel each
     for (i64 task = 0; task < in_tasks; ++task) {
-      const i64 grp = task / f.chunks, ch = task % f.chunks;
-      const i64 u0 = ch * f.units / f.chunks, u1 = (ch + 1) * f.units / f.chunks;
-      const i64 t0 = u0 * NR, nt = std::min(u1 * NR, ge.total) - t0;
-      if (nt > 0) fwd_input(p, ge, k, panels, x, grp, t0, nt, Vall + grp * 16 * f.vps + u0 * Cg * NR, f.vps, NR, buf);
+      const i64 grp = task / f.units, u0 = task % f.units;
+      const i64 t0 = u0 * NR, nt = std::min(t0 + NR, ge.total) - t0;
+      fwd_input(p, ge, k, panels, x, grp, t0, nt, Vall + grp * 16 * f.vps + u0 * Cg * NR, f.vps, NR, buf);
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (i64 task = 0; task < w_tasks; ++task) {
       const i64 grp = task / f.cogroups, ip0 = task % f.cogroups * f.gp, ip1 = std::min(f.panels, ip0 + f.gp);
       for (i64 ip = ip0; ip < ip1; ++ip)
@@ -711,6 +738,8 @@ struct WgtPlan {
   i64 tw, kc, blocks, co_panels, ci_panels, tasks;  // kc: GEMM depth per kernel call
   i64 gco, gci, n_cog, n_cig;  // GEMM tasks: gco output-channel x gci input-channel panels
   bool chan;                   // AVX-512 float32 channel-panel transforms (no plain V)
+  bool local;                  // one tile block: each task sums its dM rows in a per-thread buffer
+  i64 lps;                     // local: position stride of that buffer (MR x gci*NR)
   int threads;
   i64 vps, aps, bps, dps;                 // position strides of V, Y' panels, V^T panels, dM
   i64 v_elems, b_elems, a_elems, shared;  // shared buffers (elements)
@@ -766,10 +795,16 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   w.v_elems = w.chan ? 0 : checked_mul(16, w.vps, "winograd V");
   w.b_elems = checked_mul(16, w.bps, "winograd V");
   w.a_elems = checked_mul(16, w.aps, "winograd Y");
-  w.dm_elems = checked_mul(checked_mul(16, p.groups, "winograd dM"), w.dps, "winograd dM");
+  // With one tile block, dM of one output-channel panel is complete (summed over every
+  // tile) when its GEMMs finish: summed in a per-thread buffer that stays in the L2
+  // instead of a full 16 x C_out x C_in array, which would go to memory and back
+  // (512 -> 512 on 7x7 planes: 16 MB each way per call).
+  w.local = w.blocks == 1 && !std::getenv("WINO_NOLOCAL");
+  w.lps = pos_stride(checked_mul(w.mr, w.gci * w.nr, "winograd dM"), elem);
+  w.dm_elems = w.local ? 0 : checked_mul(checked_mul(16, p.groups, "winograd dM"), w.dps, "winograd dM");
   w.shared = w.v_elems + w.b_elems + w.a_elems;
   w.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
-  w.per_thread = w.row_elems;
+  w.per_thread = w.row_elems + (w.local ? 16 * w.lps : 0);
   return w;
 }
 
@@ -827,6 +862,7 @@ template <typename T>
 void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, int threads_max) {
   const Geo ge(p);
   const WgtPlan wp = wgt_plan(p, sizeof(T), threads_max);
+  if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF dw blocks %ld local %d chan %d tw %ld\n", (long)wp.blocks, (int)wp.local, (int)wp.chan, (long)wp.tw);
   const Kernels<T> k = kernels(static_cast<T*>(nullptr));
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   const i64 Cg = ge.Cg, Mg = ge.Mg, tw = wp.tw, MR = wp.mr, NR = wp.nr;
@@ -847,7 +883,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   {
     T* buf = priv + wp.per_thread * thread_index();
     for (i64 grp = 0; grp < p.groups; ++grp) {
-      T* dMg = dM + grp * 16 * wp.dps;
+      T* dMg = wp.local ? dM : dM + grp * 16 * wp.dps;  // local: unused
       for (i64 b = 0; b < wp.blocks; ++b) {
         const i64 t0 = b * tw, nt = std::min(tw, ge.total - t0);
         const i64 aps = wp.aps, bps = wp.bps;
@@ -855,7 +891,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
           // AVX-512 float32: B panels straight from the input, 16 channels per vector.
           const i64 chunks = ceil_div(std::max<i64>(nt, 1), kChanTiles), ci_items = wp.ci_panels * chunks;
           const i64 co_items = wp.co_panels * chunks;
-#pragma omp for schedule(static, 1)  // round robin: the input and grad-output items interleave
+#pragma omp for schedule(dynamic, 1)  // the input and grad-output items interleave
           for (i64 item = 0; item < ci_items + co_items; ++item) {
             if (nt <= 0) continue;
             if (item >= ci_items) {  // Y' of 16 output channels (one MR = 16 panel)
@@ -896,7 +932,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
                                             reinterpret_cast<float*>(Bp + q * nt * NR + l0 * NR), bps);
           }
         } else {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
           for (i64 item = 0; item < Cg + rows_co; ++item) {
             if (nt <= 0) continue;
             if (item < Cg)
@@ -904,24 +940,28 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
             else
               grad_output_block(p, ge, dy, grp, item - Cg, t0, nt, Ap, aps, MR);
           }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
           for (i64 item = 0; item < 16 * wp.ci_panels; ++item) {
             if (nt <= 0) continue;
             const i64 pos = item / wp.ci_panels, q = item % wp.ci_panels;
             pack_transposed(Bp + pos * bps + q * nt * NR, V + pos * wp.vps, tw, nt, q * NR, Cg, static_cast<int>(NR));
           }
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (i64 task = 0; task < wp.tasks; ++task) {
           const i64 ip0 = task / wp.n_cig * wp.gco, ip1 = std::min(wp.co_panels, ip0 + wp.gco);
           const i64 q0 = task % wp.n_cig * wp.gci, q1 = std::min(wp.ci_panels, q0 + wp.gci);
           const i64 c0 = q0 * NR, c1 = std::min(Cg, q1 * NR);
+          // dM rows of panel ip: C + pos*cps + r*ldc + column - c0 (the full dM, or local)
+          T* const dml = buf + wp.row_elems;
+          const i64 ldc = wp.local ? wp.gci * NR : Cg, cps = wp.local ? wp.lps : wp.dps;
           for (i64 ip = ip0; ip < ip1; ++ip) {
             const int m = static_cast<int>(std::min(MR, Mg - ip * MR));
+            T* const C0 = wp.local ? dml : dMg + ip * MR * Cg + c0;
             for (int pos = 0; pos < 16; ++pos) {
-              T* C = dMg + pos * wp.dps + ip * MR * Cg;
+              T* C = C0 + pos * cps;
               if (nt <= 0) {  // empty batch: dW = 0
-                for (int r = 0; r < m; ++r) std::fill(C + r * Cg + c0, C + r * Cg + c1, T(0));
+                for (int r = 0; r < m; ++r) std::fill(C + r * ldc, C + r * ldc + (c1 - c0), T(0));
                 continue;
               }
               const T* a = Ap + pos * aps + ip * nt * MR;
@@ -931,7 +971,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
                 for (i64 q = q0; q < q1; ++q) {
                   const int n = static_cast<int>(std::min(NR, Cg - q * NR));
                   const auto run = (mk.run_narrow && n <= mk.narrow_n) ? mk.run_narrow : mk.run;
-                  run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + q * NR, Cg, 1, m, n,
+                  run(kc, a + k0 * MR, Bp + pos * bps + q * nt * NR + k0 * NR, C + (q - q0) * NR, ldc, 1, m, n,
                       b > 0 || k0 > 0);
                 }
               }
@@ -939,7 +979,7 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
             if (b == wp.blocks - 1)  // dW = G^T dM G of these rows, while they are in cache
               for (int r = 0; r < m; ++r) {
                 const i64 co = ip * MR + r;
-                k.wout(dMg + co * Cg + c0, wp.dps, c1 - c0, dw + ((grp * Mg + co) * Cg + c0) * 9);
+                k.wout(C0 + r * ldc, cps, c1 - c0, dw + ((grp * Mg + co) * Cg + c0) * 9);
               }
           }
         }

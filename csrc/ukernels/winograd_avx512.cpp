@@ -209,8 +209,12 @@ void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg,
   const __m512 h = _mm512_set1_ps(0.5f), z = _mm512_setzero_ps();
   for (i64 ci = 0; ci < cg; ++ci) {
     const float* k = w + ci * cs;
-    if (ci + 2 < cg) {  // the 16 kernels two channels ahead (gathers get no hardware prefetch)
-      const char* pf = reinterpret_cast<const char*>(k + 2 * cs);
+    // the 16 kernels kAhead channels ahead (gathers get no hardware prefetch); a channel's
+    // 9 taps take about 100 cycles, so 8 channels cover a memory latency (2 did not: c512
+    // weights, 9.4 MB, transformed about 10% faster)
+    constexpr i64 kAhead = 8;
+    if (ci + kAhead < cg) {
+      const char* pf = reinterpret_cast<const char*>(k + kAhead * cs);
       for (int l = 0; l < m; ++l) {
         _mm_prefetch(pf + l * rs * 4, _MM_HINT_T0);
         _mm_prefetch(pf + l * rs * 4 + 35, _MM_HINT_T0);
