@@ -22,17 +22,26 @@
 // sum's K * eps * sum|x||w| times a small constant (about 4 to 8; the tests allow 16).
 // path="generic" keeps the exact direct order.
 //
-// Forward: tasks = (group, share of the tiles counted across the images of the batch):
-// each thread gets an equal share (to one NR-tile panel) of every group's tiles, run in
-// blocks of at most Tb tiles; each block transforms its tiles' input into V (16 x C_in/g
-// x Tb, written straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
-// micro-kernel directly (U is packed into MR-row panels once per call) into M
-// (16 x C_out/g x Tb) and transforms M into its tiles' outputs. Each output element
-// belongs to one tile, hence to one task; the GEMM sums over the channels in K blocks
-// that depend only on C_in/g and the ISA, so the result does not depend on Tb or on the
-// thread count. Tb keeps V + M near kBlockBytes per thread (at least kBigUMinTiles tiles
-// when U outgrows the L3, as U is streamed once per block; such a U is also written with
-// non-temporal stores when one thread runs the forward).
+// Forward, tile-block order (forward_blocked): U is packed into MR-row panels once per
+// call; the threads take blocks of at most Tb tiles (ranges of NR-tile panels of one
+// group, handed out largest first by a Dealer, so a thread slowed down by other load
+// takes fewer); each block transforms its tiles' input into V (16 x C_in/g x Tb, written
+// straight into the GEMM micro-kernel's NR-column panels), runs the 16 GEMMs on the
+// micro-kernel directly into M (16 x C_out/g x Tb) and transforms M into its tiles'
+// outputs. Each output element belongs to one tile, hence to one block; the GEMM sums
+// over the channels in K blocks that depend only on C_in/g and the ISA, so the result
+// does not depend on the blocks or on the thread count. Tb keeps V + M near kBlockBytes
+// per thread (at least kBigUMinTiles tiles when U outgrows the L3, as U is streamed once
+// per block; such a U is also written with non-temporal stores when one thread runs).
+//
+// Forward, weight-stationary order (forward_ws), when U outgrows the L3's share and is
+// larger than V of all the tiles (512 -> 512 channels on 7x7 planes: U 16 MB, V 4 MB):
+// the threads transform every tile's input into one shared V (a barrier), then take
+// groups of kWsGroupPanels output-channel panels: each transforms its group's weights
+// into its own U slice, which stays in its cache while all the tiles run against it,
+// kWsChunkTiles at a time, each chunk's output transform right after its GEMMs. U is
+// never written in full, never goes to memory and back, and no thread reads another's
+// part of it. Same K blocks, same transforms: the same result as the tile-block order.
 //
 // Grad input: the forward Winograd convolution of dy with the flipped, channel-transposed
 // weights and the padding mirrored (2 - pad; a pad > 2 falls back to generic). The
@@ -46,7 +55,11 @@
 // input-channel panels) over the 16 positions, block after block and within a block in
 // K steps of increasing order: each dM element is summed in the same order whatever the
 // thread count or the task partition. In the last block each task turns its own dM rows
-// into dW = G^T dM G while they are still in cache.
+// into dW = G^T dM G while they are still in cache. With a single block (the sum over
+// all the tiles is one block's), a task sums its rows of dM in a per-thread buffer (one
+// MR-row panel x its input channels x 16 positions, in the L2) instead of a full
+// 16 x C_out x C_in/g array that would go to memory and back. All the work items (the
+// transforms, the GEMM tasks) are taken dynamically: each writes its own outputs.
 //
 // AVX-512 float32 uses panel kernels (winograd_avx512.cpp): 16 tiles (or 16 channels)
 // per vector. Where a panel's 16 tiles lie in at most kRuns (4) tile rows the
@@ -57,9 +70,11 @@
 //
 // Memory (all pyconv::scratch(), reused across calls; winograd_workspace_bytes):
 // forward: packed U (16 x C_out x C_in/g, padded to MR rows) plus per thread V, M and
-// four zero-padded input rows; grad weight: dM (16 x C_out x C_in/g) plus the shared
-// per-block panels (about kWgtBlockBytes). Bounded by the channel counts and a row of
-// the plane, never by the batch.
+// four zero-padded input rows; weight-stationary: V of all the tiles (no larger than U)
+// plus per thread a U slice, an M chunk and the rows; grad weight: dM (16 x C_out x
+// C_in/g; with one block, a panel's worth per thread) plus the shared per-block panels
+// (about kWgtBlockBytes). Bounded by the channel counts and a row of the plane, never by
+// the batch (V of all the tiles is no larger than U).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -87,6 +102,11 @@ constexpr i64 kMinTiles = 32;              // forward: smallest tile block
 constexpr i64 kMaxTiles = 1024;            // forward: largest tile block
 constexpr i64 kBigU = 8 << 20;             // forward: U (one group) above this many bytes ...
 constexpr i64 kBigUMinTiles = 128;         // ... gets blocks of at least this many tiles
+// Weight-stationary forward: MR-row panels per output-channel group (its U slice: 2 x 16
+// x 16 x 512 floats = 1 MB at C_in 512; 1 and 2 measured alike, 4 and 8 slower) and
+// tiles per chunk (32 to 128 measured alike).
+constexpr i64 kWsGroupPanels = 2;
+constexpr i64 kWsChunkTiles = 128;
 // Grad weight: target bytes of the shared per-block buffers. Each block costs the threads
 // two barriers, so blocks are large (on a loaded machine a barrier can cost a time slice).
 constexpr i64 kWgtBlockBytes = 8 << 20;
@@ -213,7 +233,7 @@ struct FwdPlan {
   i64 kc, kblocks;        // channel (K) blocks: a function of C_in/g and the ISA only
   i64 panels;             // MR-row panels of C_out/g
   i64 ups, vps, mps;      // position strides of U, V, M (ws: of the shared V of all tiles)
-  i64 tb, tpanels, blocks, tasks, chunks, units;
+  i64 tb, tpanels, units;  // tiles per block, NR-tile panels per block, panels in all
   bool ws;                // weight-stationary order
   i64 gp, cogroups, tc;   // ws: panels per output-channel group, groups per conv group, tiles per chunk
   i64 lups, lmps;         // ws: position strides of the per-thread U slice and M chunk
@@ -243,31 +263,33 @@ FwdPlan fwd_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   const double flops = 2.0 * static_cast<double>(p.n) * static_cast<double>(p.c_out) *
                        static_cast<double>(p.h.out) * static_cast<double>(p.w.out) *
                        static_cast<double>(g.Cg) * 9.0;
-  const int tmax = std::max(threads_max, 1);
-  f.threads = static_cast<int>(std::min<i64>(threads_for_work(flops, 1 << 20), checked_mul(units, p.groups, "winograd")));
-  f.threads = std::max(1, std::min(f.threads, tmax));
-  // Each group's tile panels in f.chunks contiguous shares of units/chunks (+-1) panels,
-  // one per thread (a group count that is not a multiple of the threads gets more
-  // shares), each run in blocks of at most tb tiles. The result does not depend on the
-  // partition (each output belongs to one tile; the GEMM's K blocks follow C_in/g).
-  f.chunks = std::min<i64>(units, f.threads / std::gcd<i64>(f.threads, p.groups));
+  // Blocks of tile panels, at most tb tiles each, are handed out to the threads by a
+  // Dealer. The result does not depend on the partition (each output belongs to one
+  // tile; the GEMM's K blocks follow C_in/g).
   f.units = units;
   f.tb = tb;
   f.tpanels = tb / f.nr;
-  f.blocks = ceil_div(ceil_div(units, f.chunks), f.tpanels);  // most blocks in one share
-  f.tasks = checked_mul(p.groups, f.chunks, "winograd tasks");
   f.row_elems = lines(checked_mul(4, 2 * g.tw + 2, "winograd rows"), elem);
   f.tmp_elems = lines(4 * g.tw, elem);
   const i64 tpad = units * f.nr;
-  const char* env = std::getenv("WINO_WS");
-  f.ws = env ? env[0] == '1' : (u_bytes > kBigU && g.Mg >= tpad);
+  // Weight-stationary when U outgrows the L3's share (it would be written to memory and
+  // read back) and is larger than V of all the tiles (at least as many output channels
+  // as padded tiles). 512->512 7px b8 forward: 11.6 against 13.1 ms at 1 thread, 6.2
+  // against 7.8 at 2. 256->256 14px b8 (4 MB U, 392 tiles) measured even, so it stays.
+  f.ws = u_bytes > kBigU && g.Mg >= tpad;
+  i64 work_items = units;
   if (f.ws) {
-    const char* eg = std::getenv("WINO_GP");
-    const char* et = std::getenv("WINO_TC");
-    f.gp = std::min(f.panels, eg ? std::atol(eg) : 2);
+    f.gp = std::min<i64>(f.panels, kWsGroupPanels);
     f.cogroups = ceil_div(f.panels, f.gp);
     f.gp = ceil_div(f.panels, f.cogroups);
-    f.tc = std::min(tpad, round_up(et ? std::atol(et) : 128, f.nr));
+    work_items = std::max(units, f.cogroups);
+  }
+  const int tmax = std::max(threads_max, 1);
+  f.threads = static_cast<int>(
+      std::min<i64>(threads_for_work(flops, 1 << 20), checked_mul(work_items, p.groups, "winograd")));
+  f.threads = std::max(1, std::min(f.threads, tmax));
+  if (f.ws) {
+    f.tc = std::min(tpad, round_up(kWsChunkTiles, f.nr));
     f.vps = pos_stride(checked_mul(g.Cg, tpad, "winograd V"), elem);
     f.lups = pos_stride(checked_mul(f.gp * f.mr, g.Cg, "winograd U"), elem);
     f.lmps = pos_stride(checked_mul(f.gp * f.mr, f.tc, "winograd M"), elem);
@@ -761,7 +783,7 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
            p.h.in * p.w.in < (i64(1) << 27) && p.h.out * p.w.out < (i64(1) << 27);
   const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), (w.chan ? 1 : 2) * g.Cg + g.Mg, "winograd block");
   w.kc = blk.kc;
-  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
+  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, (std::getenv("WINO_WB") ? std::atol(std::getenv("WINO_WB")) << 20 : kWgtBlockBytes) / per_tile));
   tw = std::max<i64>(8, tw / 8 * 8);
   tw = std::min(tw, round_up(std::max<i64>(g.total, 1), 8));
   w.tw = tw;
@@ -799,7 +821,7 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
   // tile) when its GEMMs finish: summed in a per-thread buffer that stays in the L2
   // instead of a full 16 x C_out x C_in array, which would go to memory and back
   // (512 -> 512 on 7x7 planes: 16 MB each way per call).
-  w.local = w.blocks == 1 && !std::getenv("WINO_NOLOCAL");
+  w.local = w.blocks == 1;
   w.lps = pos_stride(checked_mul(w.mr, w.gci * w.nr, "winograd dM"), elem);
   w.dm_elems = w.local ? 0 : checked_mul(checked_mul(16, p.groups, "winograd dM"), w.dps, "winograd dM");
   w.shared = w.v_elems + w.b_elems + w.a_elems;
