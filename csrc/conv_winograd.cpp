@@ -77,9 +77,6 @@
 // the batch (V of all the tiles is no larger than U).
 #include <algorithm>
 #include <atomic>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <numeric>
@@ -392,7 +389,6 @@ void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv
   // streaming U made c512 7px b8 3-4x slower at 4 and 16 threads).
   const bool stream = vec && f.threads == 1 && f.shared_elems * static_cast<i64>(sizeof(T)) > kBigU &&
                       reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
-  if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF stream %d\n", (int)stream);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (i64 task = 0; task < tasks; ++task) {
     const i64 g = task / f.panels, ip = task % f.panels;
@@ -783,7 +779,7 @@ WgtPlan wgt_plan(const ConvParams& p, std::size_t elem, int threads_max) {
            p.h.in * p.w.in < (i64(1) << 27) && p.h.out * p.w.out < (i64(1) << 27);
   const i64 per_tile = checked_mul(16 * static_cast<i64>(elem), (w.chan ? 1 : 2) * g.Cg + g.Mg, "winograd block");
   w.kc = blk.kc;
-  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, (std::getenv("WINO_WB") ? std::atol(std::getenv("WINO_WB")) << 20 : kWgtBlockBytes) / per_tile));
+  i64 tw = std::min(kWgtMaxTiles, std::max(kWgtMinTiles, kWgtBlockBytes / per_tile));
   tw = std::max<i64>(8, tw / 8 * 8);
   tw = std::min(tw, round_up(std::max<i64>(g.total, 1), 8));
   w.tw = tw;
@@ -884,7 +880,6 @@ template <typename T>
 void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, int threads_max) {
   const Geo ge(p);
   const WgtPlan wp = wgt_plan(p, sizeof(T), threads_max);
-  if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF dw blocks %ld local %d chan %d tw %ld\n", (long)wp.blocks, (int)wp.local, (int)wp.chan, (long)wp.tw);
   const Kernels<T> k = kernels(static_cast<T*>(nullptr));
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
   const i64 Cg = ge.Cg, Mg = ge.Mg, tw = wp.tw, MR = wp.mr, NR = wp.nr;
@@ -1085,21 +1080,13 @@ template <typename T>
 void forward_with(const ConvParams& p, const T* x, const WView<T>& wv, const T* bias, T* y) {
   const int threads = num_threads();
   const FwdPlan f = fwd_plan(p, sizeof(T), threads);
-  auto t0 = std::chrono::steady_clock::now();
   if (f.ws) {
     forward_ws(p, f, x, wv, bias, y);
-    auto t2 = std::chrono::steady_clock::now();
-    if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF ws fwd c%ld->%ld thr %d gp %ld tc %ld: %.3f ms\n", (long)p.c_in, (long)p.c_out, f.threads, (long)f.gp, (long)f.tc,
-       std::chrono::duration<double, std::milli>(t2 - t0).count());
     return;
   }
   T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.shared_elems) * sizeof(T)));
   transform_weights(p, f, wv, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
-  auto t1 = std::chrono::steady_clock::now();
   forward_blocked(p, f, x, U, bias, y);
-  auto t2 = std::chrono::steady_clock::now();
-  if (std::getenv("WINO_PROF")) std::fprintf(stderr, "PROF fwd c%ld->%ld thr %d tb %ld: wt %.3f ms, main %.3f ms\n", (long)p.c_in, (long)p.c_out, f.threads, (long)f.tb,
-     std::chrono::duration<double, std::milli>(t1 - t0).count(), std::chrono::duration<double, std::milli>(t2 - t1).count());
 }
 
 }  // namespace
