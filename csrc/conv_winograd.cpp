@@ -377,25 +377,6 @@ void weight_panel(const ConvParams& p, i64 MR, const WView<T>& wv, i64 g, i64 ip
   }
 }
 
-// All of U (the tile-block order), one task per (group, panel).
-template <typename T>
-void transform_weights(const ConvParams& p, const FwdPlan& f, const WView<T>& wv, T* Up, int threads) {
-  const i64 Cg = p.cin_g(), MR = f.mr, pstride = f.ups;
-  const i64 tasks = p.groups * f.panels;
-  const bool vec = weights_vec(wv, MR);
-  // U too large to stay in the L3 until the GEMMs read it: non-temporal stores (no read
-  // for ownership). Only when one thread runs the GEMMs: with more, every thread reads
-  // all of U, which must then come from the cache (on a 16-core Xeon with a large L3,
-  // streaming U made c512 7px b8 3-4x slower at 4 and 16 threads).
-  const bool stream = vec && f.threads == 1 && f.shared_elems * static_cast<i64>(sizeof(T)) > kBigU &&
-                      reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && pstride % 16 == 0 && (Cg * MR) % 16 == 0;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (i64 task = 0; task < tasks; ++task) {
-    const i64 g = task / f.panels, ip = task % f.panels;
-    weight_panel(p, MR, wv, g, ip, Up + g * 16 * pstride + ip * Cg * MR, pstride, vec, stream);
-  }
-}
-
 // The four zero-padded input rows of tiles (i, j .. j+len-1) of one input plane.
 template <typename T>
 inline void load_rows(const ConvParams& p, const Geo& g, const T* xp, i64 i, i64 j, i64 len, T* buf,
@@ -671,20 +652,34 @@ bool use_panels(const ConvParams& p, const FwdPlan& f) {
          p.n * p.c_out * p.h.out * p.w.out + 2 * p.w.out < (i64(1) << 31);
 }
 
-// Tile-block order: U transformed in full beforehand; the threads take blocks of tile
+// Tile-block order: U transformed in full first (one barrier); the threads take blocks of tile
 // panels (at most tpanels, from a Dealer) and run each: input transform, 16 GEMMs,
 // output transform.
 template <typename T>
-void forward_blocked(const ConvParams& p, const FwdPlan& f, const T* x, const T* Up, const T* bias, T* y) {
+void forward_blocked(const ConvParams& p, const FwdPlan& f, const T* x, const WView<T>& wv, const T* bias, T* y) {
   const Geo ge(p);
   const Kernels<T> k = kernels(static_cast<T*>(nullptr));
   const gemm_detail::GemmKernel<T> mk = micro_kernel<T>();
+  T* Up = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.shared_elems) * sizeof(T)));
   T* ws = static_cast<T*>(scratch(kScratchOp0, static_cast<std::size_t>(f.per_thread * f.threads) * sizeof(T)));
-  const i64 NR = f.nr;
+  const i64 Cg = ge.Cg, NR = f.nr, MR = f.mr;
   const bool panels = use_panels<T>(p, f);
+  const bool vec = weights_vec(wv, MR);
+  // U too large to stay in the L3 until the GEMMs read it: non-temporal stores (no read
+  // for ownership). Only when one thread runs the GEMMs: with more, every thread reads
+  // all of U, which must then come from the cache (on a 16-core Xeon with a large L3,
+  // streaming U made c512 7px b8 3-4x slower at 4 and 16 threads).
+  const bool stream = vec && f.threads == 1 && f.shared_elems * static_cast<i64>(sizeof(T)) > kBigU &&
+                      reinterpret_cast<std::uintptr_t>(Up) % 64 == 0 && f.ups % 16 == 0 && (Cg * MR) % 16 == 0;
+  const i64 w_tasks = p.groups * f.panels;
   Dealer deal(p.groups * f.units, f.units, f.tpanels, f.threads);
 #pragma omp parallel num_threads(f.threads)
   {
+#pragma omp for schedule(dynamic, 1)  // U, one (group, panel) each; then a barrier
+    for (i64 task = 0; task < w_tasks; ++task) {
+      const i64 g = task / f.panels, ip = task % f.panels;
+      weight_panel(p, MR, wv, g, ip, Up + g * 16 * f.ups + ip * Cg * MR, f.ups, vec, stream);
+    }
     T* V = ws + f.per_thread * thread_index();
     T* M = V + f.v_elems;
     T* buf = M + f.m_elems;
@@ -1084,9 +1079,7 @@ void forward_with(const ConvParams& p, const T* x, const WView<T>& wv, const T* 
     forward_ws(p, f, x, wv, bias, y);
     return;
   }
-  T* U = static_cast<T*>(scratch(kScratchGemmA, static_cast<std::size_t>(f.shared_elems) * sizeof(T)));
-  transform_weights(p, f, wv, U, std::max(1, std::min<int>(threads, threads_for_work(16.0 * p.c_out * p.cin_g(), 1 << 14))));
-  forward_blocked(p, f, x, U, bias, y);
+  forward_blocked(p, f, x, wv, bias, y);
 }
 
 }  // namespace
