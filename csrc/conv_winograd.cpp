@@ -460,9 +460,11 @@ constexpr int kRuns = 4;
 // Input transform of tiles t0 .. t0+nt-1 of group grp through the AVX-512 float32 panel
 // kernels: 16-tile panel jp (columns past nt zero) at V + jp*Cg*16, position stride vps.
 template <typename T>
-void panel_input(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, const T* x, T* V, i64 vps) {
+void panel_input(const ConvParams& p, const Geo& ge, i64 grp, i64 c0, i64 c1, i64 t0, i64 nt, const T* x, T* V,
+                 i64 vps) {
   if constexpr (std::is_same<T, float>::value) {
-    const i64 Cg = ge.Cg, H = p.h.in, W = p.w.in;
+    const i64 Cg = ge.Cg, cn = c1 - c0, H = p.h.in, W = p.w.in;
+    const T* xg = x + (grp * Cg + c0) * H * W;
     const i64 in_plane = H * W, np = ceil_div(nt, i64(16));
     for (i64 jp = 0; jp < np; ++jp) {
       {  // tiles in at most kRuns runs of one tile row each: loads and permutes, no gathers
@@ -498,8 +500,7 @@ void panel_input(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, co
           }
         }
         if (nruns <= kRuns) {
-          wino_avx512::input_panel_runs_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, nruns, rbase, ma, ma2,
-                                            V + jp * Cg * 16, 16, vps);
+          wino_avx512::input_panel_runs_f32(xg, in_plane, W, 0, cn, nruns, rbase, ma, ma2, V + jp * cn * 16, 16, vps);
           continue;
         }
       }
@@ -516,11 +517,10 @@ void panel_input(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, co
           for (int b = 0; b < 4; ++b)
             if (ih + a >= 0 && ih + a < H && iw + b >= 0 && iw + b < W) masks[4 * a + b] |= 1u << l;
       }
-      wino_avx512::input_panels_f32(x + grp * Cg * in_plane, in_plane, W, 0, Cg, off, masks, V + jp * Cg * 16, 16,
-                                    vps);
+      wino_avx512::input_panels_f32(xg, in_plane, W, 0, cn, off, masks, V + jp * cn * 16, 16, vps);
     }
   } else {
-    (void)p, (void)ge, (void)grp, (void)t0, (void)nt, (void)x, (void)V, (void)vps;
+    (void)p, (void)ge, (void)grp, (void)c0, (void)c1, (void)t0, (void)nt, (void)x, (void)V, (void)vps;
   }
 }
 
@@ -597,7 +597,7 @@ template <typename T>
 void fwd_input(const ConvParams& p, const Geo& ge, const Kernels<T>& k, bool panels, const T* x, i64 grp, i64 t0,
                i64 nt, T* V, i64 vps, i64 NR, T* buf) {
   if (panels) {
-    panel_input(p, ge, grp, t0, nt, x, V, vps);
+    panel_input(p, ge, grp, i64(0), ge.Cg, t0, nt, x, V, vps);
     return;
   }
   const i64 Cg = ge.Cg, np = ceil_div(nt, NR), last = nt - (np - 1) * NR;
@@ -890,6 +890,10 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
   const i64 in_plane = p.h.in * p.w.in;
   const i64 out_plane = p.h.out * p.w.out;
   const bool chan_panels = std::is_same<T, float>::value && wp.chan;
+  // the input side through the forward's tile-lane kernels (int32 gather offsets in
+  // their fallback, as in the forward) and a transpose: the channel-lane gathers measured
+  // slower (16 planes x 4 rows of lines per tile)
+  const bool tile_lanes = chan_panels && p.n * p.c_in * in_plane + 4 * p.w.in < (i64(1) << 31);
   // dM[g][pos][co][ci], summed over the tile blocks in increasing order.
 #pragma omp parallel num_threads(threads)
   {
@@ -926,6 +930,20 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
             }
             const i64 q = item / chunks, l0 = (item % chunks) * kChanTiles, cnt = std::min(kChanTiles, nt - l0);
             if (cnt <= 0) continue;
+            if constexpr (std::is_same<T, float>::value) {
+              if (tile_lanes) {  // 16 tiles per vector (row loads), then transposed to channel lanes
+                alignas(64) float loc[16 * 16 * 16];  // [pos][channel][tile]
+                const i64 nch = std::min(NR, Cg - q * NR);
+                for (int pos = 0; pos < 16; ++pos)
+                  std::fill(loc + pos * 256 + nch * 16, loc + pos * 256 + 256, 0.0f);
+                for (i64 s0 = 0; s0 < cnt; s0 += 16) {
+                  const i64 sn = std::min<i64>(16, cnt - s0);
+                  panel_input(p, ge, grp, q * NR, q * NR + nch, t0 + l0 + s0, sn, x, loc, i64(256));
+                  wino_avx512::transpose_panels_f32(loc, 256, sn, Bp + q * nt * NR + (l0 + s0) * NR, bps);
+                }
+                continue;
+              }
+            }
             i64 off[kChanTiles];
             unsigned short valid[kChanTiles];
             for (i64 l = 0; l < cnt; ++l) {

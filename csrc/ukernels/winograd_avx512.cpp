@@ -245,6 +245,38 @@ void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg,
   if (stream) _mm_sfence();  // the streamed stores are visible before the GEMMs read them
 }
 
+// For each of the 16 positions a 16 x 16 block in[pos*in_ps + j*16 + l] (channel j, tile
+// l) to out[pos*out_ps + l*16 + j] for tiles l < nt: tile-lane transforms turned into
+// channel-lane panels (grad weight's B panels). Data movement only.
+void transpose_panels_f32(const float* in, i64 in_ps, i64 nt, float* out, i64 out_ps) {
+  for (int pos = 0; pos < 16; ++pos) {
+    const float* s = in + pos * in_ps;
+    __m512 r[16], t[16];
+    for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(s + j * 16);
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int b = 0; b < 16; b += 8)
+      for (int i = 0; i < 4; ++i) {
+        t[b + i] = _mm512_shuffle_f32x4(r[b + i], r[b + i + 4], 0x88);
+        t[b + i + 4] = _mm512_shuffle_f32x4(r[b + i], r[b + i + 4], 0xDD);
+      }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+    float* o = out + pos * out_ps;
+    for (i64 l = 0; l < nt; ++l) _mm512_storeu_ps(o + l * 16, r[l]);
+  }
+}
+
 // V^T for tiles of 16 channels (grad weight's B panels): tile l of the nt tiles has its
 // corner at x[off[l]] of the first channel (channels plane apart, lane j = channel
 // j < nch) and element (r, c) inside the input where bit 4r + c of valid[l] is set.
