@@ -277,31 +277,6 @@ void transpose_panels_f32(const float* in, i64 in_ps, i64 nt, float* out, i64 ou
   }
 }
 
-// V^T for tiles of 16 channels (grad weight's B panels): tile l of the nt tiles has its
-// corner at x[off[l]] of the first channel (channels plane apart, lane j = channel
-// j < nch) and element (r, c) inside the input where bit 4r + c of valid[l] is set.
-// Position pos of tile l goes to out[pos*ps + l*16 + j].
-void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
-                        const unsigned short* valid, float* out, i64 ps) {
-  const __mmask16 mk = static_cast<__mmask16>(nch >= 16 ? 0xFFFF : ((1u << nch) - 1));
-  const __m512i ch = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                        _mm512_set1_epi32(static_cast<int>(plane)));
-  const __m512 z = _mm512_setzero_ps();
-  for (i64 l = 0; l < nt; ++l) {
-    const float* xt = x + off[l];
-    const unsigned v = valid[l];
-    __m512 a[4][4];
-    for (int r = 0; r < 4; ++r) {
-      __m512 d[4];
-      for (int c = 0; c < 4; ++c)
-        d[c] = (v >> (4 * r + c)) & 1u ? _mm512_mask_i32gather_ps(z, mk, ch, xt + r * row + c, 4) : z;
-      bt_row(d[0], d[1], d[2], d[3], a[r]);
-    }
-    float* o = out + l * 16;
-    bt_cols_store(a, o, ps);
-  }
-}
-
 // Y' = A dY A^T for tiles of 16 output channels (grad weight's A panels): tile l's 2x2
 // outputs start at dy[off[l]] of the first channel (channels plane apart, lane j =
 // channel j < nch); output (a, b) exists where bit 2a + b of valid[l] is set. Position
