@@ -913,18 +913,55 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
               const i64 ip = (item - ci_items) / chunks, l0 = ((item - ci_items) % chunks) * kChanTiles;
               const i64 cnt = std::min(kChanTiles, nt - l0);
               if (cnt <= 0) continue;
-              i64 off[kChanTiles];
-              unsigned char valid[kChanTiles];
-              for (i64 l = 0; l < cnt; ++l) {
-                const i64 t = t0 + l0 + l;
-                const auto [n, i, j] = ge.at(t);
-                off[l] = (n * p.c_out + grp * Mg + ip * MR) * out_plane + 2 * i * p.w.out + 2 * j;
-                const bool r1 = 2 * i + 1 < p.h.out, c1 = 2 * j + 1 < p.w.out;
-                valid[l] = static_cast<unsigned char>(1u | (c1 ? 2u : 0u) | (r1 ? 4u : 0u) | (r1 && c1 ? 8u : 0u));
+              const i64 Ho = p.h.out, Wo = p.w.out, nch = std::min(MR, Mg - ip * MR);
+              const T* dyc = dy + (grp * Mg + ip * MR) * out_plane;  // channel 0 of the panel
+              alignas(64) float loc[16 * 16 * 16];  // [pos][channel][tile]
+              if (nch < 16)
+                for (int pos = 0; pos < 16; ++pos) std::fill(loc + pos * 256 + nch * 16, loc + pos * 256 + 256, 0.0f);
+              for (i64 s0 = 0; s0 < cnt; s0 += 16) {  // 16-tile sub-panels
+                const i64 sn = std::min<i64>(16, cnt - s0);
+                float* dst = reinterpret_cast<float*>(Ap + ip * nt * MR + (l0 + s0) * MR);
+                // tiles in at most kRuns runs of one tile row each: tile lanes (row loads),
+                // then transposed to channel lanes; otherwise channel-lane gathers
+                i64 rbase[kRuns];
+                unsigned rm[2 * kRuns] = {};
+                int nruns = 0;
+                i64 prev = -1, rl0 = 0;
+                for (int l = 0; l < sn; ++l) {
+                  const auto [n, i, j] = ge.at(t0 + l0 + s0 + l);
+                  const i64 key = n * ge.th + i;
+                  if (key != prev) {
+                    if (nruns == kRuns) {
+                      nruns = kRuns + 1;
+                      break;
+                    }
+                    rl0 = l;
+                    rbase[nruns] = n * p.c_out * out_plane + 2 * i * Wo + 2 * j - 2 * rl0;
+                    ++nruns;
+                    prev = key;
+                  }
+                  const unsigned bits = 2 * j + 1 < Wo ? 3u : 1u;
+                  rm[2 * (nruns - 1)] |= bits << (2 * l);
+                  if (2 * i + 1 < Ho) rm[2 * (nruns - 1) + 1] |= bits << (2 * l);
+                }
+                if (nruns <= kRuns) {
+                  if constexpr (std::is_same<T, float>::value) {
+                    wino_avx512::grad_output_panel_runs_f32(dyc, out_plane, Wo, nch, nruns, rbase, rm, loc, 16, 256);
+                    wino_avx512::transpose_panels_f32(loc, 256, sn, dst, aps);
+                  }
+                  continue;
+                }
+                i64 off[16];
+                unsigned char valid[16];
+                for (i64 l = 0; l < sn; ++l) {
+                  const auto [n, i, j] = ge.at(t0 + l0 + s0 + l);
+                  off[l] = (n * p.c_out + grp * Mg + ip * MR) * out_plane + 2 * i * Wo + 2 * j;
+                  const bool r1 = 2 * i + 1 < Ho, c1 = 2 * j + 1 < Wo;
+                  valid[l] = static_cast<unsigned char>(1u | (c1 ? 2u : 0u) | (r1 ? 4u : 0u) | (r1 && c1 ? 8u : 0u));
+                }
+                wino_avx512::grad_output_channels_f32(reinterpret_cast<const float*>(dy), out_plane, Wo,
+                                                      static_cast<int>(nch), sn, off, valid, dst, aps);
               }
-              wino_avx512::grad_output_channels_f32(reinterpret_cast<const float*>(dy), out_plane, p.w.out,
-                                                    static_cast<int>(std::min(MR, Mg - ip * MR)), cnt, off, valid,
-                                                    reinterpret_cast<float*>(Ap + ip * nt * MR + l0 * MR), aps);
               continue;
             }
             const i64 q = item / chunks, l0 = (item % chunks) * kChanTiles, cnt = std::min(kChanTiles, nt - l0);

@@ -277,6 +277,42 @@ void transpose_panels_f32(const float* in, i64 in_ps, i64 nt, float* out, i64 ou
   }
 }
 
+// Y' = A dY A^T for 16 tiles (lanes) of channels 0 .. nch-1 (plane apart), the tiles in
+// nruns runs of one tile row each: lane l of run s reads elements 2l and 2l + 1 of rows
+// dy + base[s] and dy + base[s] + row where bits 2l, 2l + 1 of m[2s] (m[2s + 1]) are set
+// (else 0). Position pos of channel c goes to out[c*ccs + pos*ps + l]. The same
+// operations in the same order as grad_output_channels_f32.
+void grad_output_panel_runs_f32(const float* dy, i64 plane, i64 row, i64 nch, int nruns, const i64* base,
+                                const unsigned* m, float* out, i64 ccs, i64 ps) {
+  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i od = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512 z = _mm512_setzero_ps(), sign = _mm512_set1_ps(-0.0f);
+  for (i64 c = 0; c < nch; ++c) {
+    const std::uintptr_t dc = reinterpret_cast<std::uintptr_t>(dy) +
+                              static_cast<std::uintptr_t>(c * plane * static_cast<i64>(sizeof(float)));
+    __m512 A[2] = {z, z}, B[2] = {z, z};
+    for (int s = 0; s < nruns; ++s)
+      for (int a = 0; a < 2; ++a) {
+        const unsigned mm = m[2 * s + a];
+        if (mm == 0) continue;
+        const std::uintptr_t q = dc + static_cast<std::uintptr_t>((base[s] + a * row) * static_cast<i64>(sizeof(float)));
+        A[a] = _mm512_mask_loadu_ps(A[a], static_cast<__mmask16>(mm & 0xFFFFu), reinterpret_cast<const float*>(q));
+        B[a] = _mm512_mask_loadu_ps(B[a], static_cast<__mmask16>(mm >> 16), reinterpret_cast<const float*>(q + 64));
+      }
+    const __m512 d00 = _mm512_permutex2var_ps(A[0], ev, B[0]), d01 = _mm512_permutex2var_ps(A[0], od, B[0]);
+    const __m512 d10 = _mm512_permutex2var_ps(A[1], ev, B[1]), d11 = _mm512_permutex2var_ps(A[1], od, B[1]);
+    const __m512 z0[4] = {d00, _mm512_add_ps(d00, d01), _mm512_sub_ps(d00, d01), _mm512_xor_ps(d01, sign)};
+    const __m512 z1[4] = {d10, _mm512_add_ps(d10, d11), _mm512_sub_ps(d10, d11), _mm512_xor_ps(d11, sign)};
+    float* o = out + c * ccs;
+    for (int q = 0; q < 4; ++q) {
+      _mm512_storeu_ps(o + (0 + q) * ps, z0[q]);
+      _mm512_storeu_ps(o + (4 + q) * ps, _mm512_add_ps(z0[q], z1[q]));
+      _mm512_storeu_ps(o + (8 + q) * ps, _mm512_sub_ps(z0[q], z1[q]));
+      _mm512_storeu_ps(o + (12 + q) * ps, _mm512_xor_ps(z1[q], sign));
+    }
+  }
+}
+
 // Y' = A dY A^T for tiles of 16 output channels (grad weight's A panels): tile l's 2x2
 // outputs start at dy[off[l]] of the first channel (channels plane apart, lane j =
 // channel j < nch); output (a, b) exists where bit 2a + b of valid[l] is set. Position
