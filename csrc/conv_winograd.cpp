@@ -65,9 +65,10 @@
 // per vector. Where a panel's 16 tiles lie in at most kRuns (4) tile rows the
 // forward reads their patches with masked row loads and even/odd permutes and writes
 // their outputs with interleaving permutes and masked stores; otherwise masked gathers
-// and scatters. Grad weight runs its input side through the same kernels, then
-// transposes each 16 x 16 (channel, tile) block into channel lanes. Other ISAs and float64 use the row kernels of winograd_kernels.h. All do
-// the same additions in the same order.
+// and scatters. Grad weight runs its input side (and its grad output, where 16 tiles lie
+// in at most kRuns tile rows) through such tile-lane kernels, then transposes each 16 x 16
+// (channel, tile) block into channel lanes. Other ISAs and float64 use the row kernels
+// of winograd_kernels.h. All do the same additions in the same order.
 //
 // Memory (all pyconv::scratch(), reused across calls; winograd_workspace_bytes):
 // forward: packed U (16 x C_out x C_in/g, padded to MR rows) plus per thread V, M and
@@ -561,8 +562,8 @@ void panel_output(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, c
       if (nruns <= kRuns) {
         for (i64 co = co0; co < co1; ++co) {
           const i64 c = grp * Mg + co;
-          wino_avx512::output_panel_runs_f32(M + (co - co0) * ms + jp * 16, mps, bias ? bias[c] : 0.0f, y + c * out_plane, Wo,
-                                             nruns, roff, rl0, rtop, rbot);
+          wino_avx512::output_panel_runs_f32(M + (co - co0) * ms + jp * 16, mps, bias ? bias[c] : 0.0f,
+                                             y + c * out_plane, Wo, nruns, roff, rl0, rtop, rbot);
         }
         continue;
       }
@@ -976,8 +977,8 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
               for (i64 s0 = 0; s0 < cnt; s0 += 16) {
                 const i64 sn = std::min<i64>(16, cnt - s0);
                 panel_input(p, ge, grp, q * NR, q * NR + nch, t0 + l0 + s0, sn, x, loc, i64(256));
-                wino_avx512::transpose_panels_f32(loc, 256, sn, reinterpret_cast<float*>(Bp + q * nt * NR + (l0 + s0) * NR),
-                                                  bps);
+                float* dst = reinterpret_cast<float*>(Bp + q * nt * NR + (l0 + s0) * NR);
+                wino_avx512::transpose_panels_f32(loc, 256, sn, dst, bps);
               }
             }
           }

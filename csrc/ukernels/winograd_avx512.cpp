@@ -295,7 +295,8 @@ void grad_output_panel_runs_f32(const float* dy, i64 plane, i64 row, i64 nch, in
       for (int a = 0; a < 2; ++a) {
         const unsigned mm = m[2 * s + a];
         if (mm == 0) continue;
-        const std::uintptr_t q = dc + static_cast<std::uintptr_t>((base[s] + a * row) * static_cast<i64>(sizeof(float)));
+        const std::uintptr_t q =
+            dc + static_cast<std::uintptr_t>((base[s] + a * row) * static_cast<i64>(sizeof(float)));
         A[a] = _mm512_mask_loadu_ps(A[a], static_cast<__mmask16>(mm & 0xFFFFu), reinterpret_cast<const float*>(q));
         B[a] = _mm512_mask_loadu_ps(B[a], static_cast<__mmask16>(mm >> 16), reinterpret_cast<const float*>(q + 64));
       }
