@@ -130,8 +130,9 @@ void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, in
 void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row, int nseg, const i64* off,
                            const int* l0, const unsigned* top, const unsigned* bot);
 void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg, float* out, i64 ps, bool stream);
-void input_channels_f32(const float* x, i64 plane, i64 row, int nch, i64 nt, const i64* off,
-                        const unsigned short* valid, float* out, i64 ps);
+void transpose_panels_f32(const float* in, i64 in_ps, i64 nt, float* out, i64 out_ps);
+void grad_output_panel_runs_f32(const float* dy, i64 plane, i64 row, i64 nch, int nruns, const i64* base,
+                                const unsigned* m, float* out, i64 ccs, i64 ps);
 void grad_output_channels_f32(const float* dy, i64 plane, i64 row, int nch, i64 nt, const i64* off,
                               const unsigned char* valid, float* out, i64 ps);
 }  // namespace wino_avx512

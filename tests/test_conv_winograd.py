@@ -177,18 +177,82 @@ def test_thread_counts_bitwise_equal(shape):
             np.testing.assert_array_equal(a, c)
 
 
-def test_large_weights_streamed_transform():
-    """16 x C_out x C_in transformed weights above 8 MB take the non-temporal stores (AVX-512
-    float32); forward and grad input stay exact on integers."""
+def _exact_fwd_dx(x, w, pads=(1, 1, 1, 1)):
+    kw = _kw(pads, 1)
+    y = _fwd(x, w, None, pads)
+    np.testing.assert_array_equal(y, ref.conv2d(x, w, None, **kw))
+    dy = np.random.default_rng(2).integers(-2, 3, y.shape).astype(x.dtype)
+    dx = _core.conv2d_backward(dy, x, w, 1, 1, *pads, 1, 1, 1, True, False, False, "winograd")[0]
+    np.testing.assert_array_equal(dx, ref.conv2d_backward(dy, x, w, **kw)[0])
+    return y, dx
+
+
+def test_large_weights_weight_stationary_each_isa(isa):
+    """16 x C_out x C_in transformed weights above 8 MB with more output channels than
+    tiles: the weight-stationary order (a shared V of all the tiles, then output-channel
+    groups each with its own U slice), forward and grad input exact on integers."""
     rng = np.random.default_rng(11)
     x = rng.integers(-2, 3, (1, 400, 5, 4)).astype(np.float32)
     w = rng.integers(-2, 3, (408, 400, 3, 3)).astype(np.float32)
-    kw = _kw((1, 1, 1, 1), 1)
-    y = _fwd(x, w, None, (1, 1, 1, 1))
-    np.testing.assert_array_equal(y, ref.conv2d(x, w, None, **kw))
-    dy = rng.integers(-2, 3, y.shape).astype(np.float32)
-    dx = _core.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1, True, False, False, "winograd")[0]
-    np.testing.assert_array_equal(dx, ref.conv2d_backward(dy, x, w, **kw)[0])
+    _exact_fwd_dx(x, w)
+
+
+def test_large_weights_streamed_transform():
+    """Transformed weights above 8 MB but fewer output channels than tiles: U in full,
+    written with non-temporal stores at one thread (AVX-512 float32); the grad input of
+    the same call (16 -> 8200 channels) takes the weight-stationary order."""
+    rng = np.random.default_rng(12)
+    x = rng.integers(-2, 3, (1, 8200, 10, 10)).astype(np.float32)
+    w = rng.integers(-2, 3, (16, 8200, 3, 3)).astype(np.float32)
+    before = pyconv.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            pyconv.set_num_threads(t)
+            outs.append(_exact_fwd_dx(x, w))
+    finally:
+        pyconv.set_num_threads(before)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_weight_stationary_thread_counts_bitwise_equal():
+    """Weight-stationary forward with several output-channel groups and tile chunks per
+    group (384 -> 384 channels, 150 tiles): real-valued results identical at 1, 2 and 3
+    threads, and exact on integers."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((6, 384, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((384, 384, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((6, 384, 10, 10)).astype(np.float32)
+    before = pyconv.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 3):
+            pyconv.set_num_threads(t)
+            outs.append((_fwd(x, w, None, (1, 1, 1, 1)),
+                         _core.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1, True, False, False,
+                                               "winograd")[0]))
+    finally:
+        pyconv.set_num_threads(before)
+    for other in outs[1:]:
+        for a, c in zip(outs[0], other):
+            np.testing.assert_array_equal(a, c)
+    xi, wi = np.rint(x).astype(np.float32), np.rint(w).astype(np.float32)
+    np.testing.assert_array_equal(_fwd(xi, wi, None, (1, 1, 1, 1)),
+                                  _fwd(xi, wi, None, (1, 1, 1, 1), path="generic"))
+
+
+@pytest.mark.parametrize("dtype,shape", [(np.float64, (1, 128, 28, 28)), (np.float32, (3, 128, 28, 28))])
+def test_grad_weight_several_tile_blocks_each_isa(dtype, shape, isa):
+    """Enough tiles for more than one grad-weight tile block (dM summed across blocks in
+    a full array; a single block sums each task's rows in a per-thread buffer instead):
+    exact on integers."""
+    rng = np.random.default_rng(14)
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    w = rng.integers(-2, 3, (shape[1], shape[1], 3, 3)).astype(dtype)
+    dy = rng.integers(-2, 3, shape).astype(dtype)
+    dw = _core.conv2d_backward(dy, x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1, False, True, False, "winograd")[1]
+    np.testing.assert_array_equal(dw, ref.conv2d_backward(dy, x, w, **_kw((1, 1, 1, 1), 1))[1])
 
 
 BENCH_SHAPES = [(1, 64, 56), (8, 64, 56), (1, 128, 28), (8, 128, 28), (1, 256, 14), (8, 256, 14), (8, 512, 7)]
