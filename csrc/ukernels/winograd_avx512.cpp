@@ -20,6 +20,8 @@ PYCONV_WINO_ROW_KERNELS
 
 #include <cstdint>
 
+#include "transpose_avx512.h"
+
 namespace pyconv {
 namespace wino_avx512 {
 namespace {
@@ -251,27 +253,9 @@ void weights_panel_f32(const float* w, i64 rs, i64 cs, bool flip, int m, i64 cg,
 void transpose_panels_f32(const float* in, i64 in_ps, i64 nt, float* out, i64 out_ps) {
   for (int pos = 0; pos < 16; ++pos) {
     const float* s = in + pos * in_ps;
-    __m512 r[16], t[16];
+    __m512 r[16];
     for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(s + j * 16);
-    for (int i = 0; i < 8; ++i) {
-      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; ++i) {
-      r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-      r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-      r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-      r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int b = 0; b < 16; b += 8)
-      for (int i = 0; i < 4; ++i) {
-        t[b + i] = _mm512_shuffle_f32x4(r[b + i], r[b + i + 4], 0x88);
-        t[b + i + 4] = _mm512_shuffle_f32x4(r[b + i], r[b + i + 4], 0xDD);
-      }
-    for (int i = 0; i < 8; ++i) {
-      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    }
+    avx512_util::transpose16(r);
     float* o = out + pos * out_ps;
     for (i64 l = 0; l < nt; ++l) _mm512_storeu_ps(o + l * 16, r[l]);
   }
