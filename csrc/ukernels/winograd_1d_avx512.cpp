@@ -167,22 +167,27 @@ void pack_runs(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64
     const i64 j = j0 + 8 * r;
     ts[r] = (8 * r < nc && j < g.P) ? (j / g.d) * 2 * g.d + j % g.d : -1;
   }
-  for (i64 k = 0; k < kc; ++k) {
-    const T* row = x + k * cs;
-    for (i64 r = 0; r < runs; ++r) {
-      T* o = dst + ((r / (L / 8)) * kc + k) * Q * L + (r % (L / 8)) * 8;
-      if (ts[r] < 0) {
-        for (int q = 0; q < Q; ++q) S::rstore(o + q * L, S::rzero());
-        continue;
+  // Panel by panel, channels inside: the panel's kc x Q x L block is written in order
+  // (channel-outer writes land kc*Q*L elements apart, 12 KB for 64 channels, all in one
+  // L1 set; WaveNet forward, min of 4 alternating runs: 19.8 ms that way, 18.5 this way).
+  for (i64 pn = 0; pn < panels; ++pn)
+    for (i64 k = 0; k < kc; ++k) {
+      const T* row = x + k * cs;
+      for (int h = 0; h < L / 8; ++h) {
+        const i64 r = pn * (L / 8) + h;
+        T* o = dst + (pn * kc + k) * Q * L + h * 8;
+        if (ts[r] < 0) {
+          for (int q = 0; q < Q; ++q) S::rstore(o + q * L, S::rzero());
+          continue;
+        }
+        const i64 i = ts[r] - g.pad_lo;
+        R d[Rt + 1], u[Q];
+        for (int q = 0; q <= Rt; ++q)
+          d[q] = S::rload(row + i + q * g.d, static_cast<__mmask8>(range_bits(i + q * g.d, g.W, 8)));
+        input_transform<Rt, RunOps<S>>(d, u);
+        for (int q = 0; q < Q; ++q) S::rstore(o + q * L, u[q]);
       }
-      const i64 i = ts[r] - g.pad_lo;
-      R d[Rt + 1], u[Q];
-      for (int q = 0; q <= Rt; ++q)
-        d[q] = S::rload(row + i + q * g.d, static_cast<__mmask8>(range_bits(i + q * g.d, g.W, 8)));
-      input_transform<Rt, RunOps<S>>(d, u);
-      for (int q = 0; q < Q; ++q) S::rstore(o + q * L, u[q]);
     }
-  }
 }
 
 // Dilation 1, 2 or 4: the panel of pairs j0 .. j0+L-1 covers columns 2*j0 .. 2*j0+2L-1.
