@@ -44,9 +44,6 @@ namespace pyconv {
 
 namespace {
 
-inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
-inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
-
 // Threads for one call: a thread gets at least kConvGrainFlops of forward work, so small
 // convolutions (tiny planes, few channels) skip the fork/join. Every path splits its work
 // into pieces whose results do not depend on the thread count.

@@ -93,8 +93,6 @@
 namespace pyconv {
 
 namespace {
-inline i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
-inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
 constexpr i64 kBlockBytes = 1 << 20;       // forward: target V + M bytes per thread
 constexpr i64 kMinTiles = 32;              // forward: smallest tile block

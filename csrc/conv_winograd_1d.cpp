@@ -67,8 +67,6 @@ using w1d_detail::Geo;
 using w1d_detail::kMaxChunk;
 using w1d_detail::mr;
 
-i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
-i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
 template <typename T>
 constexpr int lanes() { return sizeof(T) == 4 ? 16 : 8; }

@@ -42,8 +42,6 @@ GemmKernel<double> kernel_for<double>(Isa isa) {
   return isa == Isa::scalar ? gemm_detail::scalar_kernel_f64() : gemm_detail::avx2_kernel_f64();
 }
 
-i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
-i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 
 // Per-call blocking derived from the kernel's GemmBlocking and the problem size (a pure
 // function of M and K, so the sum order never depends on N or on the thread count).

@@ -26,6 +26,11 @@ inline i64 checked_add(i64 a, i64 b, const char* what) {
   return r;
 }
 
+// ceil(a / b) for b > 0 and a > INT64_MIN, without intermediate overflow (a stride of
+// 2**63-1 is valid); round_up(a, b) = b * ceil(a / b) for sizes a >= 0.
+inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? a / b + (a % b != 0) : -((-a) / b); }
+inline i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
+
 // One spatial dimension of a sliding-window op. 1D ops use the W dimension with H = 1.
 struct Window {
   i64 in = 1;        // input extent

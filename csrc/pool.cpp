@@ -23,10 +23,9 @@ namespace {
 
 using pool_detail::RowTask;
 
-// floor(a / b) and ceil(a / b) for b > 0, a > INT64_MIN; no intermediate overflows, even
-// for b near INT64_MAX (a stride of 2**63-1 is valid).
+// floor(a / b) for b > 0, a > INT64_MIN; no intermediate overflows, even for b near
+// INT64_MAX (a stride of 2**63-1 is valid). ceil_div is params.h's.
 inline i64 floor_div(i64 a, i64 b) { return a >= 0 ? a / b : -((-a) / b + ((-a) % b != 0)); }
-inline i64 ceil_div(i64 a, i64 b) { return a >= 0 ? a / b + (a % b != 0) : -((-a) / b); }
 
 // Taps k in [*a, *b) of a window starting at `start` (step d, k taps) that fall in [0, n).
 // (dense windows, d == 1, skip the divisions: small planes call this for every output)
