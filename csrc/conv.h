@@ -168,6 +168,8 @@ struct Geo {
   i64 W, Wo, d, pad_lo, P;
   int r;
 };
+// Output column t of pair column j (the first output of the pair).
+inline i64 col(const Geo& g, i64 j) { return (j / g.d) * 2 * g.d + j % g.d; }
 }  // namespace w1d_detail
 // AVX-512 pack and tile kernels (csrc/ukernels/winograd_1d_avx512.cpp), for d = 1, 2, 4
 // or a multiple of 8.

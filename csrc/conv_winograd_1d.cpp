@@ -12,7 +12,7 @@
 //
 // Pairs: the outputs t with t mod 2d < d, t < Wo, each taking t + d along (which may lie
 // past the row's end: then it is computed and not stored). Pair column j (0 <= j < P)
-// is output t = (j / d) * 2d + j mod d.
+// is output t = (j / d) * 2d + j mod d (w1d_detail::col).
 //
 // Lowering, per (image, group, output row, chunk of pair columns) task:
 //   A (weights, transformed once per call): for each K block and each MR-row panel of
@@ -63,6 +63,7 @@
 namespace pyconv {
 namespace {
 
+using w1d_detail::col;
 using w1d_detail::Geo;
 using w1d_detail::kMaxChunk;
 using w1d_detail::mr;
@@ -138,7 +139,7 @@ void pack_portable(const T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, T* 
     for (int l = 0; l < L; ++l) {
       const i64 j = j0 + pn * L + l;
       const bool live = pn * L + l < nc && j < g.P;
-      const i64 i = live ? (j / g.d) * 2 * g.d + j % g.d - g.pad_lo : 0;
+      const i64 i = live ? col(g, j) - g.pad_lo : 0;
       for (i64 k = 0; k < kc; ++k) {
         T* o = dst + (pn * kc + k) * Q * L + l;
         T d[4] = {0, 0, 0, 0}, u[4] = {0, 0, 0, 0};
@@ -163,7 +164,7 @@ void tile_portable(i64 kc, const T* a, const T* b, T* y, i64 y_rs, int m, i64 j0
   for (int l = 0; l < L; ++l) {
     const i64 j = j0 + l;
     if (j >= g.P) break;
-    const i64 t = (j / g.d) * 2 * g.d + j % g.d;
+    const i64 t = col(g, j);
     for (int i = 0; i < m; ++i) {
       T s[4] = {0, 0, 0, 0};
       for (i64 k = 0; k < kc; ++k)
@@ -200,7 +201,7 @@ void dw_pack_a_portable(const T* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp
       const i64 j = j0 + k;
       T a = 0, b = 0;
       if (i < m && j < g.P) {
-        const i64 t = (j / g.d) * 2 * g.d + j % g.d;
+        const i64 t = col(g, j);
         a = dy[i * rs + t];
         if (t + g.d < g.Wo) b = dy[i * rs + t + g.d];
       }
@@ -219,7 +220,7 @@ void dw_pack_b_portable(const T* x, i64 cs, int c, const Geo& g, i64 j0, i64 kp,
   const int Q = g.r + 1;
   for (i64 k = 0; k < kp; ++k) {
     const i64 j = j0 + k;
-    const i64 i = (j / g.d) * 2 * g.d + j % g.d - g.pad_lo;
+    const i64 i = col(g, j) - g.pad_lo;
     for (int l = 0; l < L; ++l) {
       T d[4] = {0, 0, 0, 0}, u[4] = {0, 0, 0, 0};
       if (l < c && j < g.P) {
@@ -344,8 +345,8 @@ Task decode(const ConvParams& p, const Plan& pl, i64 t) {
   if (k.row >= p.h.in) k.row = -1;
   const Geo& g = pl.g;
   const i64 jl = k.j0 + k.nc - 1;
-  k.col_lo = std::max<i64>(0, (k.j0 / g.d) * 2 * g.d + k.j0 % g.d - g.pad_lo);
-  k.col_hi = std::min<i64>(g.W, (jl / g.d) * 2 * g.d + jl % g.d + g.r * g.d - g.pad_lo + 1);
+  k.col_lo = std::max<i64>(0, col(g, k.j0) - g.pad_lo);
+  k.col_hi = std::min<i64>(g.W, col(g, jl) + g.r * g.d - g.pad_lo + 1);
   return k;
 }
 
@@ -506,8 +507,8 @@ void winograd_1d_backward_weight(const ConvParams& p, const T* dy, const T* x, T
     }
     k.j0 = chunk * w.NC;
     const i64 jl = std::min(g.P, k.j0 + w.NC) - 1;
-    k.t_lo = (k.j0 / g.d) * 2 * g.d + k.j0 % g.d;
-    k.t_hi = std::min(Wo, (jl / g.d) * 2 * g.d + jl % g.d + g.d + 1);
+    k.t_lo = col(g, k.j0);
+    k.t_hi = std::min(Wo, col(g, jl) + g.d + 1);
     k.c_lo = std::max<i64>(0, k.t_lo - g.pad_lo);
     k.c_hi = std::min(W, k.t_hi - g.d + g.r * g.d - g.pad_lo);
     k.dy = dy + ((img * p.c_out + grp * w.M) * Ho + ho) * Wo;

@@ -165,7 +165,7 @@ void pack_runs(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64
   i64 ts[w1d_detail::kMaxChunk / 8];  // first output column of each run (-1: no run)
   for (i64 r = 0; r < runs; ++r) {
     const i64 j = j0 + 8 * r;
-    ts[r] = (8 * r < nc && j < g.P) ? (j / g.d) * 2 * g.d + j % g.d : -1;
+    ts[r] = (8 * r < nc && j < g.P) ? w1d_detail::col(g, j) : -1;
   }
   // Panel by panel, channels inside: the panel's kc x Q x L block is written in order
   // (channel-outer writes land kc*Q*L elements apart, 12 KB for 64 channels, all in one
@@ -272,7 +272,7 @@ void tile_runs(i64 kc, const typename S::T* a, const typename S::T* b, typename 
   constexpr int L = S::L, MR = w1d_detail::mr(Rt);
   {
     const i64 jl = std::min(j0 + L, g.P) - 1;
-    const i64 ta = (j0 / g.d) * 2 * g.d + j0 % g.d, te = (jl / g.d) * 2 * g.d + jl % g.d + 7;
+    const i64 ta = w1d_detail::col(g, j0), te = w1d_detail::col(g, jl) + 7;
     prefetch_cols(y, y_rs, m, ta, te);
     prefetch_cols(y, y_rs, m, std::max(ta + g.d, te + 1), te + g.d);  // partners not yet covered
   }
@@ -284,7 +284,7 @@ void tile_runs(i64 kc, const typename S::T* a, const typename S::T* b, typename 
   for (int r = 0; r < L / 8; ++r) {
     const i64 j = j0 + 8 * r;
     if (j >= g.P) break;
-    const i64 t = (j / g.d) * 2 * g.d + j % g.d;
+    const i64 t = w1d_detail::col(g, j);
     const __mmask8 ma = static_cast<__mmask8>(range_bits(t, g.Wo, 8));
     const __mmask8 mb = static_cast<__mmask8>(range_bits(t + g.d, g.Wo, 8));
     for (int i = 0; i < m; ++i) {
@@ -388,7 +388,7 @@ void dw_pack_a(const float* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp, flo
   if (g.d % 8 == 0)
     for (i64 r = 0; r < kp / 8; ++r) {
       const i64 j = j0 + 8 * r;
-      ts[r] = j < g.P ? (j / g.d) * 2 * g.d + j % g.d : -1;
+      ts[r] = j < g.P ? w1d_detail::col(g, j) : -1;
     }
   for (int i = 0; i < MR; ++i)
     for (i64 k = 0; k < kp; k += 16) {
