@@ -45,6 +45,25 @@ inline void bt_cols_store(const __m512 (&a)[4][4], float* o, i64 ps) {
   }
 }
 
+// A^T M A + bias for 16 tiles: m[pos*ps + l] is M(pos, tile l); y = outputs (0,0), (0,1),
+// (1,0), (1,1), in the order of winograd_kernels.h.
+inline void at_m_a(const float* m, i64 ps, float bias, __m512* y) {
+  __m512 s0[4], s1[4];
+  for (int r = 0; r < 4; ++r) {
+    const __m512 m0 = _mm512_loadu_ps(m + (4 * r + 0) * ps);
+    const __m512 m1 = _mm512_loadu_ps(m + (4 * r + 1) * ps);
+    const __m512 m2 = _mm512_loadu_ps(m + (4 * r + 2) * ps);
+    const __m512 m3 = _mm512_loadu_ps(m + (4 * r + 3) * ps);
+    s0[r] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+    s1[r] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+  }
+  const __m512 b = _mm512_set1_ps(bias);
+  y[0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
+  y[1] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
+  y[2] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
+  y[3] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
+}
+
 }  // namespace
 
 // V for 16 tiles and channels c0 .. c1-1: element (r, c) of tile l of channel ci is
@@ -136,21 +155,10 @@ void input_panel_runs_f32(const float* x, i64 plane, i64 row, i64 c0, i64 c1, in
 // tile l goes to y[yoff[l] + a*row + b] where ymask[2a + b] has bit l set.
 void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned short* ymask, i64 row, float bias,
                       float* y) {
-  __m512 s0[4], s1[4];
-  for (int r = 0; r < 4; ++r) {
-    const __m512 m0 = _mm512_loadu_ps(m + (4 * r + 0) * ps);
-    const __m512 m1 = _mm512_loadu_ps(m + (4 * r + 1) * ps);
-    const __m512 m2 = _mm512_loadu_ps(m + (4 * r + 2) * ps);
-    const __m512 m3 = _mm512_loadu_ps(m + (4 * r + 3) * ps);
-    s0[r] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-    s1[r] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-  }
-  const __m512 b = _mm512_set1_ps(bias);
+  __m512 yv[4];
+  at_m_a(m, ps, bias, yv);
+  const __m512 y00 = yv[0], y01 = yv[1], y10 = yv[2], y11 = yv[3];
   const __m512i vo = _mm512_loadu_si512(yoff);
-  const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
-  const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
-  const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
-  const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
   const __m512i one = _mm512_set1_epi32(1), down = _mm512_set1_epi32(static_cast<int>(row));
   _mm512_mask_i32scatter_ps(y, ymask[0], vo, y00, 4);
   _mm512_mask_i32scatter_ps(y, ymask[1], _mm512_add_epi32(vo, one), y01, 4);
@@ -165,20 +173,9 @@ void output_panel_f32(const float* m, i64 ps, const int* yoff, const unsigned sh
 // with masked stores (no scatter); same values as output_panel_f32.
 void output_panel_runs_f32(const float* m, i64 ps, float bias, float* y, i64 row, int nseg, const i64* off,
                            const int* l0, const unsigned* top, const unsigned* bot) {
-  __m512 s0[4], s1[4];
-  for (int r = 0; r < 4; ++r) {
-    const __m512 m0 = _mm512_loadu_ps(m + (4 * r + 0) * ps);
-    const __m512 m1 = _mm512_loadu_ps(m + (4 * r + 1) * ps);
-    const __m512 m2 = _mm512_loadu_ps(m + (4 * r + 2) * ps);
-    const __m512 m3 = _mm512_loadu_ps(m + (4 * r + 3) * ps);
-    s0[r] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-    s1[r] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-  }
-  const __m512 b = _mm512_set1_ps(bias);
-  const __m512 y00 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s0[0], s0[1]), s0[2]), b);
-  const __m512 y01 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s1[0], s1[1]), s1[2]), b);
-  const __m512 y10 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s0[1], s0[2]), s0[3]), b);
-  const __m512 y11 = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s1[1], s1[2]), s1[3]), b);
+  __m512 yv[4];
+  at_m_a(m, ps, bias, yv);
+  const __m512 y00 = yv[0], y01 = yv[1], y10 = yv[2], y11 = yv[3];
   const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
   const __m512 t0 = _mm512_permutex2var_ps(y00, lo, y01), t1 = _mm512_permutex2var_ps(y00, hi, y01);
