@@ -457,6 +457,34 @@ void block_gemms(const FwdPlan& f, const gemm_detail::GemmKernel<T>& mk, const T
 // through gathers and scatters.
 constexpr int kRuns = 4;
 
+// Tiles t .. t+cnt-1 (cnt <= 16) of a panel as runs of adjacent tiles of one tile row, for
+// the output-side (2x2 patch per tile) row kernels: run s starts at lane l0[s], and its
+// first tile's top-left output is at off[s] = n*C_out*plane + 2i*Wo + 2j of the planes;
+// bits 2l, 2l+1 of top[s] (bot[s]) flag the outputs (0,0), (0,1) ((1,0), (1,1)) of lane l
+// that exist. Returns the run count, or kRuns + 1 when there are more runs.
+int output_runs(const ConvParams& p, const Geo& ge, i64 t, i64 cnt, i64* off, int* l0, unsigned* top,
+                unsigned* bot) {
+  const i64 Ho = p.h.out, Wo = p.w.out;
+  int nruns = 0;
+  i64 prev = -1;
+  for (int l = 0; l < cnt; ++l) {
+    const auto [n, i, j] = ge.at(t + l);
+    const i64 key = n * ge.th + i;
+    if (key != prev) {
+      if (nruns == kRuns) return kRuns + 1;
+      off[nruns] = n * p.c_out * Ho * Wo + 2 * i * Wo + 2 * j;
+      l0[nruns] = l;
+      top[nruns] = bot[nruns] = 0;
+      ++nruns;
+      prev = key;
+    }
+    const unsigned bits = 2 * j + 1 < Wo ? 3u : 1u;
+    top[nruns - 1] |= bits << (2 * l);
+    if (2 * i + 1 < Ho) bot[nruns - 1] |= bits << (2 * l);
+  }
+  return nruns;
+}
+
 // Input transform of tiles t0 .. t0+nt-1 of group grp through the AVX-512 float32 panel
 // kernels: 16-tile panel jp (columns past nt zero) at V + jp*Cg*16, position stride vps.
 template <typename T>
@@ -536,27 +564,9 @@ void panel_output(const ConvParams& p, const Geo& ge, i64 grp, i64 t0, i64 nt, c
     for (i64 jp = 0; jp < np; ++jp) {
       // the panel's tiles as runs of one tile row each: at most kRuns take masked stores
       i64 roff[kRuns];
-      int rl0[kRuns], nruns = 0;
-      unsigned rtop[kRuns] = {}, rbot[kRuns] = {};
-      i64 prev = -1;
-      for (int l = 0; l < 16 && t0 + jp * 16 + l < t0 + nt; ++l) {
-        const i64 t = t0 + jp * 16 + l;
-        const auto [n, i, j] = ge.at(t);
-        const i64 key = n * ge.th + i;
-        if (key != prev) {
-          if (nruns == kRuns) {
-            nruns = kRuns + 1;
-            break;
-          }
-          roff[nruns] = n * p.c_out * out_plane + 2 * i * Wo + 2 * j;
-          rl0[nruns] = l;
-          ++nruns;
-          prev = key;
-        }
-        const unsigned bits = 2*j + 1 < Wo ? 3u : 1u;
-        rtop[nruns - 1] |= bits << (2 * l);
-        if (2 * i + 1 < Ho) rbot[nruns - 1] |= bits << (2 * l);
-      }
+      int rl0[kRuns];
+      unsigned rtop[kRuns], rbot[kRuns];
+      const int nruns = output_runs(p, ge, t0 + jp * 16, std::min<i64>(16, nt - jp * 16), roff, rl0, rtop, rbot);
       if (nruns <= kRuns) {
         for (i64 co = co0; co < co1; ++co) {
           const i64 c = grp * Mg + co;
@@ -923,25 +933,13 @@ void backward_weight_impl(const ConvParams& p, const T* dy, const T* x, T* dw, i
                 // tiles in at most kRuns runs of one tile row each: tile lanes (row loads),
                 // then transposed to channel lanes; otherwise channel-lane gathers
                 i64 rbase[kRuns];
-                unsigned rm[2 * kRuns] = {};
-                int nruns = 0;
-                i64 prev = -1, rl0 = 0;
-                for (int l = 0; l < sn; ++l) {
-                  const auto [n, i, j] = ge.at(t0 + l0 + s0 + l);
-                  const i64 key = n * ge.th + i;
-                  if (key != prev) {
-                    if (nruns == kRuns) {
-                      nruns = kRuns + 1;
-                      break;
-                    }
-                    rl0 = l;
-                    rbase[nruns] = n * p.c_out * out_plane + 2 * i * Wo + 2 * j - 2 * rl0;
-                    ++nruns;
-                    prev = key;
-                  }
-                  const unsigned bits = 2 * j + 1 < Wo ? 3u : 1u;
-                  rm[2 * (nruns - 1)] |= bits << (2 * l);
-                  if (2 * i + 1 < Ho) rm[2 * (nruns - 1) + 1] |= bits << (2 * l);
+                int rl0[kRuns];
+                unsigned rtop[kRuns], rbot[kRuns], rm[2 * kRuns];
+                const int nruns = output_runs(p, ge, t0 + l0 + s0, sn, rbase, rl0, rtop, rbot);
+                for (int s = 0; s < nruns && s < kRuns; ++s) {  // the layout grad_output_panel_runs_f32 takes
+                  rbase[s] -= 2 * rl0[s];
+                  rm[2 * s] = rtop[s];
+                  rm[2 * s + 1] = rbot[s];
                 }
                 if (nruns <= kRuns) {
                   if constexpr (std::is_same<T, float>::value) {
