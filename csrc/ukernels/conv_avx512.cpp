@@ -518,27 +518,29 @@ void phase_copy(const ConvParams& p, const float* x, i64 nch, i64 ra, i64 nrows,
     }
 }
 
+// Offsets in the phase-split padded copy (nrows rows of S phases of wq columns per
+// channel) of the unfolded rows k = (ci, kh, kw), k = k0 .. k0+n-1, into roff[0 .. n):
+// where row k's first element lies relative to the copy's origin for an output at the
+// origin.
+void copy_row_offsets(const ConvParams& p, i64 nrows, i64 wq, i64 k0, i64 n, i64* roff) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW;
+  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  for (i64 t = 0; t < n; ++t) {
+    const i64 k = k0 + t, ci = k / KK, r = k % KK, kh = r / kW, tw = (r % kW) * p.w.dilation;
+    roff[t] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
+  }
+}
+
 void phase_pack(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, i64 jbase, float* dst, i64 k0,
                 i64 kc, i64 j0, i64 nc) {
   constexpr int NR = 16;
-  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out;
-  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  const i64 Wo = p.w.out;
+  const i64 S = p.w.stride, rowlen = S * wq;
   constexpr int kMaxRows = 512;
   i64 roff[kMaxRows];
   for (i64 kb = 0; kb < kc; kb += kMaxRows) {
     const i64 nk = lmin(kMaxRows, kc - kb);
-    {
-      const i64 k = k0 + kb;
-      i64 ci = k / KK, r = k % KK, kh = r / kW, kw = r % kW;
-      for (i64 t = 0; t < nk; ++t) {
-        const i64 tw = kw * p.w.dilation;
-        roff[t] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
-        if (++kw == kW) {
-          kw = 0;
-          if (++kh == kH) { kh = 0; ++ci; }
-        }
-      }
-    }
+    copy_row_offsets(p, nrows, wq, k0 + kb, nk, roff);
     for (i64 pb = 0; pb < nc; pb += NR) {
       float* d = dst + (pb / NR) * kc * NR + kb * NR;
       const i64 n = lmin(NR, nc - pb);
@@ -616,13 +618,10 @@ inline void direct_tile(i64 K, const float* __restrict ap, const float* b, const
 
 void direct_forward(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* apack, i64 Mg,
                     i64 K, const float* bias, float* y, i64 p0, i64 p1) {
-  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out, Np = p.h.out * Wo;
-  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  const i64 Wo = p.w.out, Np = p.h.out * Wo;
+  const i64 S = p.w.stride, rowlen = S * wq;
   i64 roff[avx512::kDirectMaxK];
-  for (i64 k = 0; k < K; ++k) {
-    const i64 ci = k / KK, r = k % KK, kh = r / kW, tw = (r % kW) * p.w.dilation;
-    roff[k] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
-  }
+  copy_row_offsets(p, nrows, wq, 0, K, roff);
   const i64 ng = (Mg + 15) / 16;
   // Columns of a row in chunks whose unfolded rows (K x chunk) stay in L2 while every
   // channel tile reads them (a long 1D row would otherwise stream from memory once per
@@ -809,13 +808,10 @@ void wgrad_cols(int nj, const float* const* dyr, const i64* jo, const float* buf
 constexpr int kWgradNC = 4, kWgradNJ = 6;
 void direct_wgrad(const ConvParams& p, const float* buf, i64 ra, i64 nrows, i64 wq, const float* dy, i64 Mg, i64 K,
                   i64 r0, i64 r1, float* out, float* part) {
-  const i64 kH = p.h.kernel, kW = p.w.kernel, KK = kH * kW, Wo = p.w.out, Np = p.h.out * Wo;
-  const i64 S = p.w.stride, rowlen = S * wq, planeB = nrows * rowlen;
+  const i64 Wo = p.w.out, Np = p.h.out * Wo;
+  const i64 S = p.w.stride, rowlen = S * wq;
   i64 roff[avx512::kDirectWgradMaxK];
-  for (i64 k = 0; k < K; ++k) {
-    const i64 ci = k / KK, r = k % KK, kh = r / kW, tw = (r % kW) * p.w.dilation;
-    roff[k] = ci * planeB + kh * p.h.dilation * rowlen + (tw % S) * wq + tw / S;
-  }
+  copy_row_offsets(p, nrows, wq, 0, K, roff);
   // The vector steps of rows r0 .. r1-1, in pixel order, in chunks of kWgradSteps (the
   // partial sums of a chunk are added to out in chunk order).
   constexpr i64 kWgradSteps = 256;
