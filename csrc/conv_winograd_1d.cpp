@@ -315,8 +315,9 @@ bool winograd_1d_supports(const ConvParams& p) {
 // Taken where the vector kernels run and the channel products are large enough to beat
 // the direct sum's unfolding GEMM (bench/conv.py: WaveNet-style c64 L16000, k3 c128 L1024).
 bool winograd_1d_preferred(const ConvParams& p) {
-  return winograd_1d_supports(p) && vector_geometry(make_geo(p)) && p.cin_g() >= 16 && p.cout_g() >= 16 &&
-         make_geo(p).P >= 64;
+  if (!winograd_1d_supports(p) || p.cin_g() < 16 || p.cout_g() < 16) return false;
+  const Geo g = make_geo(p);
+  return vector_geometry(g) && g.P >= 64;
 }
 
 std::size_t winograd_1d_workspace_bytes(const ConvParams& p, std::size_t elem, int threads) {
@@ -373,8 +374,10 @@ void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* b
 #endif
     T* bbuf = bbase + tid * pl.b_elems;
     const i64 t0 = pl.tasks * tid / team, t1 = pl.tasks * (tid + 1) / team;
+    Task nx = t0 < t1 ? decode(p, pl, t0) : Task{};
     for (i64 t = t0; t < t1; ++t) {
-      const Task k = decode(p, pl, t);
+      const Task k = nx;  // decoded once: as the next task of the previous iteration
+      if (t + 1 < t1) nx = decode(p, pl, t + 1);
       T* yrow = y + ((k.img * p.c_out + k.grp * pl.M) * Ho + k.ho) * Wo;
       const T* brow = bias ? bias + k.grp * pl.M : nullptr;
       if (k.row < 0) {  // a padding row: every tap reads zeros
@@ -386,12 +389,7 @@ void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* b
       // The next task's input is prefetched (to L2) a slice per panel while this one
       // computes: measured faster than leaving it to the hardware prefetcher, whose
       // streams the packing's jumps between channel rows break.
-      Task nx{};
-      bool prefetch = t + 1 < t1;
-      if (prefetch) {
-        nx = decode(p, pl, t + 1);
-        prefetch = nx.row >= 0;
-      }
+      const bool prefetch = t + 1 < t1 && nx.row >= 0;
       const T* xrow = input_row(k);
       const T* nxrow = prefetch ? input_row(nx) : nullptr;
       for (i64 k0 = 0; k0 < pl.K; k0 += pl.kc) {
