@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,12 @@ void require_ndim(const py::handle& obj, const char* name, std::initializer_list
   value_error(std::string(name) + " must have " + allowed + " dimensions, got " + std::to_string(nd));
 }
 
+// Outputs of this many bytes and more start on a 64-byte boundary (NumPy's own large
+// allocations start 16 bytes past one), so kernels can write whole cache lines, streamed
+// past the caches where csrc says so. Such an array is a view of a NumPy byte buffer (its
+// base) 64 bytes longer than the data.
+constexpr i64 kAlignedOutputBytes = 1 << 20;
+
 // A new C-contiguous array of T; the element count is overflow-checked first.
 template <typename T>
 py::array_t<T> new_array(const std::vector<i64>& shape) {
@@ -97,7 +104,18 @@ py::array_t<T> new_array(const std::vector<i64>& shape) {
   i64 stride = static_cast<i64>(sizeof(T));
   for (std::size_t i = shape.size(); i > 1; --i) stride = pyconv::checked_mul(stride, shape[i - 1], "output strides");
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
-  return py::array_t<T>(s);
+  const i64 bytes = count * static_cast<i64>(sizeof(T));
+  if (bytes < kAlignedOutputBytes) return py::array_t<T>(s);
+  py::array_t<std::uint8_t> buf(static_cast<py::ssize_t>(bytes + 64));
+  std::uint8_t* raw = buf.mutable_data();
+  const std::size_t skip = (64 - (reinterpret_cast<std::uintptr_t>(raw) & 63)) & 63;
+  std::vector<py::ssize_t> st(s.size());
+  py::ssize_t step = static_cast<py::ssize_t>(sizeof(T));
+  for (std::size_t i = s.size(); i-- > 0;) {
+    st[i] = step;
+    step *= s[i];
+  }
+  return py::array_t<T>(s, st, reinterpret_cast<T*>(raw + skip), buf);
 }
 
 // Calls f(T{}) with T = float or double according to `dt`.

@@ -170,6 +170,10 @@ struct Geo {
 };
 // Output column t of pair column j (the first output of the pair).
 inline i64 col(const Geo& g, i64 j) { return (j / g.d) * 2 * g.d + j % g.d; }
+// How a tile writes its outputs: over them, added to them (a later K block), or over
+// them with non-temporal stores where whole aligned 64-byte lines allow it (regular
+// stores elsewhere; the caller fences before the outputs are read).
+enum class Store { write, accumulate, stream };
 }  // namespace w1d_detail
 // AVX-512 pack and tile kernels (csrc/ukernels/winograd_1d_avx512.cpp), for d = 1, 2, 4
 // or a multiple of 8.
@@ -177,9 +181,11 @@ namespace wino1d_avx512 {
 void pack_f32(const float* x, i64 cs, const w1d_detail::Geo& g, i64 kc, i64 j0, i64 nc, float* dst);
 void pack_f64(const double* x, i64 cs, const w1d_detail::Geo& g, i64 kc, i64 j0, i64 nc, double* dst);
 void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m, i64 j0, const w1d_detail::Geo& g,
-              bool accumulate, const float* bias);
+              w1d_detail::Store st, const float* bias);
 void tile_f64(i64 kc, const double* a, const double* b, double* y, i64 y_rs, int m, i64 j0,
-              const w1d_detail::Geo& g, bool accumulate, const double* bias);
+              const w1d_detail::Geo& g, w1d_detail::Store st, const double* bias);
+// Orders this thread's non-temporal stores before its later stores (an sfence).
+void stream_fence();
 // Weight gradient, float32 (conv_winograd_1d.cpp describes the layouts).
 void dw_pack_a_f32(const float* dy, i64 rs, int m, const w1d_detail::Geo& g, i64 j0, i64 kp, float* dst);
 void dw_pack_b_f32(const float* x, i64 cs, int c, const w1d_detail::Geo& g, i64 j0, i64 kp, float* dst, float* tmp);

@@ -287,3 +287,70 @@ def test_forcing_it_where_unsupported_is_an_error():
             _core.conv2d_forward(x, np.zeros(ws, np.float32), None, *s, 0, 0, 0, 0, 1, 1, 1, PATH)
     with pytest.raises(ValueError, match="winograd_1d"):
         pyconv.conv1d(np.zeros((1, 4, 30), np.float32), np.zeros((4, 4, 5), np.float32), algorithm=PATH)
+
+
+# Forward outputs of 8 MiB and more written in one K block (cin/groups <= 64) are streamed
+# past the caches where a tile's lines are whole and 64-byte aligned (float32 d = 1, 2, 4,
+# 8 or a multiple of 16; float64 d = 1, 2, 4 or a multiple of 8). The rest are stored as
+# before: dilation 24 float32, rows not a whole number of lines (W = 16001), two K blocks.
+STREAMED = [  # dtype, dilation, taps, W, cin, padding
+    (np.float32, 8, 2, 16000, 64, (8, 0)),
+    (np.float32, 16, 2, 16384, 64, (0, 0)),
+    (np.float32, 1, 3, 16384, 64, (1, 1)),
+    (np.float32, 2, 2, 16000, 48, (2, 0)),
+    (np.float32, 4, 3, 16000, 64, (3, 5)),
+    (np.float64, 8, 2, 8000, 64, (8, 0)),
+    (np.float64, 16, 3, 8192, 40, (16, 16)),
+    (np.float64, 1, 2, 8192, 64, (1, 0)),
+    (np.float32, 24, 2, 16000, 64, (24, 0)),
+    (np.float32, 8, 2, 16001, 64, (8, 0)),
+    (np.float32, 8, 2, 16000, 100, (8, 0)),
+]
+
+
+@pytest.mark.parametrize("case", STREAMED)
+def test_streamed_outputs_same_bits(case):
+    """Large outputs (streamed or not): exact on integers against the direct path, and on
+    real values the portable kernels' bits, the bias included, on 1 and 2 threads."""
+    dtype, d, taps, W, cin, pads = case
+    rng = np.random.default_rng(11)
+    x = rng.integers(-4, 5, (3, cin, 1, W)).astype(dtype)
+    w = rng.integers(-3, 4, (64, cin, 1, taps)).astype(dtype)
+    b = rng.integers(-3, 4, 64).astype(dtype)
+    y = _fwd(x, w, b, pads, d)
+    assert y.nbytes >= 8 << 20 and y.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(y, _fwd(x, w, b, pads, d, path="generic"))
+    x, w = rng.standard_normal(x.shape).astype(dtype), rng.standard_normal(w.shape).astype(dtype)
+    b = rng.standard_normal(64).astype(dtype)
+    before_t, before_isa = pyconv.get_num_threads(), pyconv.kernel_info()["isa"]
+    try:
+        outs = []
+        for t in (1, 2):
+            pyconv.set_num_threads(t)
+            outs.append(_fwd(x, w, b, pads, d))
+        _core._set_isa("scalar")
+        outs.append(_fwd(x, w, b, pads, d))
+    finally:
+        pyconv.set_num_threads(before_t)
+        _core._set_isa(before_isa)
+    for other in outs[1:]:
+        np.testing.assert_array_equal(outs[0], other)
+
+
+def test_streamed_grad_input_same_bits():
+    """Grad input of a causal d = 8 layer runs the mirrored forward (a 12 MiB output)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 64, 1, 16000)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 1, 2)).astype(np.float32)
+    dy = rng.standard_normal((3, 64, 1, 16000)).astype(np.float32)
+    dx = _bwd(dy, x, w, (8, 0), 8)[0]
+    before = pyconv.kernel_info()["isa"]
+    try:
+        _core._set_isa("scalar")
+        np.testing.assert_array_equal(dx, _bwd(dy, x, w, (8, 0), 8)[0])
+    finally:
+        _core._set_isa(before)
+    xi = rng.integers(-3, 4, x.shape).astype(np.float32)
+    wi = rng.integers(-3, 4, w.shape).astype(np.float32)
+    dyi = rng.integers(-3, 4, dy.shape).astype(np.float32)
+    np.testing.assert_array_equal(_bwd(dyi, xi, wi, (8, 0), 8)[0], _bwd(dyi, xi, wi, (8, 0), 8, path="generic")[0])

@@ -600,6 +600,29 @@ def test_outputs_are_new_c_contiguous_arrays(case):
                     assert not np.shares_memory(o, v), f"{case.name}: output aliases an input"
 
 
+def test_large_outputs_are_64_byte_aligned():
+    """Outputs of 1 MiB and more start on a 64-byte boundary: a view of a byte buffer 64
+    bytes longer, C-contiguous, writeable, alive after the call; smaller ones are plain
+    arrays that own their data."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 130, 130)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    for dtype in (np.float32, np.float64):
+        xd, wd = x.astype(dtype), w.astype(dtype)
+        outs = [pyconv.conv2d(xd, wd, padding=1), pyconv.max_pool2d(xd, 1, return_indices=True)[1],
+                *pyconv.conv2d_backward(pyconv.conv2d(xd, wd, padding=1), xd, wd, padding=1)[:1]]
+        for o in outs:
+            assert o.nbytes >= 1 << 20 and o.ctypes.data % 64 == 0
+            assert o.flags.c_contiguous and o.flags.writeable and not o.flags.owndata
+            assert o.base.dtype == np.uint8 and o.base.nbytes == o.nbytes + 64
+        y = outs[0]
+        del outs
+        y[...] = 1  # the buffer lives with the view
+        assert y.sum() == y.size
+        small = pyconv.conv2d(xd[:1, :, :8, :8], wd)
+        assert small.nbytes < 1 << 20 and small.flags.owndata
+
+
 @needs("batch_norm_train")
 def test_running_stats_updated_through_views():
     """Non-contiguous running statistics are updated in place through the view."""

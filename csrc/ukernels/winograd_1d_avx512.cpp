@@ -10,6 +10,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
 #include "../conv.h"
 #include "transpose_avx512.h"
@@ -19,6 +21,7 @@ namespace wino1d_avx512 {
 namespace {
 
 using w1d_detail::Geo;
+using w1d_detail::Store;
 
 struct F32 {
   using T = float;
@@ -36,6 +39,7 @@ struct F32 {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static void store(T* p, V v) { _mm512_store_ps(p, v); }
+  static void stream(T* p, V v) { _mm512_stream_ps(p, v); }
   static V perm2(V lo, __m512i idx, V hi) { return _mm512_permutex2var_ps(lo, idx, hi); }
   static R rload(const T* p, __mmask8 m) { return _mm256_maskz_loadu_ps(m, p); }
   static R rzero() { return _mm256_setzero_ps(); }
@@ -62,6 +66,7 @@ struct F64 {
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   static void store(T* p, V v) { _mm512_store_pd(p, v); }
+  static void stream(T* p, V v) { _mm512_stream_pd(p, v); }
   static V perm2(V lo, __m512i idx, V hi) { return _mm512_permutex2var_pd(lo, idx, hi); }
   static R rload(const T* p, __mmask8 m) { return _mm512_maskz_loadu_pd(m, p); }
   static R rzero() { return _mm512_setzero_pd(); }
@@ -263,21 +268,56 @@ inline void prefetch_cols(const T* y, i64 y_rs, int m, i64 c0, i64 c1) {
   }
 }
 
+// Whether lines starting at output column t of y's rows are 64-byte aligned (the rows
+// a whole number of lines apart), so a tile may stream them.
+template <typename T>
+inline bool lines_aligned(const T* y, i64 y_rs, i64 t) {
+  return (y_rs * static_cast<i64>(sizeof(T))) % 64 == 0 && (reinterpret_cast<std::uintptr_t>(y + t) & 63) == 0;
+}
+
 template <class S, int Rt>
 void tile_runs(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
-               const Geo& g, bool accumulate, const typename S::T* bias) {
+               const Geo& g, Store st, const typename S::T* bias) {
   using T = typename S::T;
   using V = typename S::V;
   using R = typename S::R;
   constexpr int L = S::L, MR = w1d_detail::mr(Rt);
-  {
+  constexpr bool f32 = std::is_same_v<T, float>;
+  // Streamed, a tile is two lines per row: float32 with d = 8, [t, t + 16) = the low runs
+  // of (ya, yb) and [t + 16, t + 32) their high runs; float32 with d a multiple of 16 and
+  // float64, ya at t and yb at t + d. Other dilations store runs.
+  const i64 t0 = w1d_detail::col(g, j0);
+  const i64 second = f32 && g.d == 8 ? 16 : g.d;
+  const bool stream = st == Store::stream && (!f32 || g.d == 8 || g.d % 16 == 0) && j0 + L <= g.P &&
+                      t0 + second + L <= g.Wo && lines_aligned(y, y_rs, t0);
+  if (!stream) {
     const i64 jl = std::min(j0 + L, g.P) - 1;
-    const i64 ta = w1d_detail::col(g, j0), te = w1d_detail::col(g, jl) + 7;
-    prefetch_cols(y, y_rs, m, ta, te);
-    prefetch_cols(y, y_rs, m, std::max(ta + g.d, te + 1), te + g.d);  // partners not yet covered
+    const i64 te = w1d_detail::col(g, jl) + 7;
+    prefetch_cols(y, y_rs, m, t0, te);
+    prefetch_cols(y, y_rs, m, std::max(t0 + g.d, te + 1), te + g.d);  // partners not yet covered
   }
   V va[MR], vb[MR];
   tile_products<S, Rt>(kc, a, b, va, vb);
+  if (stream) {
+    for (int i = 0; i < m; ++i) {
+      V lo = va[i], hi = vb[i];
+      if constexpr (f32) {
+        if (g.d == 8) {
+          lo = _mm512_shuffle_f32x4(va[i], vb[i], 0x44);
+          hi = _mm512_shuffle_f32x4(va[i], vb[i], 0xEE);
+        }
+      }
+      if (bias) {
+        lo = S::add(lo, S::set1(bias[i]));
+        hi = S::add(hi, S::set1(bias[i]));
+      }
+      T* yr = y + i * y_rs + t0;
+      S::stream(yr, lo);
+      S::stream(yr + second, hi);
+    }
+    return;
+  }
+  const bool accumulate = st == Store::accumulate;
   // Runs taken from the registers (a spill and reload of the upper halves measured
   // slower: the reload does not forward from the 64-byte store).
 #pragma GCC unroll 2
@@ -306,12 +346,14 @@ void tile_runs(i64 kc, const typename S::T* a, const typename S::T* b, typename 
 
 template <class S, int Rt>
 void tile_perm(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
-               const Geo& g, bool accumulate, const typename S::T* bias) {
+               const Geo& g, Store st, const typename S::T* bias) {
   using V = typename S::V;
   using M = typename S::M;
   constexpr int L = S::L, MR = w1d_detail::mr(Rt);
-  const i64 t = 2 * j0;  // outputs t .. t + 2L - 1
-  prefetch_cols(y, y_rs, m, t, t + 2 * L - 1);
+  const i64 t = 2 * j0;  // outputs t .. t + 2L - 1: two lines when streamed
+  const bool stream = st == Store::stream && t + 2 * L <= g.Wo && lines_aligned(y, y_rs, t);
+  const bool accumulate = st == Store::accumulate;
+  if (!stream) prefetch_cols(y, y_rs, m, t, t + 2 * L - 1);
   V va[MR], vb[MR];
   tile_products<S, Rt>(kc, a, b, va, vb);
   const __m512i z0 = perm_out<S>(g.d, 0), z1 = perm_out<S>(g.d, 1);
@@ -327,8 +369,13 @@ void tile_perm(i64 kc, const typename S::T* a, const typename S::T* b, typename 
       lo = S::add(lo, S::set1(bias[i]));
       hi = S::add(hi, S::set1(bias[i]));
     }
-    S::storeu(yr, lo, m0);
-    S::storeu(yr + L, hi, m1);
+    if (stream) {
+      S::stream(yr, lo);
+      S::stream(yr + L, hi);
+    } else {
+      S::storeu(yr, lo, m0);
+      S::storeu(yr + L, hi, m1);
+    }
   }
 }
 
@@ -344,13 +391,13 @@ void pack_any(const typename S::T* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 
 
 template <class S>
 void tile_any(i64 kc, const typename S::T* a, const typename S::T* b, typename S::T* y, i64 y_rs, int m, i64 j0,
-              const Geo& g, bool accumulate, const typename S::T* bias) {
+              const Geo& g, Store st, const typename S::T* bias) {
   if (g.d % 8 != 0) {
-    if (g.r == 2) return tile_perm<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
-    return tile_perm<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+    if (g.r == 2) return tile_perm<S, 2>(kc, a, b, y, y_rs, m, j0, g, st, bias);
+    return tile_perm<S, 3>(kc, a, b, y, y_rs, m, j0, g, st, bias);
   }
-  if (g.r == 2) return tile_runs<S, 2>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
-  tile_runs<S, 3>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+  if (g.r == 2) return tile_runs<S, 2>(kc, a, b, y, y_rs, m, j0, g, st, bias);
+  tile_runs<S, 3>(kc, a, b, y, y_rs, m, j0, g, st, bias);
 }
 
 // ---- weight gradient (float32): see conv_winograd_1d.cpp for the layouts.
@@ -468,14 +515,15 @@ void pack_f32(const float* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, floa
 void pack_f64(const double* x, i64 cs, const Geo& g, i64 kc, i64 j0, i64 nc, double* dst) {
   pack_any<F64>(x, cs, g, kc, j0, nc, dst);
 }
-void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m, i64 j0, const Geo& g,
-              bool accumulate, const float* bias) {
-  tile_any<F32>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+void tile_f32(i64 kc, const float* a, const float* b, float* y, i64 y_rs, int m, i64 j0, const Geo& g, Store st,
+              const float* bias) {
+  tile_any<F32>(kc, a, b, y, y_rs, m, j0, g, st, bias);
 }
 void tile_f64(i64 kc, const double* a, const double* b, double* y, i64 y_rs, int m, i64 j0, const Geo& g,
-              bool accumulate, const double* bias) {
-  tile_any<F64>(kc, a, b, y, y_rs, m, j0, g, accumulate, bias);
+              Store st, const double* bias) {
+  tile_any<F64>(kc, a, b, y, y_rs, m, j0, g, st, bias);
 }
+void stream_fence() { _mm_sfence(); }
 
 void dw_pack_a_f32(const float* dy, i64 rs, int m, const Geo& g, i64 j0, i64 kp, float* dst) {
   if (g.r == 2) return dw_pack_a<2>(dy, rs, m, g, j0, kp, dst);
