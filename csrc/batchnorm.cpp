@@ -315,7 +315,6 @@ constexpr i64 kChunkBytes = 8192;           // one chunk of x (and of dy) stays 
 constexpr i64 kBlockBytes = 320 * 1024;     // a channel block is re-read from L2
 constexpr i64 kMaxCols = 2048;              // widest row piece of the column scheme
 constexpr i64 kMinPartElems = 16384;        // smallest piece of a split channel
-constexpr i64 kStreamBytes = 8ll << 20;     // outputs larger than this bypass the caches
 constexpr i64 kPrefetchBytes = 8192;        // how far ahead the memory passes prefetch
 
 // Moments of a set of values x (with gradients dy): count, mean, sum of squared
@@ -970,7 +969,7 @@ void batchnorm_forward(const T* x, T* y, const BatchNormParams& p, bool training
   const Plan plan = make_plan(N, C, S, static_cast<i64>(sizeof(T)));
   State<T> st = make_state<T>(C, plan);
   Ctx<T> k{&ops_for_active_isa<T>(), x, nullptr, y, C, S,
-           checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes,
+           checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamOutputBytes,
            plan.columns, st.coef, nullptr};
   const double eps = p.eps;
 
@@ -1054,7 +1053,7 @@ void batchnorm_backward(const T* dy, const T* x, T* dx, const BatchNormParams& p
   const Plan plan = make_plan(N, C, S, static_cast<i64>(sizeof(T)) * (need_sums ? 2 : 1));
   State<T> st = make_state<T>(C, plan);
   Ctx<T> k{&ops_for_active_isa<T>(), x, dy, dx, C, S,
-           checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamBytes,
+           checked_mul(checked_mul(C, NS, "output"), sizeof(T), "output") > kStreamOutputBytes,
            plan.columns, st.coef, mean_in};
   const double eps = p.eps;
   const Pass pass = training ? Pass::dx : Pass::scale;

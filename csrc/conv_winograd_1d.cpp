@@ -78,11 +78,9 @@ constexpr int lanes() { return sizeof(T) == 4 ? 16 : 8; }
 constexpr i64 kKcMax = 64;
 // Bytes of one task's B block (all its panels for one K block): kept in L2.
 constexpr i64 kBBlockBytes = 192 * 1024;
-// Forward outputs of this many bytes and more, written in one K block, are streamed past
-// the caches (a quarter of the 32 MiB L3: smaller ones are left where the next layer
-// finds them). WaveNet-style c64 L16000 b8 (33 MB), min of 5 alternating runs: 17.3 ms
-// streamed, 18.4 ms stored.
-constexpr i64 kStreamBytes = 8 << 20;
+// Forward outputs of kStreamOutputBytes and more, written in one K block, are streamed
+// past the caches: WaveNet-style c64 L16000 b8 (33 MB), min of 5 alternating runs:
+// 17.3 ms streamed, 18.4 ms stored.
 
 struct Plan {
   Geo g{};
@@ -373,7 +371,7 @@ void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* b
   transform_weights(p, pl, w, a);
   const i64 Ho = p.h.out, H = p.h.in, W = p.w.in, Wo = p.w.out;
   const i64 y_rs = Ho * Wo, cs = H * W;
-  const bool stream = pl.K <= pl.kc && p.n * p.c_out * y_rs * static_cast<i64>(sizeof(T)) >= kStreamBytes;
+  const bool stream = pl.K <= pl.kc && p.n * p.c_out * y_rs * static_cast<i64>(sizeof(T)) >= kStreamOutputBytes;
   const Store first = stream ? Store::stream : Store::write;
   auto input_row = [&](const Task& k) { return x + ((k.img * p.c_in + k.grp * pl.K) * H + k.row) * W; };
 #pragma omp parallel num_threads(pl.threads)
