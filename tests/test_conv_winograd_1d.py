@@ -296,6 +296,7 @@ def test_forcing_it_where_unsupported_is_an_error():
 STREAMED = [  # dtype, dilation, taps, W, cin, padding
     (np.float32, 8, 2, 16000, 64, (8, 0)),
     (np.float32, 16, 2, 16384, 64, (0, 0)),
+    (np.float32, 32, 3, 16384, 64, (32, 32)),
     (np.float32, 1, 3, 16384, 64, (1, 1)),
     (np.float32, 2, 2, 16000, 48, (2, 0)),
     (np.float32, 4, 3, 16000, 64, (3, 5)),
