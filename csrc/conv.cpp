@@ -610,13 +610,15 @@ Plan make_plan(const ConvParams& p, std::size_t elem, int threads) {
   pl.ci_chunk = ceil_div(pl.Cg, ci_want);
   pl.ci_count = ceil_div(pl.Cg, pl.ci_chunk);
   // col2im tile: up to kTileCols columns, then as many of the task's channels as fit
-  // in kTileElems; with all channels in, widen the columns to fill the budget.
+  // in kTileElems; where all the group's channels fit, the columns widen to fill the
+  // budget. The width comes from the shape alone, not from the thread count (which splits
+  // the channels): the tile boundaries set the order of each dx element's additions.
   const i64 KK = checked_mul(p.h.kernel, p.w.kernel, "kernel");
   const i64 np_r = round_up(pl.Np, nr);
   pl.tile = std::min(np_r, kTileCols);
+  if (kTileElems / checked_mul(KK, pl.tile, "col2im tile") >= pl.Cg)
+    pl.tile = std::min(np_r, std::max(pl.tile, kTileElems / checked_mul(KK, pl.Cg, "col2im tile") / nr * nr));
   pl.ci_sub = std::min(pl.ci_chunk, std::max<i64>(1, kTileElems / checked_mul(KK, pl.tile, "col2im tile")));
-  if (pl.ci_sub == pl.ci_chunk)
-    pl.tile = std::min(np_r, std::max(pl.tile, kTileElems / checked_mul(KK, pl.ci_chunk, "col2im tile") / nr * nr));
   return pl;
 }
 

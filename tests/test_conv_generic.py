@@ -266,6 +266,37 @@ def test_phase_and_run_packers_match_portable_paths(case):
             np.testing.assert_array_equal(got["avx512"][1], got["avx2"][1])   # grad input
 
 
+# Grad input through W^T dY and the col2im scatter (mirrored padding invalid, or a plane
+# below kDxForwardMinCols): the column tiles' width comes from the shape, so the order of
+# each dx element's additions, and its bits, do not depend on the thread count, which
+# splits the input channels of one image over the threads.
+# (n, cin, cout, H, W, k, padding, algorithm)
+COL2IM_THREAD_CASES = [
+    (1, 64, 8, 10, 22, (3, 3), 2, "generic"),       # plane 12 x 24: one tile or two before
+    (1, 70, 17, 10, 22, (3, 3), 2, "generic"),
+    (1, 48, 17, 16, 16, (3, 3), 3, "winograd"),     # pad 3: Winograd's grad input is generic
+    (1, 64, 8, 10, 22, (3, 3), 2, "auto"),
+    (1, 40, 12, 6, 30, (1, 3), ((2, 2), (1, 1)), "winograd_1d"),  # H padding: generic dx
+    (2, 33, 9, 9, 13, (3, 3), 3, "generic"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", COL2IM_THREAD_CASES)
+def test_col2im_grad_input_same_bits_on_any_thread_count(case, dtype):
+    n, cin, cout, H, W, k, pad, alg = case
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal((n, cin, H, W)).astype(dtype)
+    w = rng.standard_normal((cout, cin) + k).astype(dtype)
+    dy = rng.standard_normal(ref.conv2d(x, w, padding=pad).shape).astype(dtype)
+    runs = [_with_threads(t, lambda: pyconv.conv2d_backward(dy, x, w, padding=pad, algorithm=alg)) for t in (1, 2, 3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    want = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), padding=pad)[0]
+    np.testing.assert_allclose(runs[0][0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_phase_paths_batch_zero_and_bias():
     """Batch 0 through the strided generic paths, and the bias added after the phase-packed
     forward sum (conv(x, w, b) == conv(x, w) + b bitwise)."""
