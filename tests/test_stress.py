@@ -174,6 +174,39 @@ def test_conv_nonfinite_reach_only_their_windows(isa, special, dtype, cfg):
     assert np.array_equal(y[~hit], clean[~hit]), "outputs away from the non-finite inputs changed"
 
 
+@needs("conv2d")
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", [
+    dict(k=(3, 3), pad=1, dilation=1, alg="winograd"),
+    dict(k=(1, 2), pad=((0, 0), (8, 0)), dilation=(1, 8), alg="winograd_1d"),
+    dict(k=(1, 3), pad=((0, 0), (1, 1)), dilation=1, alg="winograd_1d"),
+])
+def test_winograd_nonfinite_reach_only_their_windows(isa, special, dtype, cfg):
+    """The Winograd paths: the non-finite outputs are exactly those whose windows hold a
+    NaN or Inf (an Inf may arrive as NaN: the input transforms subtract neighbours, the
+    weights here are positive), and every other output equals the clean call's."""
+    r = np.random.default_rng(6)
+    x = r.integers(-3, 4, (2, 16, 12, 40)).astype(dtype)
+    w = r.integers(1, 4, (16, 16) + cfg["k"]).astype(dtype)
+    flags = np.zeros(x.shape, bool)
+    flags[0, 3, 5, 7] = flags[1, 15, 0, 39] = flags[1, 0, 11, 0] = flags[0, 9, 6, 20] = True
+    xs = x.copy()
+    xs[flags] = special
+    kw = dict(padding=cfg["pad"], dilation=cfg["dilation"], algorithm=cfg["alg"])
+    y = pyconv.conv2d(xs, w, **kw)
+    clean = pyconv.conv2d(x, w, **kw)
+    ones = np.ones((1, 1) + cfg["k"])
+    hit = ref.conv2d(flags.any(axis=1, keepdims=True).astype(np.float64), ones, padding=cfg["pad"],
+                     dilation=cfg["dilation"]) > 0
+    hit = np.broadcast_to(hit, y.shape)
+    assert hit.any() and (~hit).any()
+    assert not np.isfinite(y[hit]).any()
+    if np.isnan(special):
+        assert np.isnan(y[hit]).all()
+    assert np.array_equal(y[~hit], clean[~hit]), "outputs away from the non-finite inputs changed"
+
+
 @needs("max_pool2d")
 @pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
