@@ -56,10 +56,6 @@
 #include "conv.h"
 #include "cpu.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pyconv {
 namespace {
 
@@ -376,11 +372,7 @@ void winograd_1d_forward(const ConvParams& p, const T* x, const T* w, const T* b
   auto input_row = [&](const Task& k) { return x + ((k.img * p.c_in + k.grp * pl.K) * H + k.row) * W; };
 #pragma omp parallel num_threads(pl.threads)
   {
-#ifdef _OPENMP
-    const i64 tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const i64 tid = 0, team = 1;
-#endif
+    const i64 tid = thread_index(), team = team_size();
     T* bbuf = bbase + tid * pl.b_elems;
     const i64 t0 = pl.tasks * tid / team, t1 = pl.tasks * (tid + 1) / team;
     Task nx = t0 < t1 ? decode(p, pl, t0) : Task{};
@@ -525,11 +517,7 @@ void winograd_1d_backward_weight(const ConvParams& p, const T* dy, const T* x, T
   };
 #pragma omp parallel num_threads(w.threads)
   {
-#ifdef _OPENMP
-    const i64 tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const i64 tid = 0, team = 1;
-#endif
+    const i64 tid = thread_index(), team = team_size();
     T* abuf = ws + tid * per_thread;
     T* bbuf = abuf + w.a_elems;
     T* tmp = bbuf + w.b_elems;

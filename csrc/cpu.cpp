@@ -117,6 +117,14 @@ int thread_index() {
 #endif
 }
 
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 namespace {
 struct ScratchBuffers {
   void* ptr[kScratchSlots] = {};

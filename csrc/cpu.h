@@ -32,6 +32,8 @@ void set_num_threads(int n);  // n >= 1, else std::invalid_argument
 int threads_for_work(double work, double grain);
 // Index of the calling thread in the innermost OpenMP team (0 outside one).
 int thread_index();
+// Threads in the innermost OpenMP team (1 outside one).
+int team_size();
 
 // Scratch memory owned by the calling thread, 64-byte aligned, grown on demand and
 // reused by later calls from the same thread. Distinct slots never alias, so a kernel

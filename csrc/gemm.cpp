@@ -20,10 +20,6 @@
 #include "cpu.h"
 #include "ukernels/gemm_ukernel.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pyconv {
 namespace {
 
@@ -368,11 +364,7 @@ void gemm(i64 M, i64 N, i64 K, const T* a, i64 a_rs, i64 a_cs, const BPanelSourc
   }
 #pragma omp parallel num_threads(parts)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int tid = 0, team = 1;
-#endif
+    const int tid = thread_index(), team = team_size();
     for (int part = tid; part < parts; part += team) run_part(part, tid);
   }
 }
