@@ -1197,33 +1197,16 @@ void col2im_tile(const ConvParams& p, const TapRanges& tr, const T* tile, i64 nc
                             reinterpret_cast<float*>(dxp), h0, h1);
     return;
   }
-  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in, sw = p.w.stride;
-  const i64 plane = p.h.in * W;
-  for (i64 ci = 0; ci < nci; ++ci)
-    for (i64 kh = 0; kh < kH; ++kh)
-      for (i64 kw = 0; kw < kW; ++kw) {
-        const T* row = tile + ((ci * kH + kh) * kW + kw) * jn;
-        T* xp = dxp + ci * plane;
-        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr.lo[kw], hi = tr.hi[kw];
-        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
-        while (at < jn) {
-          const i64 len = std::min(jn - at, Wo - ow);
-          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-          if (ih >= h0 && ih < h1) {
-            const i64 a = std::min(std::max(lo - ow, i64(0)), len);
-            const i64 b = std::min(std::max(hi - ow, a), len);
-            T* dst = xp + ih * W + ow * sw + iwk;
-            const T* src = row + at;
-            if (sw == 1)
-              for (i64 i = a; i < b; ++i) dst[i] += src[i];
-            else
-              for (i64 i = a; i < b; ++i) dst[i * sw] += src[i];
-          }
-          at += len;
-          ow = 0;
-          ++oh;
-        }
-      }
+  const i64 W = p.w.in, sw = p.w.stride, plane = p.h.in * W;
+  col2im_walk(p, tile, nci, j0, jn, h0, h1, [&](i64 ci, i64 kw, i64 ih, i64 ow, const T* src, i64 len) {
+    const i64 a = std::min(std::max(tr.lo[kw] - ow, i64(0)), len);
+    const i64 b = std::min(std::max(tr.hi[kw] - ow, a), len);
+    T* dst = dxp + ci * plane + ih * W + ow * sw + kw * p.w.dilation - p.w.pad_lo;
+    if (sw == 1)
+      for (i64 i = a; i < b; ++i) dst[i] += src[i];
+    else
+      for (i64 i = a; i < b; ++i) dst[i * sw] += src[i];
+  });
 }
 
 // Generic grad input: tasks = (image, group, input-channel chunk); each computes

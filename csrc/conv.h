@@ -64,6 +64,30 @@ void conv_validate(ConvParams& p);
 std::size_t conv_workspace_bytes(const ConvParams& p, std::size_t elem_size, bool backward,
                                  int threads);
 
+// The grad-input col2im walk: a tile holds rows (ci, kh, kw), ci < nci, each with the
+// output pixels j0 .. j0+jn-1; for every tile row, in that order, and every output row
+// its pixels cross whose tap-kh input row ih lies in [h0, h1), add(ci, kw, ih, ow, src,
+// len) adds the segment's len values src (output columns ow ..) into the input. The
+// scalar and AVX-512 scatters share it, so they add in the same order.
+template <typename T, typename Add>
+inline void col2im_walk(const ConvParams& p, const T* tile, i64 nci, i64 j0, i64 jn, i64 h0, i64 h1, Add&& add) {
+  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out;
+  for (i64 ci = 0; ci < nci; ++ci)
+    for (i64 kh = 0; kh < kH; ++kh)
+      for (i64 kw = 0; kw < kW; ++kw) {
+        const T* row = tile + ((ci * kH + kh) * kW + kw) * jn;
+        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
+        while (at < jn) {
+          const i64 len = jn - at < Wo - ow ? jn - at : Wo - ow;
+          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
+          if (ih >= h0 && ih < h1) add(ci, kw, ih, ow, row + at, len);
+          at += len;
+          ow = 0;
+          ++oh;
+        }
+      }
+}
+
 // y (N, C_out, Ho, Wo) = conv(x, w) + bias; bias may be null.
 template <typename T>
 void conv2d_forward(const ConvParams& p, const T* x, const T* w, const T* bias, T* y,

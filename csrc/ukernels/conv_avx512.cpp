@@ -393,28 +393,13 @@ inline void col2im_row(float* dst, const float* src, i64 n) {
 template <int SW>
 void col2im_tile(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const float* tile, i64 nci,
                  i64 j0, i64 jn, float* dxp, i64 h0, i64 h1) {
-  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, W = p.w.in;
-  const i64 plane = p.h.in * W;
-  for (i64 ci = 0; ci < nci; ++ci)
-    for (i64 kh = 0; kh < kH; ++kh)
-      for (i64 kw = 0; kw < kW; ++kw) {
-        const float* row = tile + ((ci * kH + kh) * kW + kw) * jn;
-        float* xp = dxp + ci * plane;
-        const i64 iwk = kw * p.w.dilation - p.w.pad_lo, lo = tr_lo[kw], hi = tr_hi[kw];
-        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
-        while (at < jn) {
-          const i64 len = lmin(jn - at, Wo - ow);
-          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-          if (ih >= h0 && ih < h1) {
-            const i64 a = lmin(lmax(lo - ow, 0), len);
-            const i64 b = lmin(lmax(hi - ow, a), len);
-            if (b > a) col2im_row<SW>(xp + ih * W + (ow + a) * SW + iwk, row + at + a, b - a);
-          }
-          at += len;
-          ow = 0;
-          ++oh;
-        }
-      }
+  const i64 W = p.w.in, plane = p.h.in * W;
+  col2im_walk(p, tile, nci, j0, jn, h0, h1, [&](i64 ci, i64 kw, i64 ih, i64 ow, const float* src, i64 len) {
+    const i64 a = lmin(lmax(tr_lo[kw] - ow, 0), len);
+    const i64 b = lmin(lmax(tr_hi[kw] - ow, a), len);
+    if (b > a)
+      col2im_row<SW>(dxp + ci * plane + ih * W + (ow + a) * SW + kw * p.w.dilation - p.w.pad_lo, src + a, b - a);
+  });
 }
 
 // Grad-input col2im into a phase-split buffer (stride S >= 2 along W): the input rows
@@ -426,24 +411,11 @@ void col2im_tile(const ConvParams& p, const i64* tr_lo, const i64* tr_hi, const 
 // col2im drops). Same additions in the same order as col2im_tile for every real element.
 void col2im_phase(const ConvParams& p, const float* tile, i64 nci, i64 j0, i64 jn, float* buf, i64 h0, i64 h1,
                   i64 wq) {
-  const i64 kH = p.h.kernel, kW = p.w.kernel, Wo = p.w.out, S = p.w.stride;
-  const i64 rowlen = S * wq, bplane = (h1 - h0) * rowlen;
-  for (i64 ci = 0; ci < nci; ++ci)
-    for (i64 kh = 0; kh < kH; ++kh)
-      for (i64 kw = 0; kw < kW; ++kw) {
-        const float* row = tile + ((ci * kH + kh) * kW + kw) * jn;
-        const i64 t = kw * p.w.dilation;
-        float* bp = buf + ci * bplane + (t % S) * wq + t / S;
-        i64 oh = j0 / Wo, ow = j0 % Wo, at = 0;
-        while (at < jn) {
-          const i64 len = lmin(jn - at, Wo - ow);
-          const i64 ih = oh * p.h.stride + kh * p.h.dilation - p.h.pad_lo;
-          if (ih >= h0 && ih < h1) col2im_row<1>(bp + (ih - h0) * rowlen + ow, row + at, len);
-          at += len;
-          ow = 0;
-          ++oh;
-        }
-      }
+  const i64 S = p.w.stride, rowlen = S * wq, bplane = (h1 - h0) * rowlen;
+  col2im_walk(p, tile, nci, j0, jn, h0, h1, [&](i64 ci, i64 kw, i64 ih, i64 ow, const float* src, i64 len) {
+    const i64 t = kw * p.w.dilation;
+    col2im_row<1>(buf + ci * bplane + (t % S) * wq + t / S + (ih - h0) * rowlen + ow, src, len);
+  });
 }
 
 // dx rows h0 .. h1-1 of nci planes from the phase-split buffer: dx[ih][iw] = element
