@@ -50,6 +50,21 @@ def relayout(a: np.ndarray, layout: str) -> np.ndarray:
     raise ValueError(layout)
 
 
+# ------------------------------------------------------- drawn convolution cases
+
+
+def conv_case_arrays(c, kernel, ints):
+    """x, w, bias (or None) and the generator of a drawn convolution case c (keys n, cin,
+    cout, H, W, groups, dtype, bias, seed): integer values in [-3, 3] or standard normal."""
+    rng = np.random.default_rng(c["seed"])
+    xs, ws = (c["n"], c["cin"], c["H"], c["W"]), (c["cout"], c["cin"] // c["groups"]) + tuple(kernel)
+    if ints:
+        draw = lambda s: rng.integers(-3, 4, size=s).astype(c["dtype"])
+    else:
+        draw = lambda s: rng.standard_normal(s).astype(c["dtype"])
+    return draw(xs), draw(ws), (draw((c["cout"],)) if c["bias"] else None), rng
+
+
 # ------------------------------------------------------------------ canonical op calls
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 import pyconv
 from pyconv import _core
 from pyconv import reference as ref
+from _ops import conv_case_arrays
 
 EPS = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): 2.0 ** -53}
 PATH = "winograd_1d"
@@ -91,13 +92,7 @@ def cases(draw):
 
 
 def _arrays(c, ints):
-    rng = np.random.default_rng(c["seed"])
-    xs, ws = (c["n"], c["cin"], c["H"], c["W"]), (c["cout"], c["cin"] // c["groups"], 1, c["taps"])
-    if ints:
-        draw = lambda s: rng.integers(-3, 4, size=s).astype(c["dtype"])
-    else:
-        draw = lambda s: rng.standard_normal(s).astype(c["dtype"])
-    return draw(xs), draw(ws), (draw((c["cout"],)) if c["bias"] else None), rng
+    return conv_case_arrays(c, (1, c["taps"]), ints)
 
 
 @given(case=cases())
