@@ -97,25 +97,18 @@ py::array_t<T> new_array(const std::vector<i64>& shape) {
     if (d < 0) value_error("negative dimension in output shape");
     count = pyconv::checked_mul(count, d, "output");
   }
-  pyconv::checked_mul(count, static_cast<i64>(sizeof(T)), "output bytes");
+  const i64 bytes = pyconv::checked_mul(count, static_cast<i64>(sizeof(T)), "output bytes");
   // The C strides (itemsize times the trailing extents, formed from the last dim even
   // when an earlier one is 0) must fit too: (0, 2**62) has no elements but a stride of
   // itemsize * 2**62.
   i64 stride = static_cast<i64>(sizeof(T));
   for (std::size_t i = shape.size(); i > 1; --i) stride = pyconv::checked_mul(stride, shape[i - 1], "output strides");
   std::vector<py::ssize_t> s(shape.begin(), shape.end());
-  const i64 bytes = count * static_cast<i64>(sizeof(T));
   if (bytes < kAlignedOutputBytes) return py::array_t<T>(s);
   py::array_t<std::uint8_t> buf(static_cast<py::ssize_t>(bytes + 64));
   std::uint8_t* raw = buf.mutable_data();
   const std::size_t skip = (64 - (reinterpret_cast<std::uintptr_t>(raw) & 63)) & 63;
-  std::vector<py::ssize_t> st(s.size());
-  py::ssize_t step = static_cast<py::ssize_t>(sizeof(T));
-  for (std::size_t i = s.size(); i-- > 0;) {
-    st[i] = step;
-    step *= s[i];
-  }
-  return py::array_t<T>(s, st, reinterpret_cast<T*>(raw + skip), buf);
+  return py::array_t<T>(s, reinterpret_cast<T*>(raw + skip), buf);  // C strides
 }
 
 // Calls f(T{}) with T = float or double according to `dt`.
