@@ -702,6 +702,14 @@ FwdPhase fwd_phase_buf(const ConvParams& p, const Plan& pl, std::size_t elem) {
 // The direct forward's weights: every group's Mg x K block as ceil(Mg/16) K x 16 panels.
 i64 direct_apack_elems(const ConvParams& p, const Plan& pl) { return p.groups * round_up(pl.Mg, 16) * pl.K; }
 
+// The 16-row micro-panels the direct tiles read, of a rows x K matrix A with A(i, k) =
+// a[i*rs + k*cs]: dst[panel][k][i % 16] = A(16*panel + i, k), zero past `rows`.
+template <typename T>
+void pack_panels16(const T* a, i64 rows, i64 K, i64 rs, i64 cs, T* dst) {
+  for (i64 i = 0; i < round_up(rows, 16); ++i)
+    for (i64 k = 0; k < K; ++k) dst[(i / 16) * K * 16 + k * 16 + i % 16] = i < rows ? a[i * rs + k * cs] : T(0);
+}
+
 // Generic grad weight in pieces (Plan::wred), float32 under AVX-512, output rows at least
 // kDirectMinWo wide and planes above kSmallPlane pixels (smaller ones keep the GEMM, whose
 // sums equal the AVX2 path's bitwise over one K block): per image of a piece, a
@@ -849,14 +857,9 @@ void forward_gemm(const ConvParams& p, const T* x, const T* w, const T* bias, T*
   T* ws = static_cast<T*>(scratch(kScratchOp0, (apack_part + ws_per * threads) * sizeof(T)));
   T* apack = ws;
   ws += apack_part;
-  if (pb.direct) {  // A micro-panels: apack[g][panel][k][16] = w[g*Mg + 16*panel + i][k], zero past Mg
-    const i64 mp = round_up(pl.Mg, 16);
+  if (pb.direct)  // per group: the panels of its weights (rows = output channels)
     for (i64 g = 0; g < p.groups; ++g)
-      for (i64 i = 0; i < mp; ++i)
-        for (i64 k = 0; k < pl.K; ++k)
-          apack[g * mp * pl.K + (i / 16) * pl.K * 16 + k * 16 + i % 16] =
-              i < pl.Mg ? w[(g * pl.Mg + i) * pl.K + k] : T(0);
-  }
+      pack_panels16(w + g * pl.Mg * pl.K, pl.Mg, pl.K, pl.K, 1, apack + g * round_up(pl.Mg, 16) * pl.K);
   const TapRanges tr(p);
   const i64 in_plane = p.h.in * p.w.in;
   const i64 nr = gemm_nr(sizeof(T));
@@ -1247,10 +1250,7 @@ void input_grad_generic(const ConvParams& p, const Plan& pl, const T* dy, const 
       const i64 ncs = std::min(pl.ci_sub, nci - cs), rows = ncs * KK;
       const T* a = w + g * pl.Mg * pl.K + (ca + cs) * KK;  // A(r, co) = w[g*Mg + co][(ca+cs)*KK + r]
       if (pb.elems > 0) fill_zero(pbuf, ncs * (h1 - h0) * p.w.stride * pb.wq);
-      if (ap_elems > 0)  // A micro-panels: apack[panel][co][i] = A(16*panel + i, co), zero past `rows`
-        for (i64 r = 0; r < round_up(rows, 16); ++r)
-          for (i64 co = 0; co < pl.Mg; ++co)
-            apack[(r / 16) * pl.Mg * 16 + co * 16 + r % 16] = r < rows ? a[r + co * pl.K] : T(0);
+      if (ap_elems > 0) pack_panels16(a, rows, pl.Mg, 1, pl.K, apack);  // A(r, co) = a[r + co*K]
       for (i64 j0 = oh0 * p.w.out; j0 < oh1 * p.w.out; j0 += pl.tile) {
         const i64 jn = std::min(pl.tile, oh1 * p.w.out - j0);
         if (ap_elems > 0) {
